@@ -1,0 +1,123 @@
+"""The ``hostd`` command line; plugins add subcommands through ``register_commands``."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import anyio
+import click
+import orjson
+
+from hostd import __version__, plugins
+from hostd.errors import ConfigError, HostdError
+from hostd.observability import configure_logging
+from hostd.settings import HostSettings, load_settings
+
+config_argument = click.argument("config", type=click.Path(dir_okay=False, path_type=Path), envvar="HOSTD_CONFIG")
+
+
+def load(config: Path) -> tuple[HostSettings, Any]:
+    pm = plugins.plugin_manager()
+    known = {name: transport.settings for name, transport in plugins.transports(pm).items()}
+    return load_settings(config, known), pm
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="hostd")
+def cli() -> None:
+    """hostd: serve many ML models over HTTP, gRPC, WebSocket, ZeroMQ, Kafka and arq."""
+    configure_logging("warning")  # `run` reconfigures from the config
+
+
+@cli.command()
+@config_argument
+@click.option("--log-format", type=click.Choice(["auto", "console", "json"]), default="auto", show_default=True)
+def run(config: Path, log_format: str) -> None:
+    """Serve every model in CONFIG on every configured transport until SIGTERM or Ctrl-C."""
+    from hostd import daemon
+
+    settings, pm = load(config)
+    configure_logging(settings.log_level, log_format, settings.logging)
+    anyio.run(daemon.serve, settings, pm, backend_options={"use_uvloop": _has_uvloop()})
+
+
+@cli.command()
+@config_argument
+def check(config: Path) -> None:
+    """Validate CONFIG and load its models; one line per model."""
+    from hostd.registry import Registry
+
+    settings, _ = load(config)
+    for served in Registry.from_settings(settings):
+        click.echo(f"{served.name}\t{served.version}\tdeterministic={str(served.deterministic).lower()}")
+
+
+@cli.command()
+@config_argument
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def models(config: Path, as_json: bool) -> None:
+    """Print each model's metadata with its input and output JSON Schemas."""
+    from hostd.registry import Registry
+
+    settings, _ = load(config)
+    metadata = [served.metadata() for served in Registry.from_settings(settings)]
+    if as_json:
+        click.echo(json.dumps(metadata, indent=2))
+        return
+    for item in metadata:
+        click.echo(f"{item['qualified_name']} {item['version']}  {item['display_name']}")
+        click.echo(f"  {item['description']}")
+        click.echo(f"  deterministic: {str(item['deterministic']).lower()}")
+        click.echo("  input schema:  " + json.dumps(item["input_schema"]))
+        click.echo("  output schema: " + json.dumps(item["output_schema"]))
+
+
+@cli.command()
+@config_argument
+@click.argument("model")
+@click.argument("data")
+@click.option("--version", "model_version", default=None, help="Model version (default: the latest).")
+def predict(config: Path, model: str, data: str, model_version: str | None) -> None:
+    """Predict DATA (a JSON object, or - for stdin) with MODEL, in-process."""
+    from hostd.dataplane import DataPlane
+    from hostd.registry import Registry
+
+    settings, _ = load(config)
+    try:
+        payload = orjson.loads(sys.stdin.read() if data == "-" else data)
+    except orjson.JSONDecodeError as exc:
+        raise click.BadParameter(f"not valid JSON: {exc}", param_hint="DATA") from None
+
+    async def one() -> dict[str, Any]:
+        dataplane = DataPlane(Registry.from_settings(settings))
+        dataplane.set_ready()
+        return (await dataplane.predict(model, payload, model_version, transport="cli")).output
+
+    try:
+        click.echo(json.dumps(anyio.run(one)))
+    except HostdError as exc:
+        raise click.ClickException(f"{exc.code.value}: {exc.message}") from None
+
+
+def _has_uvloop() -> bool:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def main() -> None:
+    # As uvicorn does: class paths in the config may name modules in the current directory.
+    sys.path.insert(0, os.getcwd())
+    pm = plugins.plugin_manager()
+    pm.hook.register_commands(cli=cli)
+    try:
+        cli(prog_name="hostd")
+    except ConfigError as exc:
+        click.echo(f"hostd: config error:\n{exc}", err=True)
+        sys.exit(2)

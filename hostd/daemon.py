@@ -1,0 +1,79 @@
+"""The daemon: owns the loop and the signals, runs every transport, drains on shutdown."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterable
+
+import anyio
+import pluggy
+import structlog
+from anyio.abc import TaskStatus
+
+from hostd import plugins
+from hostd.dataplane import DataPlane
+from hostd.observability import Metrics
+from hostd.registry import Registry
+from hostd.settings import HostSettings
+from hostd.transports import Transport, TransportContext
+
+log = structlog.get_logger("hostd.daemon")
+
+
+async def serve(settings: HostSettings, pm: pluggy.PluginManager, stop: anyio.Event | None = None, *,
+                handle_signals: bool = True, task_status: TaskStatus[DataPlane] = anyio.TASK_STATUS_IGNORED,
+                ) -> None:
+    """Load the models, start every configured transport, serve until ``stop`` (or a signal)."""
+    started = time.perf_counter()
+    stop = stop or anyio.Event()
+    available = plugins.transports(pm)
+    selected = [available[name] for name in settings.transports]
+    registry = await anyio.to_thread.run_sync(Registry.from_settings, settings)
+    dataplane = DataPlane(registry, Metrics())
+    try:
+        async with anyio.create_task_group() as signals:
+            if handle_signals:
+                signals.start_soon(_stop_on_signal, stop, signals.cancel_scope)
+            await _serve_until_stopped(selected, dataplane, settings, stop, task_status, started)
+            signals.cancel_scope.cancel()
+    finally:
+        await anyio.to_thread.run_sync(registry.close)
+        log.info("stopped")
+
+
+async def _serve_until_stopped(transports: list[Transport], dataplane: DataPlane, settings: HostSettings,
+                               stop: anyio.Event, task_status: TaskStatus[DataPlane], started: float) -> None:
+    async with anyio.create_task_group() as tg:
+        await _start_transports(tg, transports, dataplane, settings, stop)
+        dataplane.set_ready()
+        log.info("ready", models=[f"{m.name}:{m.version}" for m in dataplane.models()],
+                 transports=[t.name for t in transports], seconds=round(time.perf_counter() - started, 3))
+        task_status.started(dataplane)
+        await stop.wait()
+        log.info("draining", grace_s=settings.shutdown_grace_s)
+        dataplane.start_draining()
+        # Transports stop accepting and finish their in-flight work; past the grace period
+        # (plus a moment to write the last replies) whatever is left is cancelled.
+        tg.cancel_scope.deadline = anyio.current_time() + settings.shutdown_grace_s + 1
+        with anyio.move_on_after(settings.shutdown_grace_s):
+            await dataplane.wait_idle()
+
+
+async def _start_transports(tg: anyio.abc.TaskGroup, transports: Iterable[Transport], dataplane: DataPlane,
+                            settings: HostSettings, stop: anyio.Event) -> None:
+    for transport in transports:
+        ctx = TransportContext(dataplane, settings.transports[transport.name], settings, stop)
+        await tg.start(transport.serve, ctx)
+        log.info("transport started", transport=transport.name)
+
+
+async def _stop_on_signal(stop: anyio.Event, scope: anyio.CancelScope) -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            if stop.is_set():
+                log.warning("second signal: stopping now", signal=signal.Signals(signum).name)
+                scope.cancel()
+                return
+            log.info("stopping", signal=signal.Signals(signum).name)
+            stop.set()

@@ -1,0 +1,186 @@
+"""The one path every transport and engine calls: admit, validate, execute, check the output."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+import anyio
+import structlog
+from pydantic import BaseModel, ValidationError
+
+from hostd.errors import HostdError, InvalidInput, ModelError, ModelNotFound, NotReady, Overloaded, Timeout
+from hostd.observability import Metrics
+from hostd.registry import Registry, ServedModel
+
+log = structlog.get_logger("hostd.dataplane")
+
+
+class State(str, Enum):
+    STARTING = "starting"
+    READY = "ready"
+    DRAINING = "draining"
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    model: str
+    version: str
+    outputs: list[dict[str, Any]]  # one JSON-ready dict per input row
+
+    @property
+    def output(self) -> dict[str, Any]:
+        return self.outputs[0]
+
+
+class DataPlane:
+    def __init__(self, registry: Registry, metrics: Metrics | None = None) -> None:
+        self.registry = registry
+        self.metrics = metrics or Metrics()
+        self.state = State.STARTING
+        self._in_flight = 0
+        self._idle = anyio.Event()
+        self.metrics.models_loaded.set(len(registry))
+
+    @property
+    def ready(self) -> bool:
+        return self.state is State.READY
+
+    def set_ready(self) -> None:
+        self.state = State.READY
+
+    def start_draining(self) -> None:
+        self.state = State.DRAINING
+        if not self._in_flight:
+            self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Return once draining and every admitted request has been answered."""
+        await self._idle.wait()
+
+    def models(self) -> list[ServedModel]:
+        return list(self.registry)
+
+    def model(self, name: str, version: str | None = None) -> ServedModel:
+        return self.registry.get(name, version)
+
+    async def predict(self, model: str, data: Any, version: str | None = None, *, transport: str = "inproc",
+                      deadline_s: float | None = None) -> Prediction:
+        """Predict one input (a dict, or an instance of the model's input schema)."""
+        return await self.predict_many(model, [data], version, transport=transport, deadline_s=deadline_s)
+
+    async def predict_many(self, model: str, rows: Sequence[Any], version: str | None = None, *,
+                           transport: str = "inproc", deadline_s: float | None = None) -> Prediction:
+        """Predict many rows in one call to the model; any invalid row fails the whole request."""
+        started = time.perf_counter()
+        label, code = "<unknown>", "OK"
+        self._admit()
+        try:
+            served = self._servable(model, version)
+            label = served.name
+            inputs = _validate_inputs(served, rows)
+            outputs = await self._execute(served, inputs, deadline_s)
+            result = Prediction(served.name, served.version, [_dump_output(served, out) for out in outputs])
+            log.debug("predicted", model=served.name, transport=transport, rows=len(rows),
+                      ms=round((time.perf_counter() - started) * 1000, 3))
+            return result
+        except HostdError as exc:
+            code = exc.code.value
+            log.warning("prediction failed", model=model, transport=transport, code=code, error=exc.message)
+            raise
+        finally:
+            self._release()
+            self.metrics.requests.labels(label, transport, code).inc()
+            self.metrics.latency.labels(label, transport).observe(time.perf_counter() - started)
+
+    def _servable(self, name: str, version: str | None) -> ServedModel:
+        served = self.registry.get(name, version)
+        if not served.settings.create_endpoint:
+            raise ModelNotFound(f"model '{name}' is loaded but not served (create_endpoint: false)")
+        return served
+
+    async def _execute(self, served: ServedModel, inputs: list[Any], deadline_s: float | None) -> list[Any]:
+        if served.pending >= served.settings.max_pending:
+            raise Overloaded(f"model '{served.name}' has {served.pending} requests pending "
+                             f"(max_pending: {served.settings.max_pending}); retry later")
+        timeout = served.settings.timeout_ms / 1000
+        if deadline_s is not None:
+            timeout = min(timeout, max(deadline_s, 0.0))
+        served.pending += 1
+        self.metrics.pending.labels(served.name).set(served.pending)
+        self.metrics.rows.labels(served.name).observe(len(inputs))
+        try:
+            with anyio.fail_after(timeout):
+                outputs = await _run(served, inputs)
+        except TimeoutError:
+            raise Timeout(f"model '{served.name}' did not answer within {round(timeout * 1000)} ms") from None
+        except HostdError:
+            raise
+        except Exception as exc:
+            if any(cls.__name__ == "MLModelSchemaValidationException" for cls in type(exc).__mro__):
+                raise InvalidInput(f"model '{served.name}' rejected the input: {exc}") from exc
+            log.error("model raised", model=served.name, exc_info=exc)
+            raise ModelError(f"model '{served.name}' failed: {type(exc).__name__}: {exc}") from exc
+        finally:
+            served.pending -= 1
+            self.metrics.pending.labels(served.name).set(served.pending)
+        if len(outputs) != len(inputs):
+            raise ModelError(f"model '{served.name}' returned {len(outputs)} outputs for {len(inputs)} inputs")
+        return outputs
+
+    def _admit(self) -> None:
+        if self.state is not State.READY:
+            raise NotReady(f"hostd is {self.state.value}; not accepting predictions")
+        self._in_flight += 1
+
+    def _release(self) -> None:
+        self._in_flight -= 1
+        if self.state is State.DRAINING and not self._in_flight:
+            self._idle.set()
+
+
+async def _run(served: ServedModel, inputs: list[Any]) -> list[Any]:
+    if served.is_async:
+        return [await served.model.predict(item) for item in inputs]
+    # CPU-bound models run in worker threads so the event loop keeps serving everyone else.
+    return await anyio.to_thread.run_sync(served.predict_batch, inputs, limiter=served.limiter,
+                                          abandon_on_cancel=True)
+
+
+def _validate_inputs(served: ServedModel, rows: Sequence[Any]) -> list[Any]:
+    if not rows:
+        raise InvalidInput(f"no input rows for model '{served.name}'")
+    schema: type[BaseModel] = served.model.input_schema
+    inputs, problems = [], []
+    for index, row in enumerate(rows):
+        if isinstance(row, schema):
+            inputs.append(row)
+            continue
+        try:
+            inputs.append(schema.model_validate(row))
+        except ValidationError as exc:
+            prefix = (index,) if len(rows) > 1 else ()
+            problems.extend(_problem(prefix, error) for error in exc.errors(include_url=False))
+    if problems:
+        summary = "; ".join(f"{p['field'] or 'input'}: {p['message']}" for p in problems[:5])
+        raise InvalidInput(f"invalid input for model '{served.name}': {summary}", problems)
+    return inputs
+
+
+def _problem(prefix: tuple[int, ...], error: Any) -> dict[str, Any]:
+    loc = [*prefix, *error["loc"]]
+    return {"field": ".".join(str(part) for part in loc), "message": error["msg"], "type": error["type"]}
+
+
+def _dump_output(served: ServedModel, output: Any) -> dict[str, Any]:
+    schema: type[BaseModel] = served.model.output_schema
+    try:
+        if not isinstance(output, schema):
+            output = schema.model_validate(output)
+        return output.model_dump(mode="json")
+    except ValidationError as exc:
+        raise ModelError(f"model '{served.name}' returned output that does not match its output schema: "
+                         f"{exc.errors(include_url=False)[0]['msg']}") from exc

@@ -1,0 +1,66 @@
+"""Errors with a transport-neutral code; each transport maps codes, never strings."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any
+
+
+class ErrorCode(str, Enum):
+    INVALID_INPUT = "INVALID_INPUT"
+    MODEL_NOT_FOUND = "MODEL_NOT_FOUND"
+    PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
+    OVERLOADED = "OVERLOADED"
+    NOT_READY = "NOT_READY"
+    TIMEOUT = "TIMEOUT"
+    MODEL_ERROR = "MODEL_ERROR"
+
+
+class HostdError(Exception):
+    """Base of every error a client can see."""
+
+    code: ErrorCode = ErrorCode.MODEL_ERROR
+
+    def __init__(self, message: str, details: list[Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details or []
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"code": self.code.value, "message": self.message, "details": self.details}
+
+
+class InvalidInput(HostdError):
+    code = ErrorCode.INVALID_INPUT
+
+
+class ModelNotFound(HostdError):
+    code = ErrorCode.MODEL_NOT_FOUND
+
+
+class PayloadTooLarge(HostdError):
+    code = ErrorCode.PAYLOAD_TOO_LARGE
+
+
+class Overloaded(HostdError):
+    code = ErrorCode.OVERLOADED
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class NotReady(HostdError):
+    code = ErrorCode.NOT_READY
+
+
+class Timeout(HostdError):
+    code = ErrorCode.TIMEOUT
+
+
+class ModelError(HostdError):
+    code = ErrorCode.MODEL_ERROR
+
+
+class ConfigError(Exception):
+    """host.yaml is wrong; the message names the file, line and key."""

@@ -1,0 +1,194 @@
+"""host.yaml: typed settings that reject typos and say where they are."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError
+
+from hostd.errors import ConfigError
+
+Loc = tuple[str | int, ...]
+ENV_PREFIX = "HOSTD_"
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _none_to_empty_dict(value: Any) -> Any:
+    # rest-model-service writes `configuration:` with no value for "no arguments".
+    return {} if value is None else value
+
+
+def _none_to_empty_list(value: Any) -> Any:
+    return [] if value is None else value
+
+
+Kwargs = Annotated[dict[str, Any], BeforeValidator(_none_to_empty_dict)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ComponentSettings(Strict):
+    """A class to import and the keyword arguments to build it with."""
+
+    class_path: str = Field(description='"package.module:Class" or "package.module.Class"')
+    configuration: Kwargs = Field(default_factory=dict)
+
+
+class WorkerSettings(Strict):
+    kind: Literal["thread"] = "thread"
+    count: int = Field(default=1, ge=1, le=256)
+
+
+class ModelSettings(ComponentSettings):
+    decorators: Annotated[list[ComponentSettings], BeforeValidator(_none_to_empty_list)] = Field(
+        default_factory=list
+    )
+    workers: WorkerSettings = Field(default_factory=WorkerSettings)
+    timeout_ms: int = Field(default=2000, gt=0)
+    max_pending: int = Field(default=1024, ge=1)
+    # rest-model-service: false loads the model (it is listed) but serves no predictions.
+    create_endpoint: bool = True
+
+
+class HostSettings(Strict):
+    models: list[ModelSettings] = Field(min_length=1)
+    # Validated per transport by the settings class its plugin registers; no section = HTTP only.
+    transports: dict[str, Any] = Field(default_factory=lambda: {"http": {}})
+    shutdown_grace_s: float = Field(default=10.0, ge=0)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Accepted so that a rest-model-service configuration loads unchanged.
+    service_title: str = "hostd"
+    description: str = ""
+    version: str = "0.1.0"
+    logging: dict[str, Any] | None = None
+    metrics: dict[str, Any] | None = None
+
+    _source: str = PrivateAttr(default="<settings>")
+    _lines: dict[Loc, int] = PrivateAttr(default_factory=dict)
+
+    def where(self, loc: Loc) -> str:
+        """``file:line`` of the YAML node at ``loc`` (or its nearest parent)."""
+        return _where(self._source, self._lines, loc)
+
+
+def load_settings(path: str | os.PathLike[str], transports: Mapping[str, type[BaseModel]] | None = None,
+                  environ: Mapping[str, str] | None = None) -> HostSettings:
+    """Read, interpolate and validate a host.yaml; ``transports`` validates each transport section."""
+    source = str(path)
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read config: {exc.strerror}") from exc
+    return parse_settings(text, source, transports, os.environ if environ is None else environ)
+
+
+def parse_settings(text: str, source: str, transports: Mapping[str, type[BaseModel]] | None = None,
+                   environ: Mapping[str, str] | None = None) -> HostSettings:
+    environ = {} if environ is None else environ
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: invalid YAML: {exc}") from exc
+    lines: dict[Loc, int] = {}
+    if node is not None:
+        _index_lines(node, (), lines)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping with a 'models' key")
+    raw = _interpolate(raw, (), environ, source, lines)
+    _apply_env_overrides(raw, environ)
+    try:
+        settings = HostSettings.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, source, lines)) from None
+    settings._source, settings._lines = source, lines
+    if transports is not None:
+        settings.transports = _validate_transports(settings, transports)
+    return settings
+
+
+def _validate_transports(settings: HostSettings, known: Mapping[str, type[BaseModel]]) -> dict[str, Any]:
+    validated = {}
+    for name, section in settings.transports.items():
+        if name not in known:
+            installed = ", ".join(sorted(known)) or "none"
+            raise ConfigError(f"{settings.where(('transports', name))}: transports.{name}: no such transport "
+                              f"is installed (installed: {installed})")
+        try:
+            validated[name] = known[name].model_validate(section or {})
+        except ValidationError as exc:
+            raise ConfigError(_describe(exc, settings._source, settings._lines, ("transports", name))) from None
+    return validated
+
+
+def _index_lines(node: yaml.Node, loc: Loc, lines: dict[Loc, int]) -> None:
+    lines[loc] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            child = (*loc, key.value)
+            _index_lines(value, child, lines)
+            lines[child] = key.start_mark.line + 1  # point at the key, not its value
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _index_lines(item, (*loc, index), lines)
+
+
+def _where(source: str, lines: Mapping[Loc, int], loc: Loc) -> str:
+    for end in range(len(loc), -1, -1):
+        if loc[:end] in lines:
+            return f"{source}:{lines[loc[:end]]}"
+    return source
+
+
+def _describe(exc: ValidationError, source: str, lines: Mapping[Loc, int], prefix: Loc = ()) -> str:
+    problems = []
+    for error in exc.errors(include_url=False):
+        loc = (*prefix, *error["loc"])
+        dotted = ".".join(f"[{part}]" if isinstance(part, int) else str(part) for part in loc).replace(".[", "[")
+        message = error["msg"]
+        if error["type"] == "extra_forbidden":
+            message = "unknown key (check the spelling)"
+        problems.append(f"{_where(source, lines, loc)}: {dotted or '<top>'}: {message}")
+    return "\n".join(problems)
+
+
+def _interpolate(value: Any, loc: Loc, environ: Mapping[str, str], source: str, lines: Mapping[Loc, int]) -> Any:
+    if isinstance(value, dict):
+        return {key: _interpolate(item, (*loc, key), environ, source, lines) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(item, (*loc, index), environ, source, lines) for index, item in enumerate(value)]
+    if isinstance(value, str) and "${" in value:
+        return _VAR.sub(lambda match: _lookup(match, loc, environ, source, lines), value)
+    return value
+
+
+def _lookup(match: re.Match[str], loc: Loc, environ: Mapping[str, str], source: str,
+            lines: Mapping[Loc, int]) -> str:
+    name, default = match.group(1), match.group(2)
+    if name in environ:
+        return environ[name]
+    if default is not None:
+        return default
+    raise ConfigError(f"{_where(source, lines, loc)}: environment variable {name} is not set "
+                      f"(write ${{{name}:-default}} to give a default)")
+
+
+def _apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
+    """``HOSTD_SHUTDOWN_GRACE_S=5`` or ``HOSTD_TRANSPORTS__HTTP__PORT=9000`` override keys."""
+    for name, text in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == "HOSTD_CONFIG":
+            continue
+        path = name[len(ENV_PREFIX):].lower().split("__")
+        target = raw
+        for key in path[:-1]:
+            target = target.setdefault(key, {})
+            if not isinstance(target, dict):
+                raise ConfigError(f"{name}: '{key}' is not a mapping in the config")
+        target[path[-1]] = yaml.safe_load(text)

@@ -1,0 +1,55 @@
+"""The HTTP transport plugin: Starlette served by Hypercorn on the daemon's event loop."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import anyio
+from anyio.abc import TaskStatus
+from hypercorn.asyncio import serve
+from hypercorn.config import Config
+from pydantic import BaseModel, ConfigDict, Field
+
+from hostd.hookspecs import hookimpl
+from hostd.transports import Transport, TransportContext
+from hostd_http.app import create_app
+
+
+class HttpSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    max_request_bytes: int = Field(default=1 << 20, ge=1024)
+    keep_alive_timeout_s: float = Field(default=5.0, gt=0)
+    # Hypercorn closes a connection after this many requests (its default, 1000, costs reconnects).
+    keep_alive_max_requests: int = Field(default=1_000_000, ge=1)
+    access_log: bool = False
+
+
+async def serve_http(ctx: TransportContext, *, task_status: TaskStatus[None]) -> None:
+    settings: HttpSettings = ctx.settings
+    config = Config()  # explicit fields: Config.from_mapping would silently ignore a misspelt key
+    config.bind = [f"{settings.host}:{settings.port}"]
+    config.graceful_timeout = ctx.host.shutdown_grace_s
+    config.keep_alive_timeout = settings.keep_alive_timeout_s
+    config.keep_alive_max_requests = settings.keep_alive_max_requests
+    config.accesslog = "-" if settings.access_log else None
+    config.errorlog = None
+    app = create_app(ctx.dataplane, ctx.host, settings.max_request_bytes)
+
+    listening = anyio.Event()
+
+    async def serving() -> None:
+        # Hypercorn awaits the shutdown trigger only once its sockets listen.
+        listening.set()
+        await ctx.stop.wait()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(partial(serve, app, config, shutdown_trigger=serving, mode="asgi"))  # type: ignore[arg-type]
+        await listening.wait()
+        task_status.started()
+
+@hookimpl
+def register_transports(register):  # type: ignore[no-untyped-def]
+    register(Transport(name="http", settings=HttpSettings, serve=serve_http))

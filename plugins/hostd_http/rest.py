@@ -1,0 +1,66 @@
+"""The rest-model-service API: /api/models..., /api/health..., errors as {"type", "messages"}."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Route
+
+from hostd.dataplane import DataPlane
+from hostd.errors import HostdError, InvalidInput
+from hostd_http.responses import ORJSONResponse, error_response, parse_json, read_body
+
+
+def rest_error(exc: HostdError) -> Response:
+    details = [f"{d['field']}: {d['message']}" for d in exc.details if isinstance(d, dict) and "field" in d]
+    messages = details or [exc.message]
+    return error_response(exc, {"type": exc.code.value, "messages": messages})
+
+
+def routes(dataplane: DataPlane, max_body: int) -> list[Route]:
+    async def root(request: Request) -> Response:
+        return RedirectResponse("/docs")
+
+    async def health(request: Request) -> Response:
+        return ORJSONResponse({"health_status": "HEALTHY"})
+
+    async def ready(request: Request) -> Response:
+        if dataplane.ready:
+            return ORJSONResponse({"readiness_status": "ACCEPTING_TRAFFIC"})
+        return ORJSONResponse({"readiness_status": "REFUSING_TRAFFIC"}, status_code=503)
+
+    async def startup(request: Request) -> Response:
+        # Transports start only after every model has loaded, so answering at all means started.
+        return ORJSONResponse({"startup_status": "STARTED"})
+
+    async def list_models(request: Request) -> Response:
+        return ORJSONResponse({"models": [_details(served.metadata()) for served in dataplane.models()]})
+
+    async def metadata(request: Request) -> Response:
+        served = dataplane.model(request.path_params["name"], request.query_params.get("version"))
+        return ORJSONResponse(served.metadata())
+
+    async def prediction(request: Request) -> Response:
+        data = parse_json(await read_body(request, max_body))
+        if not isinstance(data, dict):
+            raise InvalidInput("the request body must be a JSON object of the model's input fields")
+        result = await dataplane.predict(request.path_params["name"], data, request.query_params.get("version"),
+                                         transport="http")
+        return ORJSONResponse(result.output)
+
+    return [
+        Route("/", root, include_in_schema=False),
+        Route("/api/health", health),
+        Route("/api/health/ready", ready),
+        Route("/api/health/startup", startup),
+        Route("/api/models", list_models),
+        Route("/api/models/{name}/metadata", metadata),
+        Route("/api/models/{name}/prediction", prediction, methods=["POST"]),
+    ]
+
+
+def _details(metadata: dict[str, Any]) -> dict[str, Any]:
+    keys = ("display_name", "qualified_name", "description", "version", "deterministic")
+    return {key: metadata[key] for key in keys}

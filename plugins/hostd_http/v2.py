@@ -1,0 +1,129 @@
+"""Open Inference Protocol v2 REST (KServe v2 / Triton), with Triton's binary tensor extension."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+import orjson
+from pydantic import BaseModel
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from hostd import __version__
+from hostd.dataplane import DataPlane
+from hostd.errors import HostdError, InvalidInput
+from hostd.registry import ServedModel
+from hostd_http.responses import ORJSONResponse, error_response, parse_json, read_body
+from hostd_http.tensors import TensorSpec, decode_inputs, encode_outputs, tensor_specs
+
+HEADER_LENGTH = "inference-header-content-length"
+
+
+def v2_error(exc: HostdError) -> Response:
+    return error_response(exc, {"error": exc.message, "code": exc.code.value, "details": exc.details})
+
+
+@lru_cache(maxsize=256)
+def specs(schema: type[BaseModel]) -> list[TensorSpec]:
+    return tensor_specs(schema)
+
+
+def model_metadata(served: ServedModel, versions: list[str]) -> dict[str, Any]:
+    return {
+        "name": served.name,
+        "versions": versions,
+        "platform": "hostd",
+        "inputs": [spec.metadata() for spec in specs(served.model.input_schema)],
+        "outputs": [spec.metadata() for spec in specs(served.model.output_schema)],
+        "parameters": {"deterministic": served.deterministic},
+    }
+
+
+def routes(dataplane: DataPlane, max_body: int) -> list[Route]:
+    async def server_metadata(request: Request) -> Response:
+        return ORJSONResponse({"name": "hostd", "version": __version__, "extensions": ["binary_tensor_data"]})
+
+    async def live(request: Request) -> Response:
+        return ORJSONResponse({"live": True})
+
+    async def ready(request: Request) -> Response:
+        return ORJSONResponse({"ready": dataplane.ready}, status_code=200 if dataplane.ready else 503)
+
+    async def metadata(request: Request) -> Response:
+        served = _served(request)
+        versions = [m.version for m in dataplane.models() if m.name == served.name]
+        return ORJSONResponse(model_metadata(served, versions))
+
+    async def model_ready(request: Request) -> Response:
+        served = _served(request)
+        ok = dataplane.ready and served.settings.create_endpoint
+        return ORJSONResponse({"name": served.name, "ready": ok}, status_code=200 if ok else 400)
+
+    async def infer(request: Request) -> Response:
+        served = _served(request)
+        body = await read_body(request, max_body)
+        request_json, binary = _split(body, request.headers.get(HEADER_LENGTH))
+        inference = parse_json(request_json)
+        if not isinstance(inference, dict):
+            raise InvalidInput("the request body must be a JSON object with 'inputs'")
+        output_specs = specs(served.model.output_schema)
+        requested = _requested_outputs(inference, output_specs)
+        rows = decode_inputs(inference, binary, specs(served.model.input_schema))
+        result = await dataplane.predict_many(served.name, rows, served.version, transport="http",
+                                              deadline_s=_deadline_s(inference))
+        binary_default = bool((inference.get("parameters") or {}).get("binary_data_output", False))
+        tensors, chunks = encode_outputs(result.outputs, output_specs, requested, binary_default)
+        reply: dict[str, Any] = {"model_name": result.model, "model_version": result.version, "outputs": tensors}
+        if "id" in inference:
+            reply["id"] = inference["id"]
+        if not chunks:
+            return ORJSONResponse(reply)
+        header = orjson.dumps(reply)
+        return Response(header + b"".join(chunks), media_type="application/octet-stream",
+                        headers={"Inference-Header-Content-Length": str(len(header))})
+
+    def _served(request: Request) -> ServedModel:
+        return dataplane.model(request.path_params["name"], request.path_params.get("version"))
+
+    model_routes = []
+    for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
+        model_routes += [
+            Route(prefix, metadata),
+            Route(prefix + "/ready", model_ready),
+            Route(prefix + "/infer", infer, methods=["POST"]),
+        ]
+    return [
+        Route("/v2", server_metadata),
+        Route("/v2/health/live", live),
+        Route("/v2/health/ready", ready),
+        *model_routes,
+    ]
+
+
+def _split(body: bytes, header_length: str | None) -> tuple[memoryview, memoryview]:
+    view = memoryview(body)
+    if header_length is None:
+        return view, view[len(view):]
+    if not header_length.isdigit() or int(header_length) > len(body):
+        raise InvalidInput(f"Inference-Header-Content-Length {header_length!r} does not fit the body "
+                           f"({len(body)} bytes)")
+    return view[:int(header_length)], view[int(header_length):]
+
+
+def _requested_outputs(inference: dict[str, Any], output_specs: list[TensorSpec]) -> dict[str, bool]:
+    outputs = inference.get("outputs") or []
+    if not isinstance(outputs, list) or not all(isinstance(o, dict) and "name" in o for o in outputs):
+        raise InvalidInput("'outputs' must be a list of {\"name\": ...} objects")
+    requested = {o["name"]: bool((o.get("parameters") or {}).get("binary_data", False)) for o in outputs}
+    unknown = sorted(set(requested) - {spec.name for spec in output_specs})
+    if unknown:
+        raise InvalidInput(f"unknown output(s) {', '.join(unknown)}; the model's outputs are "
+                           f"{', '.join(spec.name for spec in output_specs)}")
+    return requested
+
+
+def _deadline_s(inference: dict[str, Any]) -> float | None:
+    timeout_us = (inference.get("parameters") or {}).get("timeout")
+    return timeout_us / 1_000_000 if isinstance(timeout_us, (int, float)) and timeout_us > 0 else None

@@ -1,0 +1,79 @@
+"""Small models for tests: fast, slow, failing, async, and one written against ml_base."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from hostd import MLModel, MLModelDecorator
+
+
+class EchoInput(BaseModel):
+    x: float = Field(ge=-1000, le=1000)
+    delay_ms: float = Field(default=0, ge=0, le=60_000)
+    fail: bool = False
+    text: str = ""
+
+
+class EchoOutput(BaseModel):
+    y: float
+    text: str = ""
+
+
+class EchoModel(MLModel):
+    """Doubles x; sleeps delay_ms (in the worker thread); raises when fail is true."""
+
+    display_name = "Echo"
+    description = "Doubles x"
+    input_schema = EchoInput
+    output_schema = EchoOutput
+
+    def __init__(self, name: str = "echo", version: str = "1.0.0", factor: float = 2.0) -> None:
+        self._name, self._version, self.factor = name, version, factor
+        self.batches: list[int] = []
+
+    @property
+    def qualified_name(self) -> str:  # type: ignore[override]
+        return self._name
+
+    @property
+    def version(self) -> str:  # type: ignore[override]
+        return self._version
+
+    def predict(self, data: EchoInput) -> EchoOutput:
+        if data.delay_ms:
+            time.sleep(data.delay_ms / 1000)
+        if data.fail:
+            raise RuntimeError("asked to fail")
+        return EchoOutput(y=data.x * self.factor, text=data.text.upper())
+
+    def predict_batch(self, data: list[EchoInput]) -> list[EchoOutput]:
+        self.batches.append(len(data))
+        return [self.predict(item) for item in data]
+
+
+class AsyncEchoModel(EchoModel):
+    async def predict(self, data: EchoInput) -> EchoOutput:  # type: ignore[override]
+        await asyncio.sleep(data.delay_ms / 1000)
+        return EchoOutput(y=data.x * self.factor)
+
+
+class BadOutputModel(EchoModel):
+    def predict(self, data: EchoInput) -> Any:
+        return {"nope": 1}
+
+
+class FailsToLoad(EchoModel):
+    def __init__(self) -> None:
+        raise FileNotFoundError("parameters.skops is missing")
+
+
+class PlusOne(MLModelDecorator):
+    """Adds one to every prediction (a hostd decorator)."""
+
+    def predict(self, data: EchoInput) -> EchoOutput:
+        result = self._model.predict(data)
+        return EchoOutput(y=result.y + self._configuration.get("amount", 1), text=result.text)
