@@ -1,0 +1,30 @@
+# The two commands: `make run` and `make test`. Both set up what they need, once.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+MODEL_PACKAGES := $(sort $(dir $(wildcard models/*/pyproject.toml)))
+STAMP := $(VENV)/.installed
+
+.PHONY: setup run test lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml $(addsuffix pyproject.toml,$(MODEL_PACKAGES))
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[test]" \
+		$(foreach package,$(MODEL_PACKAGES),-e $(package))
+	touch $@
+
+run: setup
+	$(BIN)/hostd run host.yaml
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/python -m pip install --quiet ruff mypy
+	$(BIN)/ruff check hostd plugins tests models
+	$(BIN)/mypy hostd plugins
+
+clean:
+	rm -rf $(VENV) build *.egg-info
