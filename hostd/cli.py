@@ -13,7 +13,7 @@ import click
 import orjson
 
 from hostd import __version__, plugins
-from hostd.errors import ConfigError, HostdError
+from hostd.errors import ConfigError, HostdError, StartupError
 from hostd.observability import configure_logging
 from hostd.settings import HostSettings, load_settings
 
@@ -42,7 +42,13 @@ def run(config: Path, log_format: str) -> None:
 
     settings, pm = load(config)
     configure_logging(settings.log_level, log_format, settings.logging)
-    anyio.run(daemon.serve, settings, pm, backend_options={"use_uvloop": _has_uvloop()})
+    try:
+        anyio.run(daemon.serve, settings, pm, backend_options={"use_uvloop": _has_uvloop()})
+    except BaseExceptionGroup as group:
+        failed = group.subgroup(StartupError)
+        if failed is None:
+            raise
+        raise click.ClickException(str(daemon._innermost(failed))) from None
 
 
 @cli.command()

@@ -76,9 +76,10 @@ class DataPlane:
                            transport: str = "inproc", deadline_s: float | None = None) -> Prediction:
         """Predict many rows in one call to the model; any invalid row fails the whole request."""
         started = time.perf_counter()
-        label, code = "<unknown>", "OK"
-        self._admit()
+        label, code, admitted = "<unknown>", "OK", False
         try:
+            self._admit()
+            admitted = True
             served = self._servable(model, version)
             label = served.name
             inputs = _validate_inputs(served, rows)
@@ -92,7 +93,8 @@ class DataPlane:
             log.warning("prediction failed", model=model, transport=transport, code=code, error=exc.message)
             raise
         finally:
-            self._release()
+            if admitted:
+                self._release()
             self.metrics.requests.labels(label, transport, code).inc()
             self.metrics.latency.labels(label, transport).observe(time.perf_counter() - started)
 
@@ -154,7 +156,8 @@ def _validate_inputs(served: ServedModel, rows: Sequence[Any]) -> list[Any]:
     if not rows:
         raise InvalidInput(f"no input rows for model '{served.name}'")
     schema: type[BaseModel] = served.model.input_schema
-    inputs, problems = [], []
+    inputs: list[Any] = []
+    problems: list[dict[str, Any]] = []
     for index, row in enumerate(rows):
         if isinstance(row, schema):
             inputs.append(row)

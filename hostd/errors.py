@@ -64,3 +64,7 @@ class ModelError(HostdError):
 
 class ConfigError(Exception):
     """host.yaml is wrong; the message names the file, line and key."""
+
+
+class StartupError(Exception):
+    """A transport could not start (e.g. its port is taken); the daemon exits non-zero."""

@@ -60,7 +60,10 @@ class Registry:
     def from_settings(cls, settings: HostSettings) -> Registry:
         registry = cls()
         for index, model_settings in enumerate(settings.models):
-            registry.add(build_model(model_settings, settings.where(("models", index))))
+            where = settings.where(("models", index))
+            served = build_model(model_settings, where)
+            if registry.add(served) is not None:
+                raise ConfigError(f"{where}: {served.name} {served.version} is configured twice")
         return registry
 
     def add(self, served: ServedModel) -> ServedModel | None:

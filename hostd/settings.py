@@ -103,11 +103,11 @@ def parse_settings(text: str, source: str, transports: Mapping[str, type[BaseMod
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the top level must be a mapping with a 'models' key")
     raw = _interpolate(raw, (), environ, source, lines)
-    _apply_env_overrides(raw, environ)
+    overridden = _apply_env_overrides(raw, environ)
     try:
         settings = HostSettings.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, source, lines)) from None
+        raise ConfigError(_describe(exc, source, lines, overridden=overridden)) from None
     settings._source, settings._lines = source, lines
     if transports is not None:
         settings.transports = _validate_transports(settings, transports)
@@ -147,15 +147,18 @@ def _where(source: str, lines: Mapping[Loc, int], loc: Loc) -> str:
     return source
 
 
-def _describe(exc: ValidationError, source: str, lines: Mapping[Loc, int], prefix: Loc = ()) -> str:
+def _describe(exc: ValidationError, source: str, lines: Mapping[Loc, int], prefix: Loc = (),
+              overridden: Mapping[Loc, str] | None = None) -> str:
     problems = []
     for error in exc.errors(include_url=False):
         loc = (*prefix, *error["loc"])
+        variable = next((name for path, name in (overridden or {}).items() if loc[:len(path)] == path), None)
         dotted = ".".join(f"[{part}]" if isinstance(part, int) else str(part) for part in loc).replace(".[", "[")
         message = error["msg"]
         if error["type"] == "extra_forbidden":
             message = "unknown key (check the spelling)"
-        problems.append(f"{_where(source, lines, loc)}: {dotted or '<top>'}: {message}")
+        where = f"environment variable {variable}" if variable else _where(source, lines, loc)
+        problems.append(f"{where}: {dotted or '<top>'}: {message}")
     return "\n".join(problems)
 
 
@@ -180,8 +183,12 @@ def _lookup(match: re.Match[str], loc: Loc, environ: Mapping[str, str], source: 
                       f"(write ${{{name}:-default}} to give a default)")
 
 
-def _apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
-    """``HOSTD_SHUTDOWN_GRACE_S=5`` or ``HOSTD_TRANSPORTS__HTTP__PORT=9000`` override keys."""
+def _apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[Loc, str]:
+    """``HOSTD_SHUTDOWN_GRACE_S=5`` or ``HOSTD_TRANSPORTS__HTTP__PORT=9000`` override keys.
+
+    Returns the overridden key paths and the variables that set them, for error messages.
+    """
+    overridden: dict[Loc, str] = {}
     for name, text in environ.items():
         if not name.startswith(ENV_PREFIX) or name == "HOSTD_CONFIG":
             continue
@@ -192,3 +199,5 @@ def _apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> Non
             if not isinstance(target, dict):
                 raise ConfigError(f"{name}: '{key}' is not a mapping in the config")
         target[path[-1]] = yaml.safe_load(text)
+        overridden[tuple(path)] = name
+    return overridden

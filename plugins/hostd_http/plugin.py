@@ -31,6 +31,9 @@ async def serve_http(ctx: TransportContext, *, task_status: TaskStatus[None]) ->
     settings: HttpSettings = ctx.settings
     config = Config()  # explicit fields: Config.from_mapping would silently ignore a misspelt key
     config.bind = [f"{settings.host}:{settings.port}"]
+    # Bind here, so a taken port fails before Hypercorn starts (it would leak its lifespan task),
+    # then hand Hypercorn the bound socket.
+    config.bind = [f"fd://{sock.detach()}" for sock in config.create_sockets().insecure_sockets]
     config.graceful_timeout = ctx.host.shutdown_grace_s
     config.keep_alive_timeout = settings.keep_alive_timeout_s
     config.keep_alive_max_requests = settings.keep_alive_max_requests

@@ -1,0 +1,149 @@
+"""The ``hostd`` console script, run as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+HOSTD = str(Path(sys.executable).with_name("hostd"))
+TOY = "tests.support.toy"
+
+
+def hostd(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {name: value for name, value in os.environ.items() if not name.startswith("HOSTD_")}
+    return subprocess.run([HOSTD, *args], cwd=ROOT, env=env, input=stdin, capture_output=True, text=True,
+                          timeout=30)
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    path = tmp_path / "host.yaml"
+    path.write_text(textwrap.dedent(f"""\
+        models:
+          - class_path: {TOY}:EchoModel
+          - class_path: {TOY}:EchoModel
+            configuration: {{name: echo, version: 1.10.0}}
+          - class_path: {TOY}.AsyncEchoModel
+            configuration: {{name: async_echo, version: 0.1.0}}
+        """))
+    return path
+
+
+def test_help_lists_the_commands() -> None:
+    result = hostd("--help")
+    assert result.returncode == 0, result.stderr
+    commands = result.stdout.split("Commands:")[1].split()
+    for command in ("run", "check", "models", "predict"):
+        assert command in commands
+
+
+def test_version() -> None:
+    result = hostd("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == "hostd, version 0.1.0"
+
+
+def test_check_prints_one_line_per_model(config: Path) -> None:
+    result = hostd("check", str(config))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "async_echo\t0.1.0\tdeterministic=true",
+        "echo\t1.0.0\tdeterministic=true",
+        "echo\t1.10.0\tdeterministic=true",
+    ]
+
+
+def test_check_reports_a_typo_with_file_line_and_key_and_exits_2(tmp_path: Path) -> None:
+    path = tmp_path / "host.yaml"
+    path.write_text(f"models:\n  - class_path: {TOY}:EchoModel\n    timout_ms: 5\n")
+    result = hostd("check", str(path))
+    assert result.returncode == 2
+    assert f"{path}:3: models[0].timout_ms: unknown key" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
+def test_check_reports_a_model_that_fails_to_load_and_exits_2(tmp_path: Path) -> None:
+    path = tmp_path / "host.yaml"
+    path.write_text(f"models:\n  - class_path: {TOY}:FailsToLoad\n")
+    result = hostd("check", str(path))
+    assert result.returncode == 2
+    assert f"{path}:2:" in result.stderr
+    assert "FileNotFoundError: parameters.skops is missing" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_check_reports_an_unknown_transport_and_exits_2(tmp_path: Path) -> None:
+    path = tmp_path / "host.yaml"
+    path.write_text(f"models:\n  - class_path: {TOY}:EchoModel\ntransports:\n  htp: {{}}\n")
+    result = hostd("check", str(path))
+    assert result.returncode == 2
+    assert f"{path}:4: transports.htp: no such transport is installed (installed: " in result.stderr
+    assert "http" in result.stderr
+
+
+def test_models_json_prints_metadata_with_schemas(config: Path) -> None:
+    result = hostd("models", str(config), "--json")
+    assert result.returncode == 0, result.stderr
+    metadata = json.loads(result.stdout)
+    assert [(item["qualified_name"], item["version"]) for item in metadata] == [
+        ("async_echo", "0.1.0"), ("echo", "1.0.0"), ("echo", "1.10.0")]
+    echo = metadata[1]
+    assert echo["display_name"] == "Echo"
+    assert echo["deterministic"] is True
+    assert echo["input_schema"]["required"] == ["x"]
+    assert set(echo["output_schema"]["properties"]) == {"y", "text"}
+
+
+def test_models_text_shows_each_model(config: Path) -> None:
+    result = hostd("models", str(config))
+    assert result.returncode == 0, result.stderr
+    assert "echo 1.10.0  Echo" in result.stdout
+    assert "input schema:" in result.stdout
+
+
+def test_predict_prints_the_prediction_json(config: Path) -> None:
+    result = hostd("predict", str(config), "echo", '{"x": 2}')
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"y": 4.0, "text": ""}
+
+
+def test_predict_a_given_version_and_an_async_model(config: Path) -> None:
+    old = hostd("predict", str(config), "echo", '{"x": 2}', "--version", "1.0.0")
+    assert json.loads(old.stdout)["y"] == 4
+    assert json.loads(hostd("predict", str(config), "async_echo", '{"x": 3}').stdout)["y"] == 6
+
+
+def test_predict_reads_stdin_when_data_is_a_dash(config: Path) -> None:
+    result = hostd("predict", str(config), "echo", "-", stdin='{"x": 5, "text": "ok"}')
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"y": 10.0, "text": "OK"}
+
+
+def test_predict_with_bad_json_fails_clearly(config: Path) -> None:
+    result = hostd("predict", str(config), "echo", "{x: 2")
+    assert result.returncode != 0
+    assert "not valid JSON" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
+def test_predict_with_invalid_input_fails_clearly(config: Path) -> None:
+    result = hostd("predict", str(config), "echo", '{"x": "two"}')
+    assert result.returncode != 0
+    assert "INVALID_INPUT: invalid input for model 'echo': x:" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
+def test_predict_with_an_unknown_model_fails_clearly(config: Path) -> None:
+    result = hostd("predict", str(config), "iris", '{"x": 2}')
+    assert result.returncode != 0
+    assert "MODEL_NOT_FOUND: model 'iris' is not served here (served: async_echo, echo)" in result.stderr
