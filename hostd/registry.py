@@ -123,6 +123,9 @@ def build_model(settings: ModelSettings, where: str = "") -> ServedModel:
         check_model(model)
     except TypeError as exc:
         raise ConfigError(f"{where}: {settings.class_path}: {exc}") from exc
+    if settings.qualified_name is not None and settings.qualified_name != model.qualified_name:
+        raise ConfigError(f"{where}: qualified_name '{settings.qualified_name}' does not match the model's "
+                          f"own name '{model.qualified_name}'")
     return ServedModel(model, settings)
 
 

@@ -55,6 +55,8 @@ class ModelSettings(ComponentSettings):
     max_pending: int = Field(default=1024, ge=1)
     # rest-model-service: false loads the model (it is listed) but serves no predictions.
     create_endpoint: bool = True
+    # rest-model-service (before 0.5) named each model here; if given, it must match the model.
+    qualified_name: str | None = None
 
 
 class HostSettings(Strict):

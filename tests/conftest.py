@@ -83,8 +83,9 @@ def start_hostd(tmp_path: Path) -> Iterator[Callable[..., HostdProcess]]:
         path = tmp_path / f"host-{len(servers)}.yaml"
         path.write_text(yaml.safe_dump(config))
         log = tmp_path / f"hostd-{len(servers)}.log"
-        proc = subprocess.Popen([HOSTD, "run", str(path)], cwd=ROOT, stdout=log.open("wb"),
-                                stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        with log.open("wb") as out:  # the child keeps its own descriptor
+            proc = subprocess.Popen([HOSTD, "run", str(path)], cwd=ROOT, stdout=out,
+                                    stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
         server = HostdProcess(proc, path, port, log)
         servers.append(server)
         if wait:

@@ -40,6 +40,8 @@ def openapi(dataplane: DataPlane, title: str, description: str) -> dict[str, Any
             "responses": {"200": {"description": "Output tensors"}}}},
     }
     for served in dataplane.models():
+        if not served.settings.create_endpoint:
+            continue
         paths[f"/api/models/{served.name}/prediction"] = _prediction_path(served, schemas)
     return {"openapi": "3.1.0", "info": {"title": title, "description": description, "version": __version__},
             "paths": paths, "components": {"schemas": schemas}}

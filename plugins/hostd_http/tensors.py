@@ -102,6 +102,8 @@ def _decode_tensor(tensor: Any, binary: memoryview, offset: int) -> tuple[str, n
     size = (tensor.get("parameters") or {}).get("binary_data_size")
     try:
         if size is not None:
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                raise InvalidInput(f"input '{name}': binary_data_size must be a non-negative integer")
             if offset + size > len(binary):
                 raise InvalidInput(f"input '{name}': binary_data_size {size} runs past the end of the body")
             array = _from_bytes(binary[offset:offset + size], datatype)
