@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Any
 
 import orjson
-from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -15,8 +13,9 @@ from hostd import __version__
 from hostd.dataplane import DataPlane
 from hostd.errors import HostdError, InvalidInput
 from hostd.registry import ServedModel
+from hostd.tensors import TensorSpec, check_outputs, tensor_specs
 from hostd_http.responses import ORJSONResponse, error_response, parse_json, read_body
-from hostd_http.tensors import TensorSpec, decode_inputs, encode_outputs, tensor_specs
+from hostd_http.tensors import decode_inputs, encode_outputs
 
 HEADER_LENGTH = "inference-header-content-length"
 
@@ -25,18 +24,13 @@ def v2_error(exc: HostdError) -> Response:
     return error_response(exc, {"error": exc.message, "code": exc.code.value, "details": exc.details})
 
 
-@lru_cache(maxsize=256)
-def specs(schema: type[BaseModel]) -> list[TensorSpec]:
-    return tensor_specs(schema)
-
-
 def model_metadata(served: ServedModel, versions: list[str]) -> dict[str, Any]:
     return {
         "name": served.name,
         "versions": versions,
         "platform": "hostd",
-        "inputs": [spec.metadata() for spec in specs(served.model.input_schema)],
-        "outputs": [spec.metadata() for spec in specs(served.model.output_schema)],
+        "inputs": [spec.metadata() for spec in tensor_specs(served.model.input_schema)],
+        "outputs": [spec.metadata() for spec in tensor_specs(served.model.output_schema)],
         "parameters": {"deterministic": served.deterministic},
     }
 
@@ -68,9 +62,9 @@ def routes(dataplane: DataPlane, max_body: int) -> list[Route]:
         inference = parse_json(request_json)
         if not isinstance(inference, dict):
             raise InvalidInput("the request body must be a JSON object with 'inputs'")
-        output_specs = specs(served.model.output_schema)
+        output_specs = tensor_specs(served.model.output_schema)
         requested = _requested_outputs(inference, output_specs)
-        rows = decode_inputs(inference, binary, specs(served.model.input_schema))
+        rows = decode_inputs(inference, binary, tensor_specs(served.model.input_schema))
         result = await dataplane.predict_many(served.name, rows, served.version, transport="http",
                                               deadline_s=_deadline_s(inference))
         binary_default = bool((inference.get("parameters") or {}).get("binary_data_output", False))
@@ -117,10 +111,7 @@ def _requested_outputs(inference: dict[str, Any], output_specs: list[TensorSpec]
     if not isinstance(outputs, list) or not all(isinstance(o, dict) and "name" in o for o in outputs):
         raise InvalidInput("'outputs' must be a list of {\"name\": ...} objects")
     requested = {o["name"]: bool((o.get("parameters") or {}).get("binary_data", False)) for o in outputs}
-    unknown = sorted(set(requested) - {spec.name for spec in output_specs})
-    if unknown:
-        raise InvalidInput(f"unknown output(s) {', '.join(unknown)}; the model's outputs are "
-                           f"{', '.join(spec.name for spec in output_specs)}")
+    check_outputs(requested, output_specs)
     return requested
 
 
