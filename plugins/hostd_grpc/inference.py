@@ -1,0 +1,153 @@
+"""inference.GRPCInferenceService: the Open Inference Protocol v2 over gRPC (KServe v2 / Triton).
+
+Tensors arrive either in ``raw_input_contents`` (what tritonclient sends) or in typed
+``contents``; the reply uses the same form the request used.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from grpclib.const import Handler
+from grpclib.server import Stream
+
+from hostd import __version__
+from hostd.dataplane import DataPlane
+from hostd.errors import InvalidInput
+from hostd.registry import ServedModel
+from hostd.tensors import (
+    TensorSpec,
+    array_from_bytes,
+    array_from_values,
+    array_to_bytes,
+    check_datatype,
+    check_outputs,
+    output_arrays,
+    rows_from_arrays,
+    shaped,
+    tensor_specs,
+)
+from hostd_grpc._proto import inference as pb
+from hostd_grpc.status import InFlight
+from hostd_grpc.unary import deadline_s, unary_handler
+
+SERVICE = "inference.GRPCInferenceService"
+CONTENTS_FIELD = {
+    "BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
+    "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
+    "UINT64": "uint64_contents", "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents",
+}
+
+
+class InferenceService:
+    def __init__(self, dataplane: DataPlane, in_flight: InFlight) -> None:
+        self.dataplane = dataplane
+        self.in_flight = in_flight
+
+    def __mapping__(self) -> dict[str, Handler]:
+        rpcs: dict[str, tuple[Any, type, type]] = {
+            "ServerLive": (self.server_live, pb.ServerLiveRequest, pb.ServerLiveResponse),
+            "ServerReady": (self.server_ready, pb.ServerReadyRequest, pb.ServerReadyResponse),
+            "ModelReady": (self.model_ready, pb.ModelReadyRequest, pb.ModelReadyResponse),
+            "ServerMetadata": (self.server_metadata, pb.ServerMetadataRequest, pb.ServerMetadataResponse),
+            "ModelMetadata": (self.model_metadata, pb.ModelMetadataRequest, pb.ModelMetadataResponse),
+            "ModelInfer": (self.model_infer, pb.ModelInferRequest, pb.ModelInferResponse),
+        }
+        return {f"/{SERVICE}/{name}": unary_handler(respond, request, reply, self.in_flight)
+                for name, (respond, request, reply) in rpcs.items()}
+
+    async def server_live(self, request: pb.ServerLiveRequest, stream: Stream[Any, Any]) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    async def server_ready(self, request: pb.ServerReadyRequest, stream: Stream[Any, Any]) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self.dataplane.ready)
+
+    async def model_ready(self, request: pb.ModelReadyRequest, stream: Stream[Any, Any]) -> pb.ModelReadyResponse:
+        served = self.dataplane.model(request.name, request.version or None)
+        return pb.ModelReadyResponse(ready=self.dataplane.ready and served.settings.create_endpoint)
+
+    async def server_metadata(self, request: pb.ServerMetadataRequest,
+                              stream: Stream[Any, Any]) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(name="hostd", version=__version__, extensions=[])
+
+    async def model_metadata(self, request: pb.ModelMetadataRequest,
+                             stream: Stream[Any, Any]) -> pb.ModelMetadataResponse:
+        served = self.dataplane.model(request.name, request.version or None)
+        return pb.ModelMetadataResponse(
+            name=served.name,
+            versions=[m.version for m in self.dataplane.models() if m.name == served.name],
+            platform="hostd",
+            inputs=[_tensor_metadata(spec) for spec in tensor_specs(served.model.input_schema)],
+            outputs=[_tensor_metadata(spec) for spec in tensor_specs(served.model.output_schema)],
+        )
+
+    async def model_infer(self, request: pb.ModelInferRequest, stream: Stream[Any, Any]) -> pb.ModelInferResponse:
+        served = self.dataplane.model(request.model_name, request.model_version or None)
+        output_specs = tensor_specs(served.model.output_schema)
+        requested = [output.name for output in request.outputs]
+        check_outputs(requested, output_specs)
+        rows = rows_from_arrays(decode_inputs(request), tensor_specs(served.model.input_schema))
+        result = await self.dataplane.predict_many(served.name, rows, served.version, transport="grpc",
+                                                   deadline_s=deadline_s(stream))
+        return encode_outputs(served, request, output_arrays(result.outputs, output_specs, requested))
+
+
+def _tensor_metadata(spec: TensorSpec) -> pb.ModelMetadataResponseTensorMetadata:
+    metadata = spec.metadata()
+    return pb.ModelMetadataResponseTensorMetadata(name=metadata["name"], datatype=metadata["datatype"],
+                                                  shape=metadata["shape"])
+
+
+def decode_inputs(request: pb.ModelInferRequest) -> dict[str, np.ndarray]:
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise InvalidInput(f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs")
+    arrays = {}
+    for index, tensor in enumerate(request.inputs):
+        datatype = check_datatype(tensor.name, tensor.datatype)
+        flat = _from_raw(raw[index], tensor.name, datatype) if raw else _from_contents(tensor, datatype)
+        arrays[tensor.name] = shaped(flat, tensor.shape, tensor.name, datatype)
+    return arrays
+
+
+def _from_raw(raw: bytes, name: str, datatype: str) -> np.ndarray:
+    try:
+        return array_from_bytes(raw, datatype)
+    except ValueError as exc:
+        raise InvalidInput(f"input '{name}': raw contents do not match datatype {datatype}: {exc}") from None
+
+
+def _from_contents(tensor: pb.ModelInferRequestInferInputTensor, datatype: str) -> np.ndarray:
+    if datatype not in CONTENTS_FIELD:
+        raise InvalidInput(f"input '{tensor.name}': {datatype} must be sent in raw_input_contents")
+    contents = tensor.contents or pb.InferTensorContents()
+    values = getattr(contents, CONTENTS_FIELD[datatype])
+    if not values:
+        used = [field for field in set(CONTENTS_FIELD.values()) if getattr(contents, field)]
+        if used:
+            raise InvalidInput(f"input '{tensor.name}' is {datatype}, so its values belong in "
+                               f"{CONTENTS_FIELD[datatype]}, not {', '.join(sorted(used))}")
+    return array_from_values(list(values), datatype, tensor.name)
+
+
+def encode_outputs(served: ServedModel, request: pb.ModelInferRequest,
+                   arrays: list[tuple[TensorSpec, np.ndarray]]) -> pb.ModelInferResponse:
+    raw = bool(request.raw_input_contents)  # answer in the form the client used
+    response = pb.ModelInferResponse(model_name=served.name, model_version=served.version, id=request.id)
+    for spec, array in arrays:
+        tensor = pb.ModelInferResponseInferOutputTensor(name=spec.name, datatype=spec.datatype,
+                                                        shape=list(array.shape))
+        if raw:
+            response.raw_output_contents.append(array_to_bytes(array, spec.datatype))
+        else:
+            tensor.contents = _contents(array, spec.datatype)
+        response.outputs.append(tensor)
+    return response
+
+
+def _contents(array: np.ndarray, datatype: str) -> pb.InferTensorContents:
+    values = array.reshape(-1).tolist()
+    if datatype == "BYTES":
+        values = [value if isinstance(value, bytes) else str(value).encode() for value in values]
+    return pb.InferTensorContents(**{CONTENTS_FIELD[datatype]: values})

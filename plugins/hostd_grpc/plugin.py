@@ -1,0 +1,114 @@
+"""The gRPC transport plugin (grpclib): OIP v2, typed per-model services, health and reflection."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import anyio
+import click
+import structlog
+from anyio.abc import TaskStatus
+from google.protobuf import descriptor_pb2, descriptor_pool
+from grpclib.health.check import ServiceCheck
+from grpclib.health.service import OVERALL, Health
+from grpclib.reflection.service import ServerReflection
+from grpclib.server import Server
+from pydantic import BaseModel, ConfigDict, Field
+
+from hostd.dataplane import DataPlane
+from hostd.hookspecs import hookimpl
+from hostd.transports import Transport, TransportContext
+from hostd_grpc._proto import inference as pb
+from hostd_grpc.inference import InferenceService
+from hostd_grpc.status import InFlight
+from hostd_grpc.typed import ModelProto, ProtoError, TypedService, describe, render
+
+log = structlog.get_logger("hostd.grpc")
+
+
+class GrpcSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8081, ge=0, le=65535)
+    typed_services: bool = True  # a Predict service per model, from its schemas (see `hostd proto`)
+    reflection: bool = True  # grpc.reflection.v1 and v1alpha, for grpcurl-style tools
+
+
+def build_services(dataplane: DataPlane, settings: GrpcSettings, in_flight: InFlight) -> list[Any]:
+    pool = descriptor_pool.DescriptorPool()
+    oip = descriptor_pb2.FileDescriptorProto()
+    pb.GRPC_PREDICT_V2_PROTO_DESCRIPTOR.CopyToProto(oip)
+    pool.Add(oip)
+    services: list[Any] = [InferenceService(dataplane, in_flight)]
+    if settings.typed_services:
+        for proto in typed_protos(dataplane):
+            pool.Add(proto.file)
+            services.append(TypedService(dataplane, proto, pool, in_flight))
+
+    async def ready() -> bool:
+        return dataplane.ready
+
+    check = ServiceCheck(ready, check_ttl=0.5)
+    services.append(Health({OVERALL: [check], **{service: [check] for service in services}}))
+    if settings.reflection:
+        services = ServerReflection.extend(services, pool=pool)
+    return services
+
+
+def typed_protos(dataplane: DataPlane) -> list[ModelProto]:
+    """One typed service per model name (its latest version); models protobuf cannot describe are
+    skipped with a warning (they are still served by the OIP v2 service)."""
+    protos = []
+    for name in sorted({served.name for served in dataplane.models()}):
+        try:
+            protos.append(describe(dataplane.model(name)))
+        except ProtoError as exc:
+            log.warning("no typed gRPC service", model=name, reason=str(exc))
+    return protos
+
+
+async def serve_grpc(ctx: TransportContext, *, task_status: TaskStatus[None]) -> None:
+    settings: GrpcSettings = ctx.settings
+    in_flight = InFlight()
+    server = Server(build_services(ctx.dataplane, settings, in_flight))
+    await server.start(settings.host, settings.port)
+    task_status.started()
+    try:
+        await ctx.stop.wait()
+        # grpclib's close() cancels running handlers: let the accepted RPCs finish first.
+        with anyio.move_on_after(ctx.host.shutdown_grace_s):
+            await in_flight.wait_idle()
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+@hookimpl
+def register_transports(register):  # type: ignore[no-untyped-def]
+    register(Transport(name="grpc", settings=GrpcSettings, serve=serve_grpc))
+
+
+@hookimpl
+def register_commands(cli):  # type: ignore[no-untyped-def]
+    @cli.command()
+    @click.argument("config", type=click.Path(dir_okay=False, path_type=Path), envvar="HOSTD_CONFIG")
+    @click.option("-o", "--output", "output", type=click.Path(file_okay=False, path_type=Path), required=True,
+                  help="Directory for the .proto files.")
+    def proto(config: Path, output: Path) -> None:
+        """Write a .proto per model in CONFIG: its schemas as messages and a Predict rpc."""
+        from hostd.cli import load
+        from hostd.registry import Registry
+
+        settings, _ = load(config)
+        registry = Registry.from_settings(settings)
+        output.mkdir(parents=True, exist_ok=True)
+        for name in registry.names():
+            try:
+                described = describe(registry.get(name))
+            except ProtoError as exc:
+                raise click.ClickException(str(exc)) from None
+            path = output / f"{Path(described.file.name).name}"
+            path.write_text(render(described))
+            click.echo(f"{path}\t{described.package}.{described.service}/Predict")
