@@ -1,0 +1,88 @@
+"""The JSON envelope shared by the message transports (WebSocket, ZeroMQ, Kafka).
+
+Request ``{"id": "...", "model": "iris_model", "version": null, "data": {...}}`` (``"op"`` defaults to
+``"predict"``; ``{"op": "models"}`` and ``{"op": "metadata", "model": ...}`` describe the models).
+Reply ``{"id", "model", "version", "prediction"}`` or ``{"id", "error": {"code", "message", "details"}}``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import orjson
+
+from hostd.dataplane import DataPlane
+from hostd.errors import HostdError, InvalidInput, PayloadTooLarge
+
+OPS = ("predict", "models", "metadata")
+
+
+def parse(raw: bytes | str, limit: int | None = None) -> dict[str, Any]:
+    """The request as a dict with an ``id`` (one is made up if missing); InvalidInput if it is not one."""
+    if limit is not None and len(raw) > limit:
+        raise PayloadTooLarge(f"message is {len(raw)} bytes; the limit is {limit}")
+    try:
+        request = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        if isinstance(raw, bytes) and not _is_utf8(raw):
+            raise InvalidInput("message is binary, not UTF-8 JSON text") from None
+        raise InvalidInput(f"message is not valid JSON: {exc}") from None
+    if not isinstance(request, dict):
+        raise InvalidInput("message must be a JSON object like {\"id\": ..., \"model\": ..., \"data\": {...}}")
+    request.setdefault("id", None)
+    if request["id"] is None:
+        request["id"] = uuid.uuid4().hex
+    return request
+
+
+async def answer(dataplane: DataPlane, request: dict[str, Any], transport: str) -> dict[str, Any]:
+    """The reply to one parsed request; every error becomes an error reply."""
+    try:
+        return {"id": request["id"], **await _dispatch(dataplane, request, transport)}
+    except HostdError as exc:
+        return error_reply(request.get("id"), exc)
+
+
+async def handle(dataplane: DataPlane, raw: bytes | str, transport: str, limit: int | None = None) -> bytes:
+    """Parse, answer and encode: the whole envelope round trip for one message."""
+    try:
+        request = parse(raw, limit)
+    except HostdError as exc:
+        return encode(error_reply(None, exc))
+    return encode(await answer(dataplane, request, transport))
+
+
+def _is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def error_reply(request_id: Any, exc: HostdError) -> dict[str, Any]:
+    return {"id": request_id, "error": exc.to_dict()}
+
+
+def encode(reply: dict[str, Any]) -> bytes:
+    return orjson.dumps(reply)
+
+
+async def _dispatch(dataplane: DataPlane, request: dict[str, Any], transport: str) -> dict[str, Any]:
+    op = request.get("op", "predict")
+    if op not in OPS:
+        raise InvalidInput(f"unknown op {op!r}; use one of {', '.join(OPS)}")
+    if op == "models":
+        return {"models": [served.metadata() for served in dataplane.models()]}
+    model, version = request.get("model"), request.get("version")
+    if not isinstance(model, str) or not model:
+        raise InvalidInput("'model' is required (a model name)")
+    if version is not None and not isinstance(version, str):
+        raise InvalidInput("'version' must be a string or null")
+    if op == "metadata":
+        return {"metadata": dataplane.model(model, version).metadata()}
+    if "data" not in request:
+        raise InvalidInput("'data' is required (the model's input as a JSON object)")
+    result = await dataplane.predict(model, request["data"], version, transport=transport)
+    return {"model": result.model, "version": result.version, "prediction": result.output}

@@ -1,0 +1,105 @@
+"""The WebSocket transport (websockets): the JSON envelope, many requests in flight per connection.
+
+Replies carry the request's ``id`` and may arrive out of order. A connection reads a new frame only
+while it has fewer than ``max_in_flight`` requests unanswered, and a reply waits while the client's
+socket buffer is full, so a client that stops reading cannot make the daemon buffer without bound.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import anyio
+import structlog
+from anyio.abc import TaskStatus
+from pydantic import BaseModel, ConfigDict, Field
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+
+from hostd import envelope
+from hostd.dataplane import DataPlane
+from hostd.hookspecs import hookimpl
+from hostd.transports import Transport, TransportContext
+
+log = structlog.get_logger("hostd.ws")
+
+
+class WebSocketSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8765, ge=0, le=65535)
+    max_message_bytes: int = Field(default=1 << 20, ge=1024)  # bigger frames close with 1009
+    max_in_flight: int = Field(default=256, ge=1)  # per connection
+    ping_interval_s: float | None = Field(default=20.0, gt=0)
+    ping_timeout_s: float | None = Field(default=20.0, gt=0)
+    idle_timeout_s: float | None = Field(default=None, gt=0)  # close after this long without a frame
+
+
+class Connections:
+    """Serves each connection; on shutdown stops reading, answers what it read, then closes (1001)."""
+
+    def __init__(self, dataplane: DataPlane, settings: WebSocketSettings) -> None:
+        self.dataplane = dataplane
+        self.settings = settings
+        self.readers: set[anyio.CancelScope] = set()
+        self.stopping = False
+
+    def stop_reading(self) -> None:
+        self.stopping = True
+        for reader in self.readers:
+            reader.cancel()
+
+    async def serve(self, ws: ServerConnection) -> None:
+        slots = anyio.Semaphore(self.settings.max_in_flight)
+        reason = "server shutting down"
+        async with anyio.create_task_group() as replies:
+            with anyio.CancelScope() as reader:
+                self.readers.add(reader)
+                if self.stopping:
+                    reader.cancel()
+                try:
+                    reason = await self._read(ws, replies, slots)
+                finally:
+                    self.readers.discard(reader)
+        await ws.close(1001 if self.stopping else 1000, reason)
+
+    async def _read(self, ws: ServerConnection, replies: anyio.abc.TaskGroup, slots: anyio.Semaphore) -> str:
+        idle = self.settings.idle_timeout_s
+        while True:
+            try:
+                with anyio.fail_after(idle) if idle else nullcontext():
+                    frame = await ws.recv()
+            except TimeoutError:
+                return "idle timeout"
+            except ConnectionClosed:
+                return "closed"
+            await slots.acquire()
+            replies.start_soon(self._reply, ws, frame, slots)
+
+    async def _reply(self, ws: ServerConnection, frame: str | bytes, slots: anyio.Semaphore) -> None:
+        try:
+            reply = await envelope.handle(self.dataplane, frame, "ws")
+            await ws.send(reply, text=True)
+        except ConnectionClosed:
+            log.debug("client left before its reply", remote=str(ws.remote_address))
+        finally:
+            slots.release()
+
+
+async def serve_ws(ctx: TransportContext, *, task_status: TaskStatus[None]) -> None:
+    settings: WebSocketSettings = ctx.settings
+    connections = Connections(ctx.dataplane, settings)
+    async with serve(connections.serve, settings.host, settings.port, max_size=settings.max_message_bytes,
+                     ping_interval=settings.ping_interval_s, ping_timeout=settings.ping_timeout_s) as server:
+        task_status.started()
+        await ctx.stop.wait()
+        server.close(close_connections=False)  # stop accepting; connections finish below
+        connections.stop_reading()
+        with anyio.move_on_after(ctx.host.shutdown_grace_s):
+            await server.wait_closed()
+
+
+@hookimpl
+def register_transports(register):  # type: ignore[no-untyped-def]
+    register(Transport(name="ws", settings=WebSocketSettings, serve=serve_ws))

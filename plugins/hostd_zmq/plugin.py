@@ -1,0 +1,46 @@
+"""The ZeroMQ transport (pyzmq): the JSON envelope on a ROUTER socket, and zerorpc on a second one."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import anyio
+from anyio.abc import TaskStatus
+from pydantic import BaseModel, ConfigDict, Field
+
+from hostd.hookspecs import hookimpl
+from hostd.transports import Transport, TransportContext
+from hostd_zmq import envelope_router, zerorpc
+from hostd_zmq.router import serve_router
+
+
+class ZmqSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    bind: str = "tcp://127.0.0.1:5555"
+    zerorpc_bind: str | None = "tcp://127.0.0.1:4242"  # null: no zerorpc endpoint
+    max_message_bytes: int = Field(default=1 << 20, ge=1024)
+    max_in_flight: int = Field(default=1024, ge=1)  # per socket; past it we stop reading
+    high_water_mark: int = Field(default=10_000, ge=1)
+
+
+async def serve_zmq(ctx: TransportContext, *, task_status: TaskStatus[None]) -> None:
+    settings: ZmqSettings = ctx.settings
+    serve = partial(serve_router, stop=ctx.stop, max_in_flight=settings.max_in_flight,
+                    high_water_mark=settings.high_water_mark, grace_s=ctx.host.shutdown_grace_s)
+    endpoints = [(settings.bind, envelope_router.responder(ctx.dataplane, settings.max_message_bytes))]
+    if settings.zerorpc_bind:
+        endpoints.append((settings.zerorpc_bind, zerorpc.responder(ctx.dataplane)))
+    async with anyio.create_task_group() as tg:
+        for bind, respond in endpoints:
+            await tg.start(_serve_one, serve, bind, respond)
+        task_status.started()
+
+
+async def _serve_one(serve, bind, respond, *, task_status: TaskStatus[None]) -> None:  # type: ignore[no-untyped-def]
+    await serve(bind, respond, started=task_status.started)
+
+
+@hookimpl
+def register_transports(register):  # type: ignore[no-untyped-def]
+    register(Transport(name="zmq", settings=ZmqSettings, serve=serve_zmq))
