@@ -18,11 +18,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import yaml
-
 from hostd_grpc._proto import inference as pb
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,22 +37,34 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_hostd(workdir: Path) -> tuple[subprocess.Popen[bytes], int, int]:
-    http_port, grpc_port = free_port(), free_port()
+@contextmanager
+def start_hostd_with(transports: dict[str, Any]) -> Iterator[int]:
+    """Serve iris with ``transports`` (plus HTTP, whose port is yielded) until the block ends."""
+    http_port = free_port()
     config = {
         "models": [{"class_path": "iris_model.model:IrisModel"}],
-        "transports": {"http": {"port": http_port}, "grpc": {"port": grpc_port}},
+        "transports": {"http": {"port": http_port}, **transports},
         "log_level": "warning",
     }
-    path = workdir / "host.yaml"
-    path.write_text(yaml.safe_dump(config))
-    hostd = str(Path(sys.executable).with_name("hostd"))
-    proc = subprocess.Popen([hostd, "run", str(path)], cwd=ROOT, stdout=subprocess.DEVNULL)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "host.yaml"
+        path.write_text(yaml.safe_dump(config))
+        hostd = str(Path(sys.executable).with_name("hostd"))
+        proc = subprocess.Popen([hostd, "run", str(path)], cwd=ROOT, stdout=subprocess.DEVNULL)
+        try:
+            _wait_ready(proc, http_port)
+            yield http_port
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+
+
+def _wait_ready(proc: subprocess.Popen[bytes], http_port: int) -> None:
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and proc.poll() is None:
         try:
             if httpx.get(f"http://127.0.0.1:{http_port}/api/health/ready", timeout=1).status_code == 200:
-                return proc, http_port, grpc_port
+                return
         except httpx.TransportError:
             time.sleep(0.1)
     proc.kill()
@@ -81,7 +95,8 @@ def h2load_grpc(port: int, concurrency: int, seconds: int, workdir: Path) -> dic
     framed = workdir / "infer.bin"
     framed.write_bytes(struct.pack(">?I", False, len(message)) + message)  # gRPC length-prefixed frame
     log = workdir / "h2load.log"
-    out = subprocess.run(["h2load", f"-D{seconds}", "--log-file", str(log), f"-c{concurrency}", "-m1", "-t2", "-d", str(framed),
+    out = subprocess.run(["h2load", f"-D{seconds}", "--log-file", str(log), f"-c{concurrency}", "-m1", "-t2",
+                          "-d", str(framed),
                           "-H", "content-type: application/grpc", "-H", "te: trailers",
                           f"http://127.0.0.1:{port}/inference.GRPCInferenceService/ModelInfer"],
                          capture_output=True, text=True, check=True, timeout=seconds + 30).stdout
@@ -107,15 +122,11 @@ def main() -> None:
     for tool in ("wrk", "h2load"):
         if not shutil.which(tool):
             raise SystemExit(f"{tool} is not installed (apt-get install wrk nghttp2-client)")
-    with tempfile.TemporaryDirectory() as tmp:
+    grpc_port = free_port()
+    with tempfile.TemporaryDirectory() as tmp, start_hostd_with({"grpc": {"port": grpc_port}}) as http_port:
         workdir = Path(tmp)
-        proc, http_port, grpc_port = start_hostd(workdir)
-        try:
-            http = wrk_http(http_port, args.concurrency, args.seconds, workdir)
-            grpc = h2load_grpc(grpc_port, args.concurrency, args.seconds, workdir)
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(30)
+        http = wrk_http(http_port, args.concurrency, args.seconds, workdir)
+        grpc = h2load_grpc(grpc_port, args.concurrency, args.seconds, workdir)
     print(f"iris ModelInfer, {args.concurrency} concurrent, {args.seconds} s each")
     print(f"HTTP v2 (wrk):     {http['rps']:8.0f} req/s  p50 {http['p50_ms']:.2f} ms  p99 {http['p99_ms']:.2f} ms"
           f"  errors {http['errors']:.0f}")
