@@ -92,6 +92,12 @@ class DataPlane:
             code = exc.code.value
             log.warning("prediction failed", model=model, transport=transport, code=code, error=exc.message)
             raise
+        except anyio.get_cancelled_exc_class():
+            # The transport gave up: its client's deadline passed (gRPC cancels the handler) or it left.
+            elapsed = time.perf_counter() - started
+            code = "TIMEOUT" if deadline_s is not None and elapsed >= deadline_s else "CANCELLED"
+            log.warning("prediction cancelled", model=model, transport=transport, code=code)
+            raise
         finally:
             if admitted:
                 self._release()
@@ -183,7 +189,7 @@ def _dump_output(served: ServedModel, output: Any) -> dict[str, Any]:
     try:
         if not isinstance(output, schema):
             output = schema.model_validate(output)
-        return output.model_dump(mode="json")
+        return output.model_dump(mode="json", by_alias=True)
     except ValidationError as exc:
         raise ModelError(f"model '{served.name}' returned output that does not match its output schema: "
                          f"{exc.errors(include_url=False)[0]['msg']}") from exc

@@ -105,7 +105,10 @@ def array_from_values(values: Sequence[Any], datatype: str, name: str) -> np.nda
         return np.array(values, dtype=np.bool_)
     if not all(isinstance(value, (int, float)) and not isinstance(value, bool) for value in values):
         raise InvalidInput(f"input '{name}' is {datatype} but its data holds non-numeric values")
-    return np.array(values, dtype=NUMPY_TYPES[datatype])
+    try:
+        return np.array(values, dtype=NUMPY_TYPES[datatype])
+    except (OverflowError, ValueError):
+        raise InvalidInput(f"input '{name}' holds values out of range for {datatype}") from None
 
 
 def shaped(array: np.ndarray, shape: Sequence[int], name: str, datatype: str) -> np.ndarray:

@@ -14,7 +14,7 @@ from grpclib.server import Stream
 
 from hostd import __version__
 from hostd.dataplane import DataPlane
-from hostd.errors import InvalidInput
+from hostd.errors import InvalidInput, ModelNotFound
 from hostd.registry import ServedModel
 from hostd.tensors import (
     TensorSpec,
@@ -64,7 +64,11 @@ class InferenceService:
         return pb.ServerReadyResponse(ready=self.dataplane.ready)
 
     async def model_ready(self, request: pb.ModelReadyRequest, stream: Stream[Any, Any]) -> pb.ModelReadyResponse:
-        served = self.dataplane.model(request.name, request.version or None)
+        # Triton's contract: an unknown model is "not ready", not an error.
+        try:
+            served = self.dataplane.model(request.name, request.version or None)
+        except ModelNotFound:
+            return pb.ModelReadyResponse(ready=False)
         return pb.ModelReadyResponse(ready=self.dataplane.ready and served.settings.create_endpoint)
 
     async def server_metadata(self, request: pb.ServerMetadataRequest,

@@ -23,6 +23,7 @@ from hostd_grpc._proto import inference as pb
 from hostd_grpc.inference import InferenceService
 from hostd_grpc.status import InFlight
 from hostd_grpc.typed import ModelProto, ProtoError, TypedService, describe, render
+from hostd_grpc.unary import StrictProtoCodec
 
 log = structlog.get_logger("hostd.grpc")
 
@@ -72,7 +73,7 @@ def typed_protos(dataplane: DataPlane) -> list[ModelProto]:
 async def serve_grpc(ctx: TransportContext, *, task_status: TaskStatus[None]) -> None:
     settings: GrpcSettings = ctx.settings
     in_flight = InFlight()
-    server = Server(build_services(ctx.dataplane, settings, in_flight))
+    server = Server(build_services(ctx.dataplane, settings, in_flight), codec=StrictProtoCodec())
     await server.start(settings.host, settings.port)
     task_status.started()
     try:

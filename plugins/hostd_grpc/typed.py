@@ -84,27 +84,30 @@ class _Builder:
             self.done.add(name)
             message = self.proto.file.message_type.add(name=name)
             for number, (field_name, prop) in enumerate(schema.get("properties", {}).items(), start=1):
-                self.field(message, number, field_name, prop, f"{name}.{field_name}")
+                self.field(message, f"{self.proto.package}.{name}", number, field_name, prop,
+                           f"{name}.{field_name}")
         return name
 
-    def field(self, message: descriptor_pb2.DescriptorProto, number: int, name: str, prop: dict[str, Any],
-              where: str) -> None:
+    def field(self, message: descriptor_pb2.DescriptorProto, scope: str, number: int, name: str,
+              prop: dict[str, Any], where: str) -> None:
+        """Add field ``name`` to ``message``, whose full name is ``scope``."""
         if not IDENTIFIER.match(name):
             raise ProtoError(f"{self.proto.model}: field '{where}' is not a valid protobuf field name")
         prop = self.resolve(prop)
         item = message.field.add(name=name, number=number, json_name=name)
         if prop.get("type") == "array":
             item.label = FDP.LABEL_REPEATED
-            self.element(message, item, prop.get("items", {}), where)
+            self.element(message, scope, item, prop.get("items", {}), where)
             return
         item.label = FDP.LABEL_OPTIONAL
-        self.element(message, item, prop, where)
+        self.element(message, scope, item, prop, where)
         if item.type != FDP.TYPE_MESSAGE:  # proto3 `optional`: presence for scalars
             item.proto3_optional = True
             item.oneof_index = len(message.oneof_decl)
             message.oneof_decl.add(name=f"_{name}")
 
-    def element(self, message: descriptor_pb2.DescriptorProto, item: Any, prop: dict[str, Any], where: str) -> None:
+    def element(self, message: descriptor_pb2.DescriptorProto, scope: str, item: Any, prop: dict[str, Any],
+                where: str) -> None:
         prop = self.resolve(prop)
         kind = prop.get("type")
         if kind in SCALARS:
@@ -115,8 +118,8 @@ class _Builder:
         elif kind == "array":  # a list of lists: protobuf needs a message per row
             row = message.nested_type.add(name=f"{_camel(item.name)}Row")
             inner = row.field.add(name="values", number=1, json_name="values", label=FDP.LABEL_REPEATED)
-            self.element(row, inner, prop.get("items", {}), where + "[]")
-            item.type, item.type_name = FDP.TYPE_MESSAGE, f".{self.proto.package}.{message.name}.{row.name}"
+            self.element(row, f"{scope}.{row.name}", inner, prop.get("items", {}), where + "[]")
+            item.type, item.type_name = FDP.TYPE_MESSAGE, f".{scope}.{row.name}"
             self.proto.wrappers.add(item.type_name.lstrip("."))
         else:
             described = prop.get("type") or ("a union" if "anyOf" in prop else "an untyped value")
