@@ -13,7 +13,7 @@ import click
 import orjson
 
 from hostd import __version__, plugins
-from hostd.errors import ConfigError, HostdError, StartupError
+from hostd.errors import ConfigError, HostdError, StartupError, innermost
 from hostd.observability import configure_logging
 from hostd.settings import HostSettings, load_settings
 
@@ -48,7 +48,7 @@ def run(config: Path, log_format: str) -> None:
         failed = group.subgroup(StartupError)
         if failed is None:
             raise
-        raise click.ClickException(str(daemon._innermost(failed))) from None
+        raise click.ClickException(str(innermost(failed))) from None
 
 
 @cli.command()

@@ -13,7 +13,7 @@ from anyio.abc import TaskStatus
 
 from hostd import plugins
 from hostd.dataplane import DataPlane
-from hostd.errors import StartupError
+from hostd.errors import StartupError, innermost
 from hostd.observability import Metrics
 from hostd.registry import Registry
 from hostd.settings import HostSettings
@@ -68,14 +68,8 @@ async def _start_transports(tg: anyio.abc.TaskGroup, transports: Iterable[Transp
         try:
             await tg.start(transport.serve, ctx)  # type: ignore[arg-type]
         except Exception as exc:
-            raise StartupError(f"transport '{transport.name}' failed to start: {_innermost(exc)}") from exc
+            raise StartupError(f"transport '{transport.name}' failed to start: {innermost(exc)}") from exc
         log.info("transport started", transport=transport.name)
-
-
-def _innermost(exc: BaseException) -> BaseException:
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc
 
 
 async def _stop_on_signal(stop: anyio.Event, scope: anyio.CancelScope) -> None:

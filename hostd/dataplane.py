@@ -104,6 +104,37 @@ class DataPlane:
             self.metrics.requests.labels(label, transport, code).inc()
             self.metrics.latency.labels(label, transport).observe(time.perf_counter() - started)
 
+    async def predict_each(self, model: str, rows: Sequence[Any], version: str | None = None, *,
+                           transport: str = "inproc") -> list[Prediction | HostdError]:
+        """Predict many independent rows in one model call: each row gets its own outcome, so one
+        bad row fails alone (streams and batch jobs use this)."""
+        outcomes: list[Prediction | HostdError | None] = [None] * len(rows)
+        valid: list[int] = []
+        inputs: list[Any] = []  # validated once here; predict_many accepts schema instances as they are
+        try:
+            served = self._servable(model, version)
+        except HostdError as exc:
+            served, outcomes = None, [exc] * len(rows)
+            self.metrics.requests.labels("<unknown>", transport, exc.code.value).inc(len(rows))
+        for index, row in enumerate(rows):
+            if served is None:
+                break
+            try:
+                inputs += _validate_inputs(served, [row])
+                valid.append(index)
+            except HostdError as exc:
+                outcomes[index] = exc
+                self.metrics.requests.labels(served.name, transport, exc.code.value).inc()
+        if valid:
+            try:
+                batch = await self.predict_many(model, inputs, version, transport=transport)
+                for index, output in zip(valid, batch.outputs, strict=True):
+                    outcomes[index] = Prediction(batch.model, batch.version, [output])
+            except HostdError as exc:
+                for index in valid:
+                    outcomes[index] = exc
+        return [outcome for outcome in outcomes if outcome is not None]
+
     def _servable(self, name: str, version: str | None) -> ServedModel:
         served = self.registry.get(name, version)
         if not served.settings.create_endpoint:

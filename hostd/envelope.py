@@ -69,17 +69,27 @@ def encode(reply: dict[str, Any]) -> bytes:
     return orjson.dumps(reply)
 
 
+def target(request: dict[str, Any]) -> tuple[str, str | None]:
+    """The model name and version a request names; InvalidInput if they are missing or malformed."""
+    model, version = request.get("model"), request.get("version")
+    if not isinstance(model, str) or not model:
+        raise InvalidInput("'model' is required (a model name)")
+    if version is not None and not isinstance(version, str):
+        raise InvalidInput("'version' must be a string or null")
+    return model, version
+
+
+def is_prediction(request: dict[str, Any]) -> bool:
+    return request.get("op", "predict") == "predict"
+
+
 async def _dispatch(dataplane: DataPlane, request: dict[str, Any], transport: str) -> dict[str, Any]:
     op = request.get("op", "predict")
     if op not in OPS:
         raise InvalidInput(f"unknown op {op!r}; use one of {', '.join(OPS)}")
     if op == "models":
         return {"models": [served.metadata() for served in dataplane.models()]}
-    model, version = request.get("model"), request.get("version")
-    if not isinstance(model, str) or not model:
-        raise InvalidInput("'model' is required (a model name)")
-    if version is not None and not isinstance(version, str):
-        raise InvalidInput("'version' must be a string or null")
+    model, version = target(request)
     if op == "metadata":
         return {"metadata": dataplane.model(model, version).metadata()}
     if "data" not in request:

@@ -66,5 +66,18 @@ class ConfigError(Exception):
     """host.yaml is wrong; the message names the file, line and key."""
 
 
+def innermost(exc: BaseException) -> BaseException:
+    """The exception inside nested single-exception groups (task groups wrap what they raise)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: message`` of the innermost exception, for log lines."""
+    cause = innermost(exc)
+    return f"{type(cause).__name__}: {cause}"
+
+
 class StartupError(Exception):
     """A transport could not start (e.g. its port is taken); the daemon exits non-zero."""

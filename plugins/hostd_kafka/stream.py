@@ -1,0 +1,127 @@
+"""One connected session: consume a batch, predict it, produce the outputs, commit, repeat."""
+
+from __future__ import annotations
+
+import base64
+from collections import defaultdict
+from collections.abc import Callable
+from contextlib import suppress
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+
+from hostd import envelope
+from hostd.dataplane import DataPlane, Prediction
+from hostd.errors import HostdError, InvalidInput
+
+if TYPE_CHECKING:
+    from hostd_kafka.plugin import KafkaSettings
+
+Output = tuple[str, bytes | None, bytes]  # topic, key, value
+
+
+class Stream:
+    def __init__(self, dataplane: DataPlane, settings: KafkaSettings) -> None:
+        self.dataplane = dataplane
+        self.settings = settings
+        self.batch_lock = anyio.Lock()  # held while a batch is in flight; a rebalance waits for it
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=settings.bootstrap_servers, group_id=settings.group_id,
+            client_id=settings.client_id, enable_auto_commit=False, auto_offset_reset="earliest",
+            max_partition_fetch_bytes=settings.max_message_bytes,
+        )
+        self.producer = AIOKafkaProducer(
+            bootstrap_servers=settings.bootstrap_servers, client_id=settings.client_id, acks="all",
+            max_request_size=settings.max_message_bytes + 4096,
+        )
+
+    async def run(self, stop: anyio.Event, on_connected: Callable[[], None]) -> None:
+        await self.producer.start()
+        await self.consumer.start()
+        self.consumer.subscribe([self.settings.input_topic], listener=_FinishBatchFirst(self.batch_lock))
+        on_connected()
+        while not stop.is_set():
+            # Returns within timeout_ms even when idle, so `stop` is noticed promptly.
+            batches = await self.consumer.getmany(timeout_ms=300, max_records=self.settings.max_batch)
+            async with self.batch_lock:
+                await self.process(batches)
+
+    async def close(self) -> None:
+        for client in (self.consumer, self.producer):
+            with suppress(Exception):  # closing after a failure: nothing more to do
+                await client.stop()
+
+    async def process(self, batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
+        records = [record for partition in batches.values() for record in partition]
+        if not records:
+            return
+        outputs = await self.answer(records)
+        # Send in input order (aiokafka keeps per-partition order), then wait for every ack.
+        acks = [await self.producer.send(topic, value, key=key) for topic, key, value in outputs]
+        for ack in acks:
+            await ack
+        await self.consumer.commit({tp: part[-1].offset + 1 for tp, part in batches.items() if part})
+
+    async def answer(self, records: list[ConsumerRecord[bytes, bytes]]) -> list[Output]:
+        """One output per record, in record order; predictions grouped per model into batch calls."""
+        outputs: list[Output | None] = [None] * len(records)
+        groups: dict[tuple[str, str | None], list[tuple[int, dict[str, Any]]]] = defaultdict(list)
+        for index, record in enumerate(records):
+            try:
+                request = envelope.parse(record.value or b"", self.settings.max_message_bytes)
+                if not envelope.is_prediction(request):
+                    outputs[index] = self.reply(record, await envelope.answer(self.dataplane, request, "kafka"))
+                    continue
+                if "data" not in request:
+                    raise InvalidInput("'data' is required (the model's input as a JSON object)")
+                groups[envelope.target(request)].append((index, request))
+            except HostdError as exc:
+                outputs[index] = self.dead_letter(record, None, exc)
+        for (model, version), items in groups.items():
+            results = await self.dataplane.predict_each(model, [req["data"] for _, req in items], version,
+                                                        transport="kafka")
+            for (index, request), result in zip(items, results, strict=True):
+                outputs[index] = self.outcome(records[index], request, result)
+        return [output for output in outputs if output is not None]
+
+    def outcome(self, record: ConsumerRecord[bytes, bytes], request: dict[str, Any],
+                result: Prediction | HostdError) -> Output:
+        if isinstance(result, HostdError):
+            return self.dead_letter(record, request.get("id"), result)
+        return self.reply(record, {"id": request["id"], "model": result.model, "version": result.version,
+                                   "prediction": result.output})
+
+    def reply(self, record: ConsumerRecord[bytes, bytes], reply: dict[str, Any]) -> Output:
+        if "error" in reply:
+            return (self.settings.dead_letter_topic, record.key, self._dead_letter_value(record, reply))
+        return (self.settings.output_topic, record.key, envelope.encode(reply))
+
+    def dead_letter(self, record: ConsumerRecord[bytes, bytes], request_id: Any, exc: HostdError) -> Output:
+        reply = envelope.error_reply(request_id, exc)
+        return (self.settings.dead_letter_topic, record.key, self._dead_letter_value(record, reply))
+
+    def _dead_letter_value(self, record: ConsumerRecord[bytes, bytes], reply: dict[str, Any]) -> bytes:
+        value = record.value or b""
+        try:
+            original: dict[str, str] = {"value": value.decode()}
+        except UnicodeDecodeError:
+            original = {"value_base64": base64.b64encode(value).decode()}
+        return orjson.dumps({**reply, **original, "topic": record.topic, "partition": record.partition,
+                             "offset": record.offset})
+
+
+class _FinishBatchFirst(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Before partitions move, let the batch in flight finish and commit (so nothing is redone)."""
+
+    def __init__(self, lock: anyio.Lock) -> None:
+        self.lock = lock
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        async with self.lock:
+            pass
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        pass
