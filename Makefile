@@ -5,18 +5,26 @@ BIN := $(VENV)/bin
 MODEL_PACKAGES := $(sort $(dir $(wildcard models/*/pyproject.toml)))
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test lint clean
+.PHONY: setup run test lint clean brokers stop-brokers
 
 setup: $(STAMP)
+	@scripts/system_deps.sh
 
 $(STAMP): pyproject.toml $(addsuffix pyproject.toml,$(MODEL_PACKAGES))
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[test]" \
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[all,test]" \
 		$(foreach package,$(MODEL_PACKAGES),-e $(package))
 	touch $@
 
-run: setup
+run: setup brokers
 	$(BIN)/hostd run host.yaml
+
+# Tansu (Kafka) on :9092 and Redis on :6379 for host.yaml, unless something already listens there.
+brokers: setup
+	scripts/brokers.sh start
+
+stop-brokers:
+	scripts/brokers.sh stop
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Debian packages the test suite and `make run` use: redis-server (for the arq transport).
+# Quick when they are already there; installs them with apt-get when running as root.
+set -euo pipefail
+missing=()
+command -v redis-server > /dev/null || missing+=(redis-server)
+[ ${#missing[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" -ne 0 ] || ! command -v apt-get > /dev/null; then
+    echo "please install: ${missing[*]} (Debian/Ubuntu: apt-get install ${missing[*]})" >&2
+    exit 1
+fi
+echo "installing ${missing[*]} with apt-get"
+apt-get update -qq
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" > /dev/null
