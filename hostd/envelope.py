@@ -20,8 +20,9 @@ OPS = ("predict", "models", "metadata")
 
 def parse(raw: bytes | str, limit: int | None = None) -> dict[str, Any]:
     """The request as a dict with an ``id`` (one is made up if missing); InvalidInput if it is not one."""
-    if limit is not None and len(raw) > limit:
-        raise PayloadTooLarge(f"message is {len(raw)} bytes; the limit is {limit}")
+    size = len(raw.encode()) if isinstance(raw, str) else len(raw)
+    if limit is not None and size > limit:
+        raise PayloadTooLarge(f"message is {size} bytes; the limit is {limit}")
     try:
         request = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:

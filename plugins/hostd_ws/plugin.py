@@ -98,6 +98,10 @@ async def serve_ws(ctx: TransportContext, *, task_status: TaskStatus[None]) -> N
         connections.stop_reading()
         with anyio.move_on_after(ctx.host.shutdown_grace_s):
             await server.wait_closed()
+        # Past the grace period: a client that stopped reading would block its close handshake
+        # (and the process exit) forever, so drop what is left.
+        for connection in server.connections:
+            connection.transport.abort()
 
 
 @hookimpl

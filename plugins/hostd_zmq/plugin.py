@@ -21,13 +21,15 @@ class ZmqSettings(BaseModel):
     zerorpc_bind: str | None = "tcp://127.0.0.1:4242"  # null: no zerorpc endpoint
     max_message_bytes: int = Field(default=1 << 20, ge=1024)
     max_in_flight: int = Field(default=1024, ge=1)  # per socket; past it we stop reading
-    high_water_mark: int = Field(default=10_000, ge=1)
+    # Messages queued per peer each way; a DEALER that stops reading holds at most this many replies.
+    high_water_mark: int = Field(default=1_000, ge=1)
 
 
 async def serve_zmq(ctx: TransportContext, *, task_status: TaskStatus[None]) -> None:
     settings: ZmqSettings = ctx.settings
     serve = partial(serve_router, stop=ctx.stop, max_in_flight=settings.max_in_flight,
-                    high_water_mark=settings.high_water_mark, grace_s=ctx.host.shutdown_grace_s)
+                    high_water_mark=settings.high_water_mark, max_message_bytes=settings.max_message_bytes,
+                    grace_s=ctx.host.shutdown_grace_s)
     endpoints = [(settings.bind, envelope_router.responder(ctx.dataplane, settings.max_message_bytes))]
     if settings.zerorpc_bind:
         endpoints.append((settings.zerorpc_bind, zerorpc.responder(ctx.dataplane)))

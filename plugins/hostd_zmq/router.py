@@ -18,7 +18,8 @@ Respond = Callable[[list[bytes], Send], Awaitable[list[bytes] | None]]
 
 
 async def serve_router(bind: str, respond: Respond, stop: anyio.Event, *, max_in_flight: int,
-                       high_water_mark: int, grace_s: float, started: Callable[[], None]) -> None:
+                       high_water_mark: int, max_message_bytes: int, grace_s: float,
+                       started: Callable[[], None]) -> None:
     context = zmq.asyncio.Context()
     sock = context.socket(zmq.ROUTER)
     # Replies to a peer that has gone are dropped (ROUTER_MANDATORY off), so nothing accumulates;
@@ -26,6 +27,9 @@ async def serve_router(bind: str, respond: Respond, stop: anyio.Event, *, max_in
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.SNDHWM, high_water_mark)
     sock.setsockopt(zmq.RCVHWM, high_water_mark)
+    # Messages a little over the limit get a PAYLOAD_TOO_LARGE reply; far over it, ZeroMQ drops the
+    # peer before buffering the whole message.
+    sock.setsockopt(zmq.MAXMSGSIZE, 4 * max_message_bytes)
     try:
         sock.bind(bind)
         started()

@@ -1,0 +1,597 @@
+"""hostd run, served over ZeroMQ: the JSON envelope to REQ and DEALER clients (pyzmq), and zerorpc."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import msgpack
+import orjson
+import pytest
+import zmq
+from sklearn.datasets import load_diabetes, load_digits, load_iris
+from websockets.exceptions import ConnectionClosedOK
+from websockets.sync.client import connect as ws_connect
+
+from tests.conftest import ROOT, free_port
+
+pytestmark = pytest.mark.e2e
+
+Start = Callable[..., Any]
+REAL_MODELS: list[dict[str, Any]] = [
+    {"class_path": "iris_model.model:IrisModel"},
+    {"class_path": "digits_model.model:DigitsModel", "workers": {"count": 2}},
+    {"class_path": "diabetes_model.model:DiabetesModel"},
+]
+IRIS_FIELDS = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+DIABETES_FIELDS = ["age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6"]
+SPECIES = {0: "Iris setosa", 50: "Iris versicolor", 100: "Iris virginica"}
+
+# The real zerorpc client, in its own process: zerorpc runs on gevent, which must not patch pytest's.
+ZERORPC_CLIENT = r"""
+import json, sys, warnings
+warnings.simplefilter("ignore")
+import gevent, zerorpc
+endpoint, heartbeat, timeout, calls = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), json.loads(sys.argv[4])
+client = zerorpc.Client(heartbeat=heartbeat, timeout=timeout)
+client.connect(endpoint)
+
+def call(name, args):
+    try:
+        return {"ok": getattr(client, name)(*args)}
+    except zerorpc.RemoteError as exc:
+        return {"error": [exc.name, exc.msg]}
+    except zerorpc.LostRemote as exc:
+        return {"lost": str(exc)}
+    except zerorpc.TimeoutExpired as exc:
+        return {"timeout": str(exc)}
+
+calls_running = [gevent.spawn(call, name, args) for name, args in calls]  # all at once, on one client
+gevent.joinall(calls_running, raise_error=True)
+client.close()
+print(json.dumps([job.value for job in calls_running]))
+"""
+
+
+def echo(workers: int = 8, **settings: Any) -> dict[str, Any]:
+    return {"class_path": "tests.support.toy:EchoModel", "workers": {"count": workers}, "timeout_ms": 30_000,
+            **settings}
+
+
+class Served:
+    """A running hostd with the envelope on ``endpoint`` and zerorpc on ``zerorpc_endpoint``."""
+
+    def __init__(self, server: Any, endpoint: str, zerorpc_endpoint: str) -> None:
+        self.server, self.endpoint, self.zerorpc_endpoint = server, endpoint, zerorpc_endpoint
+
+    @property
+    def pid(self) -> int:
+        return int(self.server.proc.pid)
+
+
+def serve(start_hostd: Start, models: list[dict[str, Any]], **settings: Any) -> Served:
+    endpoint, zerorpc_endpoint = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    zmq_settings = {"bind": endpoint, "zerorpc_bind": zerorpc_endpoint, **settings}
+    server = start_hostd({"models": models, "transports": {"http": {}, "zmq": zmq_settings},
+                          "shutdown_grace_s": 10})
+    return Served(server, endpoint, zerorpc_endpoint)
+
+
+@pytest.fixture
+def sockets() -> Iterator[Callable[[int, str], zmq.Socket[bytes]]]:
+    """Factory: ``sockets(zmq.REQ, endpoint)`` is a connected socket, closed (linger 0) after the test."""
+    context = zmq.Context()
+    opened: list[zmq.Socket[bytes]] = []
+
+    def open_socket(kind: int, endpoint: str) -> zmq.Socket[bytes]:
+        sock = context.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(endpoint)
+        opened.append(sock)
+        return sock
+
+    yield open_socket
+    for sock in opened:
+        sock.close(linger=0)
+    context.destroy(linger=0)
+
+
+def recv_frames(sock: zmq.Socket[bytes], timeout: float = 10) -> list[bytes]:
+    assert sock.poll(int(timeout * 1000), zmq.POLLIN), f"no reply within {timeout} s"
+    return sock.recv_multipart()
+
+
+def recv_json(sock: zmq.Socket[bytes], timeout: float = 10) -> dict[str, Any]:
+    """One reply: [json] to a REQ socket, [b"", json] or [json] to a DEALER."""
+    frames = recv_frames(sock, timeout)
+    if sock.type == zmq.DEALER and frames[0] == b"":
+        frames = frames[1:]
+    assert len(frames) == 1, frames
+    reply: dict[str, Any] = orjson.loads(frames[0])
+    return reply
+
+
+def ask(sock: zmq.Socket[bytes], message: dict[str, Any] | bytes, timeout: float = 10) -> dict[str, Any]:
+    """Send one request the way a REQ socket frames it, and read its reply."""
+    payload = message if isinstance(message, bytes) else orjson.dumps(message)
+    sock.send_multipart([b"", payload] if sock.type == zmq.DEALER else [payload])
+    return recv_json(sock, timeout)
+
+
+def start_zerorpc(endpoint: str, calls: list[tuple[str, list[Any]]], *, heartbeat: float = 5,
+                  timeout: float = 30) -> subprocess.Popen[str]:
+    """A zerorpc client process making ``calls`` at once; ``zerorpc_results`` reads what they returned."""
+    return subprocess.Popen([sys.executable, "-c", ZERORPC_CLIENT, endpoint, str(heartbeat), str(timeout),
+                             json.dumps(calls)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def zerorpc_results(client: subprocess.Popen[str], timeout: float = 50) -> list[dict[str, Any]]:
+    try:
+        stdout, stderr = client.communicate(timeout=timeout)
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.communicate()
+    assert client.returncode == 0, stderr
+    results: list[dict[str, Any]] = json.loads(stdout.strip().splitlines()[-1])
+    return results
+
+
+def zerorpc_calls(endpoint: str, calls: list[tuple[str, list[Any]]], *, heartbeat: float = 5,
+                  timeout: float = 30) -> list[dict[str, Any]]:
+    return zerorpc_results(start_zerorpc(endpoint, calls, heartbeat=heartbeat, timeout=timeout), timeout + 20)
+
+
+def iris_payload(index: int) -> dict[str, float]:
+    return dict(zip(IRIS_FIELDS, load_iris().data[index].tolist(), strict=True))
+
+
+def diabetes_payload(index: int) -> dict[str, float]:
+    return dict(zip(DIABETES_FIELDS, load_diabetes(scaled=False).data[index].tolist(), strict=True))
+
+
+def metric(url: str, line_prefix: str) -> float:
+    for line in httpx.get(f"{url}/metrics", timeout=5).text.splitlines():
+        if line.startswith(line_prefix):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def pending(served: Served, model: str = "echo") -> float:
+    return metric(served.server.url, f'hostd_pending{{model="{model}"}}')
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)
+
+
+def rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def problems_logged(output: str) -> list[str]:
+    """Log lines at error level or above, and tracebacks."""
+    bad = []
+    for line in output.splitlines():
+        try:
+            record = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            if "Traceback" in line or "Error" in line:
+                bad.append(line)
+            continue
+        if isinstance(record, dict) and record.get("level") in ("error", "critical", "exception"):
+            bad.append(line)
+    return bad
+
+
+# -- predictions and ops over REQ and DEALER ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", [zmq.REQ, zmq.DEALER], ids=["req", "dealer"])
+def test_every_model_predicts(start_hostd: Start, sockets: Any, kind: int) -> None:
+    served = serve(start_hostd, REAL_MODELS)
+    sock = sockets(kind, served.endpoint)
+    digits = load_digits()
+    for index, species in SPECIES.items():
+        reply = ask(sock, {"id": f"iris-{index}", "model": "iris_model", "data": iris_payload(index)})
+        assert reply == {"id": f"iris-{index}", "model": "iris_model", "version": "1.0.0",
+                         "prediction": {"species": species}}
+    for index in (0, 3, 7):
+        reply = ask(sock, {"id": index, "model": "digits_model", "data": {"image": digits.images[index].astype(int)
+                                                                             .tolist()}})
+        assert reply["id"] == index and reply["model"] == "digits_model"
+        assert reply["prediction"]["digit"] == digits.target[index] and 0 < reply["prediction"]["probability"] <= 1
+    reply = ask(sock, {"id": "d", "model": "diabetes_model", "version": "1.0.0", "data": diabetes_payload(0)})
+    assert (reply["id"], reply["version"]) == ("d", "1.0.0")
+    assert set(reply["prediction"]) == {"progression", "std", "sample"}
+    assert 25 <= reply["prediction"]["progression"] <= 346
+
+
+def test_a_dealer_may_send_without_the_empty_delimiter_and_gets_replies_framed_alike(
+        start_hostd: Start, sockets: Any) -> None:
+    served = serve(start_hostd, REAL_MODELS[:1])
+    dealer = sockets(zmq.DEALER, served.endpoint)
+    dealer.send_multipart([orjson.dumps({"id": "bare", "model": "iris_model", "data": iris_payload(50)})])
+    frames = recv_frames(dealer)
+    assert len(frames) == 1 and orjson.loads(frames[0])["prediction"] == {"species": "Iris versicolor"}
+    dealer.send_multipart([b"", orjson.dumps({"id": "delimited", "model": "iris_model", "data": iris_payload(100)})])
+    frames = recv_frames(dealer)
+    assert frames[0] == b"" and len(frames) == 2
+    assert orjson.loads(frames[1]) == {"id": "delimited", "model": "iris_model", "version": "1.0.0",
+                                       "prediction": {"species": "Iris virginica"}}
+
+
+def test_models_and_metadata_ops_describe_the_models(start_hostd: Start, sockets: Any) -> None:
+    served = serve(start_hostd, REAL_MODELS)
+    req = sockets(zmq.REQ, served.endpoint)
+    reply = ask(req, {"id": "m", "op": "models"})
+    assert reply["id"] == "m"
+    assert [(m["qualified_name"], m["version"], m["deterministic"]) for m in reply["models"]] == [
+        ("diabetes_model", "1.0.0", False), ("digits_model", "1.0.0", True), ("iris_model", "1.0.0", True)]
+    metadata = ask(req, {"id": "md", "op": "metadata", "model": "iris_model"})["metadata"]
+    assert metadata["qualified_name"] == "iris_model" and metadata["input_schema"]["required"] == IRIS_FIELDS
+    assert metadata["output_schema"]["required"] == ["species"]
+    reply = ask(req, {"id": "x", "op": "metadata", "model": "lily_model"})
+    assert reply["id"] == "x" and reply["error"]["code"] == "MODEL_NOT_FOUND"
+
+
+def test_a_request_without_an_id_gets_one(start_hostd: Start, sockets: Any) -> None:
+    served = serve(start_hostd, [echo()])
+    req = sockets(zmq.REQ, served.endpoint)
+    first, second = ask(req, {"model": "echo", "data": {"x": 1}}), ask(req, {"model": "echo", "data": {"x": 2}})
+    assert isinstance(first["id"], str) and len(first["id"]) >= 16 and first["id"] != second["id"]
+    assert (first["prediction"]["y"], second["prediction"]["y"]) == (2.0, 4.0)
+
+
+def test_200_requests_in_flight_on_one_dealer_are_all_answered_by_id(start_hostd: Start, sockets: Any) -> None:
+    served = serve(start_hostd, [echo(workers=16)])
+    dealer = sockets(zmq.DEALER, served.endpoint)
+    count = 200
+    for i in range(count):
+        delay = 300 if i % 10 == 0 else 0  # replies overtake the slow ones: matched by id, not order
+        dealer.send_multipart([b"", orjson.dumps({"id": f"r{i}", "model": "echo",
+                                                  "data": {"x": i, "delay_ms": delay, "text": f"t{i}"}})])
+    replies = [recv_json(dealer, timeout=20) for _ in range(count)]
+    order = [reply["id"] for reply in replies]
+    assert sorted(order) == sorted(f"r{i}" for i in range(count)), "every request answered exactly once"
+    for reply in replies:
+        i = int(reply["id"][1:])
+        assert reply["prediction"] == {"y": 2.0 * i, "text": f"T{i}"}, reply
+    assert order.index("r1") < order.index("r0"), "replies came back in send order: nothing ran concurrently"
+
+
+def test_200_pipelined_predictions_of_the_real_models_on_one_dealer(start_hostd: Start, sockets: Any) -> None:
+    served = serve(start_hostd, REAL_MODELS)
+    dealer = sockets(zmq.DEALER, served.endpoint)
+    digits = load_digits()
+    expected: dict[int, dict[str, Any]] = {}
+    for i in range(200):
+        if i % 2:
+            index = list(SPECIES)[i % 3]
+            request = {"id": i, "model": "iris_model", "data": iris_payload(index)}
+            expected[i] = {"species": SPECIES[index]}
+        else:
+            request = {"id": i, "model": "digits_model", "data": {"image": digits.images[i].astype(int).tolist()}}
+            expected[i] = {"digit": int(digits.target[i])}
+        dealer.send_multipart([orjson.dumps(request)])
+    replies = {reply["id"]: reply for reply in [recv_json(dealer, timeout=30) for _ in range(200)]}
+    assert set(replies) == set(expected)
+    for key, want in expected.items():
+        got = replies[key]["prediction"]
+        assert {name: got[name] for name in want} == want, (key, got)
+
+
+def test_a_small_in_flight_limit_still_answers_everything(start_hostd: Start, sockets: Any) -> None:
+    served = serve(start_hostd, [echo(workers=16)], max_in_flight=4)
+    dealer = sockets(zmq.DEALER, served.endpoint)
+    for i in range(100):
+        dealer.send_multipart([orjson.dumps({"id": i, "model": "echo", "data": {"x": i, "delay_ms": 5}})])
+    replies = [recv_json(dealer, timeout=20) for _ in range(100)]
+    assert sorted((reply["id"], reply["prediction"]["y"]) for reply in replies) == [(i, 2.0 * i) for i in range(100)]
+
+
+def test_many_req_clients_at_once_each_get_their_own_replies(start_hostd: Start, sockets: Any) -> None:
+    served = serve(start_hostd, [echo(workers=16)])
+    clients = [sockets(zmq.REQ, served.endpoint) for _ in range(30)]
+    for turn in range(3):  # strict request/reply: each REQ has one request out at a time
+        for n, req in enumerate(clients):
+            req.send(orjson.dumps({"id": f"{n}-{turn}", "model": "echo", "data": {"x": n, "delay_ms": 20}}))
+        for n, req in enumerate(clients):
+            reply = recv_json(req)
+            assert (reply["id"], reply["prediction"]["y"]) == (f"{n}-{turn}", 2.0 * n)
+
+
+# -- bad input -----------------------------------------------------------------------------------------
+
+
+def test_bad_messages_get_error_replies_and_the_socket_keeps_working(start_hostd: Start, sockets: Any) -> None:
+    served = serve(start_hostd, [*REAL_MODELS[:1], echo()])
+    good = iris_payload(0)
+    cases: list[tuple[str, bytes, Any, str, list[str]]] = [
+        ("not JSON", b"sepal_length=5.1", None, "INVALID_INPUT", ["not valid JSON"]),
+        ("truncated JSON", b'{"id": "t", "model": "iris_model", "data": {', None, "INVALID_INPUT", ["JSON"]),
+        ("empty frame", b"", None, "INVALID_INPUT", ["JSON"]),
+        ("binary garbage", b"\xff\xfe\x00\x81garbage\x00", None, "INVALID_INPUT", ["binary"]),
+        ("not an object", b"[1, 2, 3]", None, "INVALID_INPUT", ["JSON object"]),
+        ("missing model", orjson.dumps({"id": "a", "data": good}), "a", "INVALID_INPUT", ["'model'"]),
+        ("missing data", orjson.dumps({"id": "b", "model": "iris_model"}), "b", "INVALID_INPUT", ["'data'"]),
+        ("version not a string", orjson.dumps({"id": "c", "model": "iris_model", "version": 2, "data": good}), "c",
+         "INVALID_INPUT", ["'version'"]),
+        ("unknown op", orjson.dumps({"id": "d", "op": "fit", "model": "iris_model"}), "d", "INVALID_INPUT",
+         ["unknown op 'fit'"]),
+        ("unknown model", orjson.dumps({"id": "e", "model": "lily_model", "data": good}), "e", "MODEL_NOT_FOUND",
+         ["lily_model"]),
+        ("unknown version", orjson.dumps({"id": "f", "model": "iris_model", "version": "9.9.9", "data": good}), "f",
+         "MODEL_NOT_FOUND", ["9.9.9"]),
+        ("wrong type", orjson.dumps({"id": "g", "model": "iris_model", "data": {**good, "sepal_width": "wide"}}),
+         "g", "INVALID_INPUT", ["sepal_width"]),
+        ("missing field", orjson.dumps({"id": "h", "model": "iris_model",
+                                        "data": {k: v for k, v in good.items() if k != "petal_width"}}),
+         "h", "INVALID_INPUT", ["petal_width", "Field required"]),
+        ("out of bounds", orjson.dumps({"id": "i", "model": "iris_model", "data": {**good, "petal_length": 70}}),
+         "i", "INVALID_INPUT", ["petal_length"]),
+        ("extra field", orjson.dumps({"id": "j", "model": "iris_model", "data": {**good, "colour": "blue"}}), "j",
+         "INVALID_INPUT", ["colour"]),
+        ("model raises", orjson.dumps({"id": "k", "model": "echo", "data": {"x": 1, "fail": True}}), "k",
+         "MODEL_ERROR", ["echo", "asked to fail"]),
+    ]
+    for kind in (zmq.REQ, zmq.DEALER):
+        sock = sockets(kind, served.endpoint)
+        for name, payload, request_id, code, words in cases:
+            reply = ask(sock, payload)
+            assert set(reply) == {"id", "error"}, f"{name}: {reply}"
+            assert reply["error"]["code"] == code, f"{name}: {reply}"
+            assert all(word in reply["error"]["message"] for word in words), f"{name}: {reply}"
+            assert reply["id"] == request_id, name
+            assert ask(sock, {"id": "ok", "model": "iris_model", "data": good})["prediction"] == {
+                "species": "Iris setosa"}, name
+        schema = ask(sock, {"id": "s", "model": "iris_model", "data": {**good, "sepal_length": 50}})
+        assert schema["error"]["details"][0]["field"] == "sepal_length"
+    assert served.server.proc.poll() is None
+
+
+def test_malformed_multipart_messages_get_an_error_reply_and_never_wedge_the_socket(
+        start_hostd: Start, sockets: Any) -> None:
+    served = serve(start_hostd, REAL_MODELS[:1])
+    request = orjson.dumps({"id": "ok", "model": "iris_model", "data": iris_payload(0)})
+    dealer = sockets(zmq.DEALER, served.endpoint)
+    malformed: list[tuple[str, list[bytes], list[bytes]]] = [
+        # name, frames sent, routing frames the error reply comes back with
+        ("two message frames", [request, request], []),
+        ("delimiter then two frames", [b"", request, request], [b""]),
+        ("delimiter then ten frames", [b"", *[request] * 10], [b""]),
+        ("two delimiters", [b"", b"", request], [b""]),
+    ]
+    for name, frames, route in malformed:
+        dealer.send_multipart(frames)
+        reply = recv_frames(dealer)
+        assert reply[:-1] == route, name
+        error = orjson.loads(reply[-1])
+        assert error["error"]["code"] == "INVALID_INPUT", name
+        assert "one message frame" in error["error"]["message"], name
+        assert ask(dealer, request)["prediction"] == {"species": "Iris setosa"}, name
+    # A REQ socket can send multipart too: it is answered (so it can send again) with the error.
+    req = sockets(zmq.REQ, served.endpoint)
+    req.send_multipart([request, b"second part"])
+    assert recv_json(req)["error"]["code"] == "INVALID_INPUT"
+    assert ask(req, request)["prediction"] == {"species": "Iris setosa"}
+    # A burst of garbage does not starve a well-behaved client on another socket.
+    for _ in range(500):
+        dealer.send_multipart([b"\x00garbage", b"more", b"\xff"])
+    assert ask(req, request, timeout=5)["prediction"] == {"species": "Iris setosa"}
+    for _ in range(500):
+        assert orjson.loads(recv_frames(dealer)[-1])["error"]["code"] == "INVALID_INPUT"
+    assert served.server.proc.poll() is None
+    assert problems_logged(served.server.output()) == []
+
+
+def test_a_message_over_the_size_limit_is_a_payload_too_large_reply(start_hostd: Start, sockets: Any) -> None:
+    served = serve(start_hostd, [echo()], max_message_bytes=2048)
+    dealer = sockets(zmq.DEALER, served.endpoint)
+    small = ask(dealer, {"id": 1, "model": "echo", "data": {"x": 1, "text": "a" * 1900}})
+    assert small["prediction"] == {"y": 2.0, "text": "A" * 1900}
+    # Over the limit but under the 4x guard (ZMQ_MAXMSGSIZE): read, then refused with a reply.
+    big = orjson.dumps({"id": 2, "model": "echo", "data": {"x": 1, "text": "a" * 5_000}})
+    reply = ask(dealer, big)
+    assert reply["error"]["code"] == "PAYLOAD_TOO_LARGE"
+    assert str(len(big)) in reply["error"]["message"] and "2048" in reply["error"]["message"]
+    assert ask(dealer, {"id": 3, "model": "echo", "data": {"x": 4}})["prediction"]["y"] == 8
+
+
+# -- disconnects, memory, shutdown ---------------------------------------------------------------------
+
+
+def test_replies_to_req_clients_that_left_are_dropped_without_leaking(
+        start_hostd: Start, sockets: Any, record_property: Callable[[str, object], None]) -> None:
+    served = serve(start_hostd, [echo(workers=100)])
+    context = zmq.Context()
+    text = os.urandom(16_000).hex()  # ~32 KB requests and replies
+    batch, rounds = 100, 20
+
+    def round_of_leavers() -> None:
+        before = metric(served.server.url, 'hostd_requests_total{code="OK",model="echo",transport="zmq"}')
+        leavers = [context.socket(zmq.REQ) for _ in range(batch)]
+        try:
+            for i, req in enumerate(leavers):
+                req.setsockopt(zmq.LINGER, 0)
+                req.connect(served.endpoint)
+                req.send(orjson.dumps({"id": i, "model": "echo", "data": {"x": 1, "delay_ms": 300, "text": text}}))
+            wait_for(lambda: pending(served) >= batch, "the requests never reached the model")
+        finally:
+            for req in leavers:
+                req.close(linger=0)  # gone before its reply is ready: the reply cannot be routed
+        wait_for(lambda: pending(served) == 0, "the requests never finished")
+        after = metric(served.server.url, 'hostd_requests_total{code="OK",model="echo",transport="zmq"}')
+        assert after - before == batch
+
+    try:
+        round_of_leavers()  # warm up before the baseline
+        baseline = peak = rss_kb(served.pid)
+        for _ in range(rounds):
+            round_of_leavers()
+            peak = max(peak, rss_kb(served.pid))
+    finally:
+        context.destroy(linger=0)
+    growth_mb = (peak - baseline) / 1024
+    record_property("zmq_rss", {"baseline_mb": baseline / 1024, "peak_mb": peak / 1024})
+    print(f"\nzmq unroutable replies: {rounds * batch} dropped, baseline {baseline / 1024:.1f} MB, "
+          f"peak {peak / 1024:.1f} MB, growth {growth_mb:.1f} MB")
+    # 2,000 unroutable ~32 KB replies: kept, they would be 64 MB at least.
+    assert growth_mb < 40, f"hostd grew by {growth_mb:.0f} MB dropping {rounds * batch} replies"
+    fresh = sockets(zmq.REQ, served.endpoint)
+    started = time.monotonic()
+    assert ask(fresh, {"id": "fresh", "model": "echo", "data": {"x": 21}}, timeout=5)["prediction"]["y"] == 42
+    assert time.monotonic() - started < 2
+    assert served.server.proc.poll() is None
+    assert problems_logged(served.server.output()) == []
+
+
+def test_a_dealer_leaving_mid_request_does_not_disturb_the_others(start_hostd: Start, sockets: Any) -> None:
+    served = serve(start_hostd, [echo(workers=16)])
+    other = sockets(zmq.DEALER, served.endpoint)
+    leaver = sockets(zmq.DEALER, served.endpoint)
+    for i in range(10):
+        leaver.send_multipart([orjson.dumps({"id": i, "model": "echo", "data": {"x": i, "delay_ms": 500}})])
+    wait_for(lambda: pending(served) >= 10, "the leaver's requests never reached the model")
+    leaver.close(linger=0)
+    for i in range(20):
+        assert ask(other, {"id": i, "model": "echo", "data": {"x": i}})["prediction"]["y"] == 2 * i
+    wait_for(lambda: pending(served) == 0, "the leaver's requests never finished")
+    assert ask(other, {"id": "after", "model": "echo", "data": {"x": 1}})["prediction"]["y"] == 2
+    assert metric(served.server.url, 'hostd_requests_total{code="OK",model="echo",transport="zmq"}') == 31
+    assert served.server.proc.poll() is None
+    assert problems_logged(served.server.output()) == []
+
+
+def test_sigterm_answers_every_request_in_flight_on_every_socket_then_exits_0(
+        start_hostd: Start, sockets: Any) -> None:
+    ws_port = free_port()
+    endpoint, zerorpc_endpoint = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    server = start_hostd({"models": [echo(workers=64)], "shutdown_grace_s": 10, "transports": {
+        "http": {}, "ws": {"port": ws_port}, "zmq": {"bind": endpoint, "zerorpc_bind": zerorpc_endpoint}}})
+    served = Served(server, endpoint, zerorpc_endpoint)
+    count = 20
+    # zerorpc first and slowest: its client process takes a moment to start.
+    zerorpc_client = start_zerorpc(zerorpc_endpoint, [("echo", [{"x": 200 + n, "delay_ms": 2500}]) for n in range(5)])
+    try:
+        wait_for(lambda: pending(served) >= 5, "the zerorpc calls never reached the model", timeout=20)
+        with ws_connect(f"ws://127.0.0.1:{ws_port}", proxy=None, open_timeout=5, close_timeout=2) as ws:
+            dealer = sockets(zmq.DEALER, endpoint)
+            reqs = [sockets(zmq.REQ, endpoint) for _ in range(5)]
+            for i in range(count):
+                dealer.send_multipart([b"", orjson.dumps({"id": f"s{i}", "model": "echo",
+                                                          "data": {"x": i, "delay_ms": 800}})])
+                ws.send(orjson.dumps({"id": f"w{i}", "model": "echo", "data": {"x": i, "delay_ms": 800}}).decode())
+            for n, req in enumerate(reqs):
+                req.send(orjson.dumps({"id": f"q{n}", "model": "echo", "data": {"x": 100 + n, "delay_ms": 800}}))
+            wait_for(lambda: pending(served) >= 2 * count + 10, "the slow requests never reached the model")
+            server.proc.send_signal(signal.SIGTERM)
+
+            replies = [recv_json(dealer, timeout=15) for _ in range(count)]
+            assert sorted((r["id"], r["prediction"]["y"]) for r in replies) == sorted(
+                (f"s{i}", 2.0 * i) for i in range(count))
+            for n, req in enumerate(reqs):
+                reply = recv_json(req, timeout=15)
+                assert (reply["id"], reply["prediction"]["y"]) == (f"q{n}", 2.0 * (100 + n))
+            replies = [orjson.loads(ws.recv(timeout=15)) for _ in range(count)]
+            assert sorted((r["id"], r["prediction"]["y"]) for r in replies) == sorted(
+                (f"w{i}", 2.0 * i) for i in range(count))
+            with pytest.raises(ConnectionClosedOK) as closed:
+                ws.recv(timeout=10)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+        assert zerorpc_results(zerorpc_client) == [{"ok": {"y": 2.0 * (200 + n), "text": ""}} for n in range(5)]
+    finally:
+        if zerorpc_client.poll() is None:
+            zerorpc_client.kill()
+            zerorpc_client.communicate()
+    assert server.proc.wait(15) == 0
+    assert problems_logged(server.output()) == []
+
+
+# -- zerorpc -------------------------------------------------------------------------------------------
+
+
+def test_the_zerorpc_client_calls_every_model(start_hostd: Start) -> None:
+    served = serve(start_hostd, REAL_MODELS)
+    digits = load_digits()
+    calls: list[tuple[str, list[Any]]] = [
+        ("iris_model", [iris_payload(0)]),
+        ("iris_model", [iris_payload(50)]),
+        ("iris_model", [iris_payload(100)]),
+        ("digits_model", [{"image": digits.images[3].astype(int).tolist()}]),
+        ("diabetes_model", [diabetes_payload(0)]),
+        ("_zerorpc_list", []),
+        ("_zerorpc_ping", []),
+    ]
+    results = zerorpc_calls(served.zerorpc_endpoint, calls)
+    assert [result["ok"] for result in results[:3]] == [{"species": species} for species in SPECIES.values()]
+    assert results[3]["ok"]["digit"] == digits.target[3]
+    assert set(results[4]["ok"]) == {"progression", "std", "sample"}
+    assert results[5]["ok"] == ["diabetes_model", "digits_model", "iris_model"]
+    assert results[6]["ok"][0] == "pong"
+
+
+def test_zerorpc_errors_are_remote_errors_named_by_code(start_hostd: Start) -> None:
+    served = serve(start_hostd, [*REAL_MODELS[:1], echo()])
+    good = iris_payload(0)
+    results = zerorpc_calls(served.zerorpc_endpoint, [
+        ("lily_model", [good]),
+        ("iris_model", [{**good, "petal_length": 70}]),
+        ("iris_model", []),
+        ("iris_model", [good, good]),
+        ("echo", [{"x": 1, "fail": True}]),
+        ("iris_model", [good]),
+    ])
+    assert results[0]["error"][0] == "MODEL_NOT_FOUND" and "lily_model" in results[0]["error"][1]
+    assert results[1]["error"][0] == "INVALID_INPUT" and "petal_length" in results[1]["error"][1]
+    assert results[2]["error"][0] == "InvalidInput" and "one argument" in results[2]["error"][1]
+    assert results[3]["error"][0] == "InvalidInput"
+    assert results[4]["error"] == ["MODEL_ERROR", "model 'echo' failed: RuntimeError: asked to fail"]
+    assert results[5] == {"ok": {"species": "Iris setosa"}}
+
+
+def test_zerorpc_calls_run_concurrently_on_one_client(start_hostd: Start) -> None:
+    served = serve(start_hostd, [echo(workers=50)])
+    started = time.monotonic()
+    results = zerorpc_calls(served.zerorpc_endpoint, [("echo", [{"x": i, "delay_ms": 1000}]) for i in range(50)])
+    assert [result["ok"]["y"] for result in results] == [2.0 * i for i in range(50)]
+    # One after another they would take 50 s; the subprocess itself starts in about a second.
+    assert time.monotonic() - started < 15
+
+
+def test_a_zerorpc_call_longer_than_the_heartbeat_window_survives(start_hostd: Start) -> None:
+    # The client gives up (LostRemote) after two of its heartbeat periods with no heartbeat from the server;
+    # with a 3 s period and a 13 s call it survives only if hostd sends heartbeats while the model runs.
+    served = serve(start_hostd, [echo()])
+    results = zerorpc_calls(served.zerorpc_endpoint, [("echo", [{"x": 4, "delay_ms": 13_000}])], heartbeat=3)
+    assert results == [{"ok": {"y": 8.0, "text": ""}}]
+
+
+def test_garbage_on_the_zerorpc_socket_does_not_wedge_it(start_hostd: Start, sockets: Any) -> None:
+    served = serve(start_hostd, REAL_MODELS[:1])
+    dealer = sockets(zmq.DEALER, served.zerorpc_endpoint)
+    for frames in ([b"not msgpack \xff"], [b"", msgpack.packb([1, 2])], [b"", msgpack.packb([{"v": 3}, "x", []])],
+                   [b"", b"", b""], [b"a", b"b", b"c", b"d"]):
+        dealer.send_multipart(frames)
+    # A zerorpc event with the wrong arguments is answered with an ERR event.
+    header = {"message_id": b"m-1", "v": 3}
+    dealer.send_multipart([b"", msgpack.packb([header, "iris_model", "not a list"], use_bin_type=True)])
+    reply_header, name, args = msgpack.unpackb(recv_frames(dealer)[-1], raw=False)
+    assert (reply_header["response_to"], name, args[0]) == (b"m-1", "ERR", "InvalidInput")
+    result = zerorpc_calls(served.zerorpc_endpoint, [("iris_model", [iris_payload(100)])])
+    assert result == [{"ok": {"species": "Iris virginica"}}]
+    assert served.server.proc.poll() is None
