@@ -19,6 +19,9 @@ from hostd.registry import Registry, ServedModel
 log = structlog.get_logger("hostd.dataplane")
 
 
+EACH_CHUNK = 64  # rows per model call in predict_each
+
+
 class State(str, Enum):
     STARTING = "starting"
     READY = "ready"
@@ -73,8 +76,10 @@ class DataPlane:
         return await self.predict_many(model, [data], version, transport=transport, deadline_s=deadline_s)
 
     async def predict_many(self, model: str, rows: Sequence[Any], version: str | None = None, *,
-                           transport: str = "inproc", deadline_s: float | None = None) -> Prediction:
-        """Predict many rows in one call to the model; any invalid row fails the whole request."""
+                           transport: str = "inproc", deadline_s: float | None = None,
+                           timeout_s: float | None = None) -> Prediction:
+        """Predict many rows in one call to the model; any invalid row fails the whole request.
+        ``timeout_s`` replaces the model's ``timeout_ms`` for this call."""
         started = time.perf_counter()
         label, code, admitted = "<unknown>", "OK", False
         try:
@@ -83,7 +88,7 @@ class DataPlane:
             served = self._servable(model, version)
             label = served.name
             inputs = _validate_inputs(served, rows)
-            outputs = await self._execute(served, inputs, deadline_s)
+            outputs = await self._execute(served, inputs, deadline_s, timeout_s)
             result = Prediction(served.name, served.version, [_dump_output(served, out) for out in outputs])
             log.debug("predicted", model=served.name, transport=transport, rows=len(rows),
                       ms=round((time.perf_counter() - started) * 1000, 3))
@@ -106,34 +111,50 @@ class DataPlane:
 
     async def predict_each(self, model: str, rows: Sequence[Any], version: str | None = None, *,
                            transport: str = "inproc") -> list[Prediction | HostdError]:
-        """Predict many independent rows in one model call: each row gets its own outcome, so one
-        bad row fails alone (streams and batch jobs use this)."""
+        """Predict many independent rows (stream messages, batch-file rows): each row gets its own
+        outcome. Valid rows go to the model in chunks of ``EACH_CHUNK`` (each row keeps its own
+        ``timeout_ms`` budget); a chunk whose model call raises is retried row by row, so one bad
+        row fails alone."""
         outcomes: list[Prediction | HostdError | None] = [None] * len(rows)
-        valid: list[int] = []
-        inputs: list[Any] = []  # validated once here; predict_many accepts schema instances as they are
         try:
             served = self._servable(model, version)
         except HostdError as exc:
-            served, outcomes = None, [exc] * len(rows)
             self.metrics.requests.labels("<unknown>", transport, exc.code.value).inc(len(rows))
+            return [exc] * len(rows)
+        valid: list[tuple[int, Any]] = []  # validated once here; predict_many takes schema instances as is
         for index, row in enumerate(rows):
-            if served is None:
-                break
             try:
-                inputs += _validate_inputs(served, [row])
-                valid.append(index)
+                valid.append((index, _validate_inputs(served, [row])[0]))
             except HostdError as exc:
                 outcomes[index] = exc
                 self.metrics.requests.labels(served.name, transport, exc.code.value).inc()
-        if valid:
-            try:
-                batch = await self.predict_many(model, inputs, version, transport=transport)
-                for index, output in zip(valid, batch.outputs, strict=True):
-                    outcomes[index] = Prediction(batch.model, batch.version, [output])
-            except HostdError as exc:
-                for index in valid:
-                    outcomes[index] = exc
+        for start in range(0, len(valid), EACH_CHUNK):
+            chunk = valid[start:start + EACH_CHUNK]
+            for index, outcome in zip([i for i, _ in chunk], await self._chunk(served, chunk, transport),
+                                      strict=True):
+                outcomes[index] = outcome
         return [outcome for outcome in outcomes if outcome is not None]
+
+    async def _chunk(self, served: ServedModel, chunk: list[tuple[int, Any]],
+                     transport: str) -> list[Prediction | HostdError]:
+        inputs = [item for _, item in chunk]
+        budget = served.settings.timeout_ms / 1000 * len(inputs)
+        try:
+            batch = await self.predict_many(served.name, inputs, served.version, transport=transport,
+                                            timeout_s=budget)
+            return [Prediction(batch.model, batch.version, [output]) for output in batch.outputs]
+        except ModelError as exc:
+            if len(inputs) == 1:
+                return [exc]
+        except HostdError as exc:
+            return [exc] * len(inputs)
+        return [await self._one(served, item, transport) for item in inputs]  # find the row that fails
+
+    async def _one(self, served: ServedModel, item: Any, transport: str) -> Prediction | HostdError:
+        try:
+            return await self.predict_many(served.name, [item], served.version, transport=transport)
+        except HostdError as exc:
+            return exc
 
     def _servable(self, name: str, version: str | None) -> ServedModel:
         served = self.registry.get(name, version)
@@ -141,11 +162,12 @@ class DataPlane:
             raise ModelNotFound(f"model '{name}' is loaded but not served (create_endpoint: false)")
         return served
 
-    async def _execute(self, served: ServedModel, inputs: list[Any], deadline_s: float | None) -> list[Any]:
+    async def _execute(self, served: ServedModel, inputs: list[Any], deadline_s: float | None,
+                       timeout_s: float | None = None) -> list[Any]:
         if served.pending >= served.settings.max_pending:
             raise Overloaded(f"model '{served.name}' has {served.pending} requests pending "
                              f"(max_pending: {served.settings.max_pending}); retry later")
-        timeout = served.settings.timeout_ms / 1000
+        timeout = timeout_s if timeout_s is not None else served.settings.timeout_ms / 1000
         if deadline_s is not None:
             timeout = min(timeout, max(deadline_s, 0.0))
         served.pending += 1

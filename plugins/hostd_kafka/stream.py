@@ -15,7 +15,7 @@ from aiokafka.abc import ConsumerRebalanceListener
 
 from hostd import envelope
 from hostd.dataplane import DataPlane, Prediction
-from hostd.errors import HostdError, InvalidInput
+from hostd.errors import HostdError, InvalidInput, NotReady
 
 if TYPE_CHECKING:
     from hostd_kafka.plugin import KafkaSettings
@@ -47,29 +47,36 @@ class Stream:
             # Returns within timeout_ms even when idle, so `stop` is noticed promptly.
             batches = await self.consumer.getmany(timeout_ms=300, max_records=self.settings.max_batch)
             async with self.batch_lock:
-                await self.process(batches)
+                if stop.is_set() or not await self.process(batches):
+                    return  # shutting down: what was fetched and not committed goes to the next consumer
 
     async def close(self) -> None:
         for client in (self.consumer, self.producer):
             with suppress(Exception):  # closing after a failure: nothing more to do
                 await client.stop()
 
-    async def process(self, batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
+    async def process(self, batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> bool:
+        """Answer, produce, commit; False (nothing produced or committed) if hostd is draining."""
         records = [record for partition in batches.values() for record in partition]
         if not records:
-            return
-        outputs = await self.answer(records)
+            return True
+        try:
+            outputs = await self.answer(records)
+        except NotReady:
+            return False
         # Send in input order (aiokafka keeps per-partition order), then wait for every ack.
         acks = [await self.producer.send(topic, value, key=key) for topic, key, value in outputs]
         for ack in acks:
             await ack
         await self.consumer.commit({tp: part[-1].offset + 1 for tp, part in batches.items() if part})
+        return True
 
     async def answer(self, records: list[ConsumerRecord[bytes, bytes]]) -> list[Output]:
         """One output per record, in record order; predictions grouped per model into batch calls."""
         outputs: list[Output | None] = [None] * len(records)
         groups: dict[tuple[str, str | None], list[tuple[int, dict[str, Any]]]] = defaultdict(list)
         for index, record in enumerate(records):
+            request: dict[str, Any] = {}
             try:
                 request = envelope.parse(record.value or b"", self.settings.max_message_bytes)
                 if not envelope.is_prediction(request):
@@ -79,7 +86,7 @@ class Stream:
                     raise InvalidInput("'data' is required (the model's input as a JSON object)")
                 groups[envelope.target(request)].append((index, request))
             except HostdError as exc:
-                outputs[index] = self.dead_letter(record, None, exc)
+                outputs[index] = self.dead_letter(record, request.get("id"), exc)
         for (model, version), items in groups.items():
             results = await self.dataplane.predict_each(model, [req["data"] for _, req in items], version,
                                                         transport="kafka")
@@ -89,6 +96,8 @@ class Stream:
 
     def outcome(self, record: ConsumerRecord[bytes, bytes], request: dict[str, Any],
                 result: Prediction | HostdError) -> Output:
+        if isinstance(result, NotReady):
+            raise result  # draining: leave the batch uncommitted for the next consumer
         if isinstance(result, HostdError):
             return self.dead_letter(record, request.get("id"), result)
         return self.reply(record, {"id": request["id"], "model": result.model, "version": result.version,

@@ -1,0 +1,283 @@
+"""hostd run, served over arq (Redis): jobs enqueued with arq's own client, results read with it."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from arq import ArqRedis, create_pool
+from arq.connections import RedisSettings
+from arq.constants import result_key_prefix
+from arq.jobs import Job, JobResult, JobStatus
+from sklearn.datasets import load_diabetes, load_digits, load_iris
+
+from hostd.errors import ErrorCode, InvalidInput, ModelError, ModelNotFound
+from tests.e2e.brokers import Redis
+
+pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
+
+Start = Callable[..., Any]
+QUEUE = "hostd-test:queue"
+REAL_MODELS: list[dict[str, Any]] = [
+    {"class_path": "iris_model.model:IrisModel"},
+    {"class_path": "digits_model.model:DigitsModel", "workers": {"count": 2}},
+    {"class_path": "diabetes_model.model:DiabetesModel"},
+]
+IRIS_FIELDS = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+DIABETES_FIELDS = ["age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6"]
+SPECIES = {0: "Iris setosa", 50: "Iris versicolor", 100: "Iris virginica"}
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def echo(workers: int = 8, **settings: Any) -> dict[str, Any]:
+    return {"class_path": "tests.support.toy:EchoModel", "workers": {"count": workers}, "timeout_ms": 20_000,
+            **settings}
+
+
+def iris_payload(index: int) -> dict[str, float]:
+    return dict(zip(IRIS_FIELDS, load_iris().data[index].tolist(), strict=True))
+
+
+def diabetes_payload(index: int) -> dict[str, float]:
+    return dict(zip(DIABETES_FIELDS, load_diabetes(scaled=False).data[index].tolist(), strict=True))
+
+
+async def serve(start_hostd: Start, redis: Redis, models: list[dict[str, Any]], **arq: Any) -> Any:
+    settings = {"redis_url": redis.url, "queue_name": QUEUE, "retry_backoff_s": 0.2, "retry_backoff_max_s": 1.0,
+                **arq}
+    config = {"models": models, "transports": {"http": {}, "arq": settings}, "shutdown_grace_s": 10}
+    return await anyio.to_thread.run_sync(lambda: start_hostd(config))
+
+
+@asynccontextmanager
+async def client(redis: Redis) -> AsyncIterator[ArqRedis]:
+    pool = await create_pool(RedisSettings(host="127.0.0.1", port=redis.port, conn_timeout=2))
+    try:
+        yield pool
+    finally:
+        await pool.aclose()
+
+
+async def enqueue(pool: ArqRedis, model: str, data: Any, version: str | None = None) -> Job:
+    job = await pool.enqueue_job("predict", model, data, version=version, _queue_name=QUEUE)
+    assert job is not None
+    return job
+
+
+async def finished(job: Job, timeout: float = 15) -> JobResult:
+    """The job's result record once it has one (success or failure), without raising."""
+    deadline = time.monotonic() + timeout
+    while (info := await job.result_info()) is None:
+        assert time.monotonic() < deadline, f"job {job.job_id} not finished after {timeout}s"
+        await anyio.sleep(0.05)
+    return info
+
+
+async def wait_status(job: Job, status: JobStatus, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while (current := await job.status()) is not status:
+        assert time.monotonic() < deadline, f"job {job.job_id} is {current.value}, not {status.value}"
+        await anyio.sleep(0.02)
+
+
+def most_at_once(results: list[JobResult]) -> int:
+    events = sorted([(r.start_time, 1) for r in results] + [(r.finish_time, -1) for r in results],
+                    key=lambda event: (event[0], event[1]))  # a finish before a start at the same instant
+    running = peak = 0
+    for _, change in events:
+        running += change
+        peak = max(peak, running)
+    return peak
+
+
+async def test_every_model_answers_through_arq(start_redis: Start, start_hostd: Start) -> None:
+    redis = start_redis()
+    server = await serve(start_hostd, redis, REAL_MODELS)
+    digits = load_digits()
+    requests = {f"iris-{i}": ("iris_model", iris_payload(i)) for i in SPECIES}
+    requests |= {f"digit-{i}": ("digits_model", {"image": digits.images[i].astype(int).tolist()}) for i in range(10)}
+    requests |= {f"diabetes-{i}": ("diabetes_model", diabetes_payload(i)) for i in range(3)}
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:  # the same models over HTTP
+        over_http = {rid: (await http.post(f"/api/models/{model}/prediction", json=data)).json()
+                     for rid, (model, data) in requests.items()}
+
+    async with client(redis) as pool:
+        jobs = {rid: await enqueue(pool, model, data) for rid, (model, data) in requests.items()}
+        results = {rid: await job.result(timeout=15, poll_delay=0.05) for rid, job in jobs.items()}
+        pinned = await (await enqueue(pool, "iris_model", iris_payload(100), version="1.0.0")).result(timeout=15)
+
+    for rid, result in results.items():
+        if rid.startswith("diabetes"):  # `sample` is a random draw; the distribution is not
+            assert result.keys() == {"progression", "std", "sample"}
+            assert result["progression"] == pytest.approx(over_http[rid]["progression"])
+            assert result["std"] == pytest.approx(over_http[rid]["std"])
+        else:
+            assert result == over_http[rid], rid
+    assert {i: results[f"iris-{i}"]["species"] for i in SPECIES} == SPECIES
+    assert [results[f"digit-{i}"]["digit"] for i in range(10)] == [int(d) for d in digits.target[:10]]
+    assert pinned == {"species": "Iris virginica"}
+
+
+@pytest.mark.timeout(120)
+async def test_two_thousand_jobs_none_lost(start_redis: Start, start_hostd: Start) -> None:
+    total = 2000
+    redis = start_redis()
+    await serve(start_hostd, redis, [{"class_path": "iris_model.model:IrisModel", "workers": {"count": 2}}])
+    flowers = [iris_payload(i) for i in range(150)]
+    species = load_iris().target
+
+    async with client(redis) as pool:
+        started = time.monotonic()
+        jobs = [await enqueue(pool, "iris_model", flowers[i % 150]) for i in range(total)]
+        results: list[Any] = [None] * total
+        limit = anyio.Semaphore(32)  # readers polling at once
+
+        async def read(index: int) -> None:
+            async with limit:
+                results[index] = await jobs[index].result(timeout=90, poll_delay=0.05)
+
+        async with anyio.create_task_group() as tg:
+            for index in range(total):
+                tg.start_soon(read, index)
+        elapsed = time.monotonic() - started
+        stored = await pool.all_job_results()
+
+    print(f"\narq: {total} jobs in {elapsed:.1f}s = {total / elapsed:.0f} predictions/s end to end")
+    assert len({job.job_id for job in jobs}) == total
+    names = ["Iris setosa", "Iris versicolor", "Iris virginica"]
+    wrong = [i for i, result in enumerate(results) if result["species"] not in names]
+    assert not wrong
+    # The model is ~97% accurate on its training data: every job got its own flower's answer.
+    agree = sum(result["species"] == names[species[i % 150]] for i, result in enumerate(results))
+    assert agree >= 0.9 * total
+    assert sorted(str(r.job_id) for r in stored if r.success) == sorted(job.job_id for job in jobs)
+
+
+async def test_failed_predictions_raise_the_hostd_error_in_the_client(start_redis: Start,
+                                                                      start_hostd: Start) -> None:
+    redis = start_redis()
+    await serve(start_hostd, redis, [{"class_path": "iris_model.model:IrisModel"}, echo()])
+    async with client(redis) as pool:
+        schema = await enqueue(pool, "iris_model", {**iris_payload(0), "sepal_width": "wide"})
+        missing = await enqueue(pool, "iris_model", {"sepal_length": 5.0})
+        unknown = await enqueue(pool, "no_such_model", {"x": 1})
+        version = await enqueue(pool, "iris_model", iris_payload(0), version="9.9.9")
+        raises = await enqueue(pool, "echo", {"x": 1, "fail": True})
+        good = await enqueue(pool, "echo", {"x": 3})
+
+        with pytest.raises(InvalidInput) as invalid:
+            await schema.result(timeout=15, poll_delay=0.05)
+        assert invalid.value.code is ErrorCode.INVALID_INPUT
+        assert "invalid input for model 'iris_model'" in invalid.value.message
+        assert "sepal_width" in invalid.value.message
+        assert invalid.value.details[0]["field"] == "sepal_width"
+        with pytest.raises(InvalidInput, match="petal_length"):
+            await missing.result(timeout=15, poll_delay=0.05)
+        with pytest.raises(ModelNotFound, match="model 'no_such_model' is not served here") as not_found:
+            await unknown.result(timeout=15, poll_delay=0.05)
+        assert not_found.value.code is ErrorCode.MODEL_NOT_FOUND
+        with pytest.raises(ModelNotFound, match=r"no version '9\.9\.9'"):
+            await version.result(timeout=15, poll_delay=0.05)
+        with pytest.raises(ModelError, match="model 'echo' failed: RuntimeError: asked to fail"):
+            await raises.result(timeout=15, poll_delay=0.05)
+        assert await good.result(timeout=15, poll_delay=0.05) == {"y": 6.0, "text": ""}, "the worker carries on"
+
+
+async def test_max_jobs_limits_the_jobs_run_at_once(start_redis: Start, start_hostd: Start) -> None:
+    redis = start_redis()
+    await serve(start_hostd, redis, [echo(workers=8)], max_jobs=2)
+    async with client(redis) as pool:
+        jobs = [await enqueue(pool, "echo", {"x": i, "delay_ms": 400}) for i in range(6)]
+        infos = [await finished(job) for job in jobs]
+    assert all(info.success for info in infos)
+    assert [info.result["y"] for info in infos] == [2.0 * i for i in range(6)]
+    assert most_at_once(infos) == 2, [(i.start_time, i.finish_time) for i in infos]
+
+
+async def test_job_timeout_s_fails_a_job_that_runs_too_long(start_redis: Start, start_hostd: Start) -> None:
+    redis = start_redis()
+    await serve(start_hostd, redis, [echo()], job_timeout_s=0.5)
+    async with client(redis) as pool:
+        slow = await enqueue(pool, "echo", {"x": 1, "delay_ms": 3000})
+        quick = await enqueue(pool, "echo", {"x": 2, "delay_ms": 100})
+        slow_info, quick_info = await finished(slow), await finished(quick)
+        with pytest.raises(asyncio.TimeoutError):
+            await slow.result(timeout=5, poll_delay=0.05)  # finished: re-raises the job's own timeout
+    assert not slow_info.success and isinstance(slow_info.result, asyncio.TimeoutError)
+    assert (slow_info.finish_time - slow_info.start_time).total_seconds() < 2, "cut off at 0.5 s, not after 3 s"
+    assert quick_info.success and quick_info.result == {"y": 4.0, "text": ""}
+
+
+async def test_keep_result_s_is_how_long_a_result_can_be_read(start_redis: Start, start_hostd: Start) -> None:
+    redis = start_redis()
+    await serve(start_hostd, redis, [echo()], keep_result_s=1)
+    async with client(redis) as pool:
+        job = await enqueue(pool, "echo", {"x": 5})
+        assert await job.result(timeout=15, poll_delay=0.05) == {"y": 10.0, "text": ""}
+        ttl_ms = await pool.pttl(result_key_prefix + job.job_id)
+        assert 0 < ttl_ms <= 1000
+        deadline = time.monotonic() + 5
+        while await job.status() is not JobStatus.not_found:
+            assert time.monotonic() < deadline, "the result outlived keep_result_s"
+            await anyio.sleep(0.1)
+        assert await job.result_info() is None
+
+
+@pytest.mark.timeout(90)
+async def test_a_job_in_flight_at_sigterm_completes_and_queued_ones_wait(start_redis: Start,
+                                                                         start_hostd: Start) -> None:
+    redis = start_redis()
+    server = await serve(start_hostd, redis, [echo()], max_jobs=1)
+    async with client(redis) as pool:
+        running = await enqueue(pool, "echo", {"x": 7, "delay_ms": 2000})
+        await wait_status(running, JobStatus.in_progress)
+        queued = await enqueue(pool, "echo", {"x": 8})
+        server.proc.send_signal(signal.SIGTERM)
+        assert await running.result(timeout=15, poll_delay=0.05) == {"y": 14.0, "text": ""}
+        assert await anyio.to_thread.run_sync(server.proc.wait, 15) == 0
+        # Not taken during the drain: still queued for the next worker, which answers it.
+        assert await queued.status() is JobStatus.queued
+        await serve(start_hostd, redis, [echo()])
+        assert await queued.result(timeout=15, poll_delay=0.05) == {"y": 16.0, "text": ""}
+
+
+@pytest.mark.timeout(90)
+async def test_the_worker_reconnects_after_a_redis_restart(start_redis: Start, start_hostd: Start) -> None:
+    redis = start_redis()
+    server = await serve(start_hostd, redis, [echo()])
+    async with client(redis) as pool:
+        jobs = [await enqueue(pool, "echo", {"x": i}) for i in range(20)]
+        assert [(await job.result(timeout=15, poll_delay=0.05))["y"] for job in jobs] == [2.0 * i for i in range(20)]
+
+    await anyio.to_thread.run_sync(lambda: redis.restart(down_s=1.5))  # no persistence: an empty Redis
+    async with httpx.AsyncClient(base_url=server.url, timeout=5) as http:
+        assert (await http.get("/api/health/ready")).status_code == 200
+    async with client(redis) as pool:
+        jobs = [await enqueue(pool, "echo", {"x": i}) for i in range(20, 40)]
+        assert [(await job.result(timeout=30, poll_delay=0.05))["y"] for job in jobs] == \
+            [2.0 * i for i in range(20, 40)]
+    assert server.proc.poll() is None
+
+
+async def test_ready_while_redis_is_down_then_serves_once_it_is_up(start_redis: Start, start_hostd: Start) -> None:
+    redis = start_redis(start=False)
+    server = await serve(start_hostd, redis, [echo()])  # waits for /api/health/ready
+    async with httpx.AsyncClient(base_url=server.url, timeout=5) as http:
+        await anyio.sleep(1.5)  # a few failed connection attempts
+        assert (await http.get("/api/health/ready")).status_code == 200
+        assert (await http.post("/api/models/echo/prediction", json={"x": 4})).json() == {"y": 8.0, "text": ""}
+    await anyio.to_thread.run_sync(redis.start)
+    async with client(redis) as pool:
+        job = await enqueue(pool, "echo", {"x": 9})
+        assert await job.result(timeout=30, poll_delay=0.05) == {"y": 18.0, "text": ""}
