@@ -206,9 +206,9 @@ class DataPlane:
 async def _run(served: ServedModel, inputs: list[Any]) -> list[Any]:
     if served.is_async:
         return [await served.model.predict(item) for item in inputs]
-    # CPU-bound models run in worker threads so the event loop keeps serving everyone else.
-    return await anyio.to_thread.run_sync(served.predict_batch, inputs, limiter=served.limiter,
-                                          abandon_on_cancel=True)
+    if served.batcher is not None:
+        return await served.batcher(inputs)
+    return await served.run_batch(inputs)
 
 
 def _validate_inputs(served: ServedModel, rows: Sequence[Any]) -> list[Any]:

@@ -11,6 +11,7 @@ from typing import Any
 import anyio
 import structlog
 
+from hostd.batching import Batcher
 from hostd.errors import ConfigError, ModelNotFound
 from hostd.model import batch_function, check_model, is_deterministic
 from hostd.settings import ComponentSettings, HostSettings, ModelSettings
@@ -30,6 +31,7 @@ class ServedModel:
     is_async: bool = field(init=False)
     predict_batch: Callable[[list[Any]], list[Any]] = field(init=False)
     limiter: anyio.CapacityLimiter = field(init=False)
+    batcher: Batcher | None = field(init=False)
     pending: int = 0
 
     def __post_init__(self) -> None:
@@ -39,6 +41,17 @@ class ServedModel:
         self.is_async = inspect.iscoroutinefunction(self.model.predict)
         self.predict_batch = batch_function(self.model)
         self.limiter = anyio.CapacityLimiter(self.settings.workers.count)
+        batching = self.settings.batching
+        self.batcher = None
+        if batching.max_batch_size > 1 and not self.is_async:
+            self.batcher = Batcher(self.run_batch, max_batch_size=batching.max_batch_size,
+                                   max_delay_s=batching.max_delay_ms / 1000, workers=self.settings.workers.count,
+                                   timeout_s=self.settings.timeout_ms / 1000, name=self.name)
+
+    async def run_batch(self, inputs: list[Any]) -> list[Any]:
+        """One predict_batch call in a worker thread, so CPU-bound models never block the loop."""
+        return await anyio.to_thread.run_sync(self.predict_batch, inputs, limiter=self.limiter,
+                                              abandon_on_cancel=True)
 
     def metadata(self) -> dict[str, Any]:
         return {

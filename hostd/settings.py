@@ -46,11 +46,19 @@ class WorkerSettings(Strict):
     count: int = Field(default=1, ge=1, le=256)
 
 
+class BatchingSettings(Strict):
+    """Adaptive batching across requests; max_batch_size 1 turns it off."""
+
+    max_batch_size: int = Field(default=64, ge=1, le=65536)
+    max_delay_ms: float = Field(default=2.0, ge=0, le=10_000)  # only while other batches run
+
+
 class ModelSettings(ComponentSettings):
     decorators: Annotated[list[ComponentSettings], BeforeValidator(_none_to_empty_list)] = Field(
         default_factory=list
     )
     workers: WorkerSettings = Field(default_factory=WorkerSettings)
+    batching: BatchingSettings = Field(default_factory=BatchingSettings)
     timeout_ms: int = Field(default=2000, gt=0)
     max_pending: int = Field(default=1024, ge=1)
     # rest-model-service: false loads the model (it is listed) but serves no predictions.
