@@ -21,7 +21,9 @@ config_argument = click.argument("config", type=click.Path(dir_okay=False, path_
 
 
 def load(config: Path) -> tuple[HostSettings, Any]:
-    pm = plugins.plugin_manager()
+    """The settings in ``config``, validated against the installed transports, and the plugin manager."""
+    context = click.get_current_context(silent=True)
+    pm = context.find_root().obj if context is not None and context.find_root().obj else plugins.plugin_manager()
     known = {name: transport.settings for name, transport in plugins.transports(pm).items()}
     return load_settings(config, known), pm
 
@@ -123,7 +125,7 @@ def main() -> None:
     pm = plugins.plugin_manager()
     pm.hook.register_commands(cli=cli)
     try:
-        cli(prog_name="hostd")
+        cli(prog_name="hostd", obj=pm)
     except ConfigError as exc:
         click.echo(f"hostd: config error:\n{exc}", err=True)
         sys.exit(2)
