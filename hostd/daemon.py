@@ -31,6 +31,7 @@ async def serve(settings: HostSettings, pm: pluggy.PluginManager, stop: anyio.Ev
     available = plugins.transports(pm)
     selected = [available[name] for name in settings.transports]
     registry = await anyio.to_thread.run_sync(Registry.from_settings, settings)
+    await anyio.to_thread.run_sync(registry.warm_up)
     dataplane = DataPlane(registry, Metrics())
     try:
         async with anyio.create_task_group() as signals:

@@ -15,6 +15,7 @@ from hostd.batching import Batcher
 from hostd.errors import ConfigError, ModelNotFound
 from hostd.model import batch_function, check_model, is_deterministic
 from hostd.settings import ComponentSettings, HostSettings, ModelSettings
+from hostd.workers import ProcessWorkers
 
 log = structlog.get_logger("hostd.registry")
 
@@ -32,6 +33,7 @@ class ServedModel:
     predict_batch: Callable[[list[Any]], list[Any]] = field(init=False)
     limiter: anyio.CapacityLimiter = field(init=False)
     batcher: Batcher | None = field(init=False)
+    processes: ProcessWorkers | None = field(init=False)
     pending: int = 0
 
     def __post_init__(self) -> None:
@@ -41,6 +43,10 @@ class ServedModel:
         self.is_async = inspect.iscoroutinefunction(self.model.predict)
         self.predict_batch = batch_function(self.model)
         self.limiter = anyio.CapacityLimiter(self.settings.workers.count)
+        self.processes = None
+        if self.settings.workers.kind == "process":
+            # No process starts until warm_up() or the first call (`hostd check` starts none).
+            self.processes = ProcessWorkers(self.settings.model_dump(), self.settings.workers.count, self.name)
         batching = self.settings.batching
         self.batcher = None
         if batching.max_batch_size > 1 and not self.is_async:
@@ -49,7 +55,9 @@ class ServedModel:
                                    timeout_s=self.settings.timeout_ms / 1000, name=self.name)
 
     async def run_batch(self, inputs: list[Any]) -> list[Any]:
-        """One predict_batch call in a worker thread, so CPU-bound models never block the loop."""
+        """One predict_batch call in a worker thread (or process), so CPU-bound models never block the loop."""
+        if self.processes is not None:
+            return await self.processes.run(inputs)
         return await anyio.to_thread.run_sync(self.predict_batch, inputs, limiter=self.limiter,
                                               abandon_on_cancel=True)
 
@@ -113,8 +121,16 @@ class Registry:
     def __len__(self) -> int:
         return sum(len(versions) for versions in self._models.values())
 
+    def warm_up(self) -> None:
+        """Start process workers and load the model in each (blocking)."""
+        for served in self:
+            if served.processes is not None:
+                served.processes.warm_up()
+
     def close(self) -> None:
         for served in self:
+            if served.processes is not None:
+                served.processes.close()
             close = getattr(served.model, "close", None)
             if callable(close):
                 try:

@@ -42,7 +42,7 @@ class ComponentSettings(Strict):
 
 
 class WorkerSettings(Strict):
-    kind: Literal["thread"] = "thread"
+    kind: Literal["thread", "process"] = "thread"
     count: int = Field(default=1, ge=1, le=256)
 
 
