@@ -3,8 +3,9 @@
 No timer and no background task: the first waiting request leads. It waits for a free worker
 (``workers.count``), and while the model is busy other requests queue behind it; when it gets a
 worker it takes up to ``max_batch_size`` rows (waiting at most ``max_delay_ms`` for more only if
-other batches are running), hands the lead to the next queued request and runs the batch. So an
-idle model answers a lone request at once, and a busy one runs ever larger batches.
+other batches are running; spread over the idle workers), hands the lead to the next queued request
+and runs the batch. So an idle model answers a lone request at once, and a busy one runs ever larger
+batches.
 """
 
 from __future__ import annotations
@@ -84,9 +85,13 @@ class Batcher:
                 await self._execute(batch)
 
     def _take(self) -> list[_Request]:
+        # Spread the queue over the idle workers (this one included): one big batch would run
+        # serially in one worker while the others sit idle.
+        idle = self._slots.value + 1
+        limit = min(self.max_batch_size, -(-self._queued_rows() // idle))
         batch: list[_Request] = []
         rows = 0
-        while self._queue and (not batch or rows + len(self._queue[0].inputs) <= self.max_batch_size):
+        while self._queue and (not batch or rows + len(self._queue[0].inputs) <= limit):
             item = self._queue.popleft()
             item.taken = True
             batch.append(item)
