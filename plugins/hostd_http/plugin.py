@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import partial
+from typing import Literal
 
 import anyio
 from anyio.abc import TaskStatus
@@ -13,11 +14,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from hostd.hookspecs import hookimpl
 from hostd.transports import Transport, TransportContext
 from hostd_http.app import create_app
+from hostd_http.uvicorn_server import serve_uvicorn
 
 
 class HttpSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    # hypercorn (default: HTTP/1.1 and HTTP/2) or uvicorn (HTTP/1.1 with httptools: faster).
+    server: Literal["hypercorn", "uvicorn"] = "hypercorn"
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     max_request_bytes: int = Field(default=1 << 20, ge=1024)
@@ -29,6 +33,10 @@ class HttpSettings(BaseModel):
 
 async def serve_http(ctx: TransportContext, *, task_status: TaskStatus[None]) -> None:
     settings: HttpSettings = ctx.settings
+    if settings.server == "uvicorn":
+        app = create_app(ctx.dataplane, ctx.host, settings.max_request_bytes)
+        await serve_uvicorn(app, ctx, settings, task_status=task_status)
+        return
     config = Config()  # explicit fields: Config.from_mapping would silently ignore a misspelt key
     config.bind = [f"{settings.host}:{settings.port}"]
     # Bind here, so a taken port fails before Hypercorn starts (it would leak its lifespan task),
