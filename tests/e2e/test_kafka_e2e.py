@@ -17,9 +17,10 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.structs import RecordMetadata
-from sklearn.datasets import load_diabetes, load_digits, load_iris
+from sklearn.datasets import load_digits
 
 from tests.e2e.brokers import Tansu, Topics
+from tests.support.e2e import diabetes_payload, iris_payload
 
 pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 
@@ -30,8 +31,6 @@ REAL_MODELS: list[dict[str, Any]] = [
     {"class_path": "digits_model.model:DigitsModel", "workers": {"count": 2}},
     {"class_path": "diabetes_model.model:DiabetesModel"},
 ]
-IRIS_FIELDS = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
-DIABETES_FIELDS = ["age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6"]
 SPECIES = {0: "Iris setosa", 50: "Iris versicolor", 100: "Iris virginica"}
 MAX_BATCH = 500  # the transport's default: the most a consumer can have in flight uncommitted
 
@@ -44,14 +43,6 @@ def anyio_backend() -> str:
 def echo(workers: int = 4, **settings: Any) -> dict[str, Any]:
     return {"class_path": "tests.support.toy:EchoModel", "workers": {"count": workers}, "timeout_ms": 20_000,
             **settings}
-
-
-def iris_payload(index: int) -> dict[str, float]:
-    return dict(zip(IRIS_FIELDS, load_iris().data[index].tolist(), strict=True))
-
-
-def diabetes_payload(index: int) -> dict[str, float]:
-    return dict(zip(DIABETES_FIELDS, load_diabetes(scaled=False).data[index].tolist(), strict=True))
 
 
 def request(request_id: str, model: str, data: dict[str, Any]) -> bytes:

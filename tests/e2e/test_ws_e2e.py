@@ -12,14 +12,21 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio
-import httpx
 import orjson
 import pytest
-from sklearn.datasets import load_diabetes, load_digits, load_iris
+from sklearn.datasets import load_digits
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK
 
 from tests.conftest import free_port
+from tests.support.e2e import (
+    IRIS_FIELDS,
+    diabetes_payload,
+    iris_payload,
+    metric,
+    problems_logged,
+    rss_kb,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 
@@ -29,8 +36,6 @@ REAL_MODELS: list[dict[str, Any]] = [
     {"class_path": "digits_model.model:DigitsModel", "workers": {"count": 2}},
     {"class_path": "diabetes_model.model:DiabetesModel"},
 ]
-IRIS_FIELDS = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
-DIABETES_FIELDS = ["age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6"]
 SPECIES = {0: "Iris setosa", 50: "Iris versicolor", 100: "Iris virginica"}
 
 
@@ -67,14 +72,6 @@ def serve(start_hostd: Start, models: list[dict[str, Any]], **ws: Any) -> Served
     return Served(server, port)
 
 
-def iris_payload(index: int) -> dict[str, float]:
-    return dict(zip(IRIS_FIELDS, load_iris().data[index].tolist(), strict=True))
-
-
-def diabetes_payload(index: int) -> dict[str, float]:
-    return dict(zip(DIABETES_FIELDS, load_diabetes(scaled=False).data[index].tolist(), strict=True))
-
-
 async def recv_json(ws: ClientConnection, timeout: float = 10) -> dict[str, Any]:
     with anyio.fail_after(timeout):
         frame = await ws.recv()
@@ -98,13 +95,6 @@ async def closed_with(ws: ClientConnection, timeout: float = 10) -> ConnectionCl
             return closed
 
 
-def metric(url: str, line_prefix: str) -> float:
-    for line in httpx.get(f"{url}/metrics", timeout=5).text.splitlines():
-        if line.startswith(line_prefix):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
-
-
 def pending(served: Served, model: str = "echo") -> float:
     return metric(served.server.url, f'hostd_pending{{model="{model}"}}')
 
@@ -114,29 +104,6 @@ async def wait_for(condition: Callable[[], bool], what: str, timeout: float = 10
     while not await anyio.to_thread.run_sync(condition):
         assert time.monotonic() < deadline, what
         await anyio.sleep(0.02)
-
-
-def rss_kb(pid: int, field: str = "VmRSS") -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith(f"{field}:"):
-                return int(line.split()[1])
-    raise AssertionError(f"no {field} for {pid}")
-
-
-def problems_logged(output: str) -> list[str]:
-    """Log lines at error level or above, and tracebacks."""
-    bad = []
-    for line in output.splitlines():
-        try:
-            record = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            if "Traceback" in line or "Error" in line:
-                bad.append(line)
-            continue
-        if isinstance(record, dict) and record.get("level") in ("error", "critical", "exception"):
-            bad.append(line)
-    return bad
 
 
 def refused(port: int) -> bool:

@@ -11,16 +11,23 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import httpx
 import msgpack
 import orjson
 import pytest
 import zmq
-from sklearn.datasets import load_diabetes, load_digits, load_iris
+from sklearn.datasets import load_digits
 from websockets.exceptions import ConnectionClosedOK
 from websockets.sync.client import connect as ws_connect
 
 from tests.conftest import ROOT, free_port
+from tests.support.e2e import (
+    IRIS_FIELDS,
+    diabetes_payload,
+    iris_payload,
+    metric,
+    problems_logged,
+    rss_kb,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -30,8 +37,6 @@ REAL_MODELS: list[dict[str, Any]] = [
     {"class_path": "digits_model.model:DigitsModel", "workers": {"count": 2}},
     {"class_path": "diabetes_model.model:DiabetesModel"},
 ]
-IRIS_FIELDS = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
-DIABETES_FIELDS = ["age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6"]
 SPECIES = {0: "Iris setosa", 50: "Iris versicolor", 100: "Iris virginica"}
 
 # The real zerorpc client, in its own process: zerorpc runs on gevent, which must not patch pytest's.
@@ -149,21 +154,6 @@ def zerorpc_calls(endpoint: str, calls: list[tuple[str, list[Any]]], *, heartbea
     return zerorpc_results(start_zerorpc(endpoint, calls, heartbeat=heartbeat, timeout=timeout), timeout + 20)
 
 
-def iris_payload(index: int) -> dict[str, float]:
-    return dict(zip(IRIS_FIELDS, load_iris().data[index].tolist(), strict=True))
-
-
-def diabetes_payload(index: int) -> dict[str, float]:
-    return dict(zip(DIABETES_FIELDS, load_diabetes(scaled=False).data[index].tolist(), strict=True))
-
-
-def metric(url: str, line_prefix: str) -> float:
-    for line in httpx.get(f"{url}/metrics", timeout=5).text.splitlines():
-        if line.startswith(line_prefix):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
-
-
 def pending(served: Served, model: str = "echo") -> float:
     return metric(served.server.url, f'hostd_pending{{model="{model}"}}')
 
@@ -173,29 +163,6 @@ def wait_for(condition: Callable[[], bool], what: str, timeout: float = 10) -> N
     while not condition():
         assert time.monotonic() < deadline, what
         time.sleep(0.02)
-
-
-def rss_kb(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError(f"no VmRSS for {pid}")
-
-
-def problems_logged(output: str) -> list[str]:
-    """Log lines at error level or above, and tracebacks."""
-    bad = []
-    for line in output.splitlines():
-        try:
-            record = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            if "Traceback" in line or "Error" in line:
-                bad.append(line)
-            continue
-        if isinstance(record, dict) and record.get("level") in ("error", "critical", "exception"):
-            bad.append(line)
-    return bad
 
 
 # -- predictions and ops over REQ and DEALER ------------------------------------------------------------
