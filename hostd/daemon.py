@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import signal
 import time
 from collections.abc import Iterable
@@ -48,6 +49,11 @@ async def _serve_until_stopped(transports: list[Transport], dataplane: DataPlane
                                stop: anyio.Event, task_status: TaskStatus[DataPlane], started: float) -> None:
     async with anyio.create_task_group() as tg:
         await _start_transports(tg, transports, dataplane, settings, stop)
+        # Everything loaded so far (libraries, models: ~150k objects) lives as long as the daemon.
+        # Freezing it keeps the collector's full passes from walking it again: such a pass took
+        # ~75 ms and set the p99 latency under load.
+        gc.collect()
+        gc.freeze()
         dataplane.set_ready()
         log.info("ready", models=[f"{m.name}:{m.version}" for m in dataplane.models()],
                  transports=[t.name for t in transports], seconds=round(time.perf_counter() - started, 3))

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import inspect
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import anyio
 import structlog
 
 from hostd.batching import Batcher
@@ -31,7 +32,7 @@ class ServedModel:
     deterministic: bool = field(init=False)
     is_async: bool = field(init=False)
     predict_batch: Callable[[list[Any]], list[Any]] = field(init=False)
-    limiter: anyio.CapacityLimiter = field(init=False)
+    threads: ThreadPoolExecutor = field(init=False)
     batcher: Batcher | None = field(init=False)
     processes: ProcessWorkers | None = field(init=False)
     pending: int = 0
@@ -42,7 +43,7 @@ class ServedModel:
         self.deterministic = is_deterministic(self.model)
         self.is_async = inspect.iscoroutinefunction(self.model.predict)
         self.predict_batch = batch_function(self.model)
-        self.limiter = anyio.CapacityLimiter(self.settings.workers.count)
+        self.threads = ThreadPoolExecutor(self.settings.workers.count, thread_name_prefix=f"hostd-{self.name}")
         self.processes = None
         if self.settings.workers.kind == "process":
             # No process starts until warm_up() or the first call (`hostd check` starts none).
@@ -58,8 +59,9 @@ class ServedModel:
         """One predict_batch call in a worker thread (or process), so CPU-bound models never block the loop."""
         if self.processes is not None:
             return await self.processes.run(inputs)
-        return await anyio.to_thread.run_sync(self.predict_batch, inputs, limiter=self.limiter,
-                                              abandon_on_cancel=True)
+        # At most workers.count calls run at once; a call whose caller gave up (timeout) is abandoned
+        # but keeps its thread until the model returns, so a stuck model cannot pile up threads.
+        return await asyncio.get_running_loop().run_in_executor(self.threads, self.predict_batch, inputs)
 
     def metadata(self) -> dict[str, Any]:
         return {
@@ -76,6 +78,7 @@ class ServedModel:
 class Registry:
     def __init__(self) -> None:
         self._models: dict[str, dict[str, ServedModel]] = {}
+        self._latest: dict[str, ServedModel] = {}  # what a request without a version gets
 
     @classmethod
     def from_settings(cls, settings: HostSettings) -> Registry:
@@ -92,13 +95,17 @@ class Registry:
         versions = self._models.setdefault(served.name, {})
         previous = versions.get(served.version)
         versions[served.version] = served
+        self._latest[served.name] = versions[max(versions, key=_version_key)]
         return previous
 
     def remove(self, name: str, version: str) -> ServedModel:
         served = self.get(name, version)
-        del self._models[name][version]
-        if not self._models[name]:
-            del self._models[name]
+        versions = self._models[name]
+        del versions[version]
+        if versions:
+            self._latest[name] = versions[max(versions, key=_version_key)]
+        else:
+            del self._models[name], self._latest[name]
         return served
 
     def get(self, name: str, version: str | None = None) -> ServedModel:
@@ -106,7 +113,7 @@ class Registry:
         if not versions:
             raise ModelNotFound(f"model '{name}' is not served here (served: {', '.join(self.names()) or 'none'})")
         if not version:
-            return versions[max(versions, key=_version_key)]
+            return self._latest[name]
         if version not in versions:
             raise ModelNotFound(f"model '{name}' has no version '{version}' (served: {', '.join(versions)})")
         return versions[version]
@@ -129,6 +136,7 @@ class Registry:
 
     def close(self) -> None:
         for served in self:
+            served.threads.shutdown(wait=False, cancel_futures=True)
             if served.processes is not None:
                 served.processes.close()
             close = getattr(served.model, "close", None)

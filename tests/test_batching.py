@@ -114,17 +114,32 @@ async def test_a_request_cancelled_while_queued_leaves_the_queue() -> None:
 
 async def test_two_workers_run_two_batches_at_once() -> None:
     dataplane = plane(workers=2)
-    served = dataplane.model("echo")
-    seen: list[float] = []
+    await concurrently(dataplane, [{"x": 0, "delay_ms": 300}, {"x": 1, "delay_ms": 300}], first_alone=True)
+    assert model(dataplane).batches == [1, 1]
+    assert model(dataplane).most_running == 2  # both worker threads busy at the same moment
 
-    async def watch() -> None:
-        while True:
-            seen.append(served.limiter.borrowed_tokens)
-            await anyio.sleep(0.01)
+
+async def test_a_shared_batch_leader_that_gives_up_leaves_at_once_and_the_others_get_answers() -> None:
+    dataplane = plane()
+    answers: list[float] = []
+    gave_up_after: list[float] = []
+
+    async def follower(x: int) -> None:
+        answers.append((await dataplane.predict("echo", {"x": x, "delay_ms": 150})).output["y"])
+
+    async def impatient_leader() -> None:
+        started = time.perf_counter()
+        with anyio.move_on_after(0.25):  # leads the next batch (x=1, 2, 3), then gives up mid-batch
+            await dataplane.predict("echo", {"x": 1, "delay_ms": 150})
+        gave_up_after.append(time.perf_counter() - started)
 
     async with anyio.create_task_group() as tg:
-        tg.start_soon(watch)
-        await concurrently(dataplane, [{"x": 0, "delay_ms": 300}, {"x": 1, "delay_ms": 300}], first_alone=True)
-        tg.cancel_scope.cancel()
-    assert model(dataplane).batches == [1, 1]
-    assert max(seen) == 2  # both worker threads busy at the same moment
+        tg.start_soon(dataplane.predict, "echo", {"x": 0, "delay_ms": 200})  # keeps the worker busy
+        await anyio.sleep(0.05)
+        tg.start_soon(impatient_leader)
+        await anyio.sleep(0.02)
+        for x in (2, 3):
+            tg.start_soon(follower, x)
+    assert gave_up_after[0] < 0.35  # not held until the shared batch (~450 ms of model time) ends
+    assert sorted(answers) == [4.0, 6.0]
+    assert model(dataplane).batches == [1, 3]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from typing import Any
 
@@ -34,6 +35,8 @@ class EchoModel(MLModel):
     def __init__(self, name: str = "echo", version: str = "1.0.0", factor: float = 2.0) -> None:
         self._name, self._version, self.factor = name, version, factor
         self.batches: list[int] = []
+        self.running, self.most_running = 0, 0  # predict_batch calls running at once
+        self._lock = threading.Lock()
 
     @property
     def qualified_name(self) -> str:  # type: ignore[override]
@@ -52,7 +55,14 @@ class EchoModel(MLModel):
 
     def predict_batch(self, data: list[EchoInput]) -> list[EchoOutput]:
         self.batches.append(len(data))
-        return [self.predict(item) for item in data]
+        with self._lock:
+            self.running += 1
+            self.most_running = max(self.most_running, self.running)
+        try:
+            return [self.predict(item) for item in data]
+        finally:
+            with self._lock:
+                self.running -= 1
 
 
 class AsyncEchoModel(EchoModel):
