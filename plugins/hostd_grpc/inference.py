@@ -28,7 +28,7 @@ from hostd.tensors import (
     shaped,
     tensor_specs,
 )
-from hostd_grpc._proto import inference as pb
+from hostd_grpc import oip as pb
 from hostd_grpc.status import InFlight
 from hostd_grpc.unary import deadline_s, unary_handler
 
@@ -122,10 +122,10 @@ def _from_raw(raw: bytes, name: str, datatype: str) -> np.ndarray:
         raise InvalidInput(f"input '{name}': raw contents do not match datatype {datatype}: {exc}") from None
 
 
-def _from_contents(tensor: pb.ModelInferRequestInferInputTensor, datatype: str) -> np.ndarray:
+def _from_contents(tensor: Any, datatype: str) -> np.ndarray:
     if datatype not in CONTENTS_FIELD:
         raise InvalidInput(f"input '{tensor.name}': {datatype} must be sent in raw_input_contents")
-    contents = tensor.contents or pb.InferTensorContents()
+    contents = tensor.contents
     values = getattr(contents, CONTENTS_FIELD[datatype])
     if not values:
         used = [field for field in set(CONTENTS_FIELD.values()) if getattr(contents, field)]
@@ -140,13 +140,11 @@ def encode_outputs(served: ServedModel, request: pb.ModelInferRequest,
     raw = bool(request.raw_input_contents)  # answer in the form the client used
     response = pb.ModelInferResponse(model_name=served.name, model_version=served.version, id=request.id)
     for spec, array in arrays:
-        tensor = pb.ModelInferResponseInferOutputTensor(name=spec.name, datatype=spec.datatype,
-                                                        shape=list(array.shape))
+        tensor = response.outputs.add(name=spec.name, datatype=spec.datatype, shape=array.shape)
         if raw:
             response.raw_output_contents.append(array_to_bytes(array, spec.datatype))
         else:
-            tensor.contents = _contents(array, spec.datatype)
-        response.outputs.append(tensor)
+            tensor.contents.CopyFrom(_contents(array, spec.datatype))
     return response
 
 

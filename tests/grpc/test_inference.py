@@ -19,7 +19,8 @@ from grpclib.exceptions import GRPCError
 from grpclib.health.v1 import health_pb2
 from grpclib.testing import ChannelFor
 from hostd_grpc._proto import inference as pb
-from hostd_grpc.inference import SERVICE, decode_inputs, encode_outputs
+from hostd_grpc import inference, oip
+from hostd_grpc.inference import SERVICE
 from hostd_grpc.plugin import GrpcSettings, build_services
 from hostd_grpc.status import InFlight, grpc_errors
 from hostd_grpc.unary import StrictProtoCodec
@@ -83,6 +84,17 @@ async def _unary(channel: Channel, path: str, request: Any, reply_type: type) ->
 
 async def infer(channel: Channel, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
     return await _unary(channel, f"/{SERVICE}/ModelInfer", request, pb.ModelInferResponse)
+
+
+def decode_inputs(request: pb.ModelInferRequest) -> dict[str, np.ndarray]:
+    """The server's decode_inputs, given the message as the server gets it off the wire."""
+    return inference.decode_inputs(oip.ModelInferRequest.FromString(bytes(request)))
+
+
+def encode_outputs(served: Any, request: pb.ModelInferRequest, arrays: Any) -> pb.ModelInferResponse:
+    """The server's encode_outputs, with its reply as a client would parse it."""
+    reply = inference.encode_outputs(served, oip.ModelInferRequest.FromString(bytes(request)), arrays)
+    return pb.ModelInferResponse.parse(reply.SerializeToString())
 
 
 def fp64(name: str, values: list[float], shape: list[int] | None = None) -> Tensor:
