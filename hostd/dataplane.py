@@ -107,8 +107,7 @@ class DataPlane:
         finally:
             if admitted:
                 self._release()
-            self.metrics.requests.labels(label, transport, code).inc()
-            self.metrics.latency.labels(label, transport).observe(time.perf_counter() - started)
+            self.metrics.answered(label, transport, code, time.perf_counter() - started)
 
     async def predict_each(self, model: str, rows: Sequence[Any], version: str | None = None, *,
                            transport: str = "inproc") -> list[Prediction | HostdError]:
@@ -171,9 +170,10 @@ class DataPlane:
         timeout = timeout_s if timeout_s is not None else served.settings.timeout_ms / 1000
         if deadline_s is not None:
             timeout = min(timeout, max(deadline_s, 0.0))
+        pending, rows = self.metrics.model(served.name)
         served.pending += 1
-        self.metrics.pending.labels(served.name).set(served.pending)
-        self.metrics.rows.labels(served.name).observe(len(inputs))
+        pending.set(served.pending)
+        rows.observe(len(inputs))
         try:
             async with asyncio.timeout(timeout):  # asyncio's, not anyio's: this runs per request
                 outputs = await _run(served, inputs)
@@ -188,7 +188,7 @@ class DataPlane:
             raise ModelError(f"model '{served.name}' failed: {type(exc).__name__}: {exc}") from exc
         finally:
             served.pending -= 1
-            self.metrics.pending.labels(served.name).set(served.pending)
+            pending.set(served.pending)
         if len(outputs) != len(inputs):
             raise ModelError(f"model '{served.name}' returned {len(outputs)} outputs for {len(inputs)} inputs")
         return outputs

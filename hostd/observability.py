@@ -55,3 +55,22 @@ class Metrics:
         self.pending = Gauge("hostd_pending", "Requests admitted and not yet answered", ["model"],
                              registry=self.registry)
         self.models_loaded = Gauge("hostd_models_loaded", "Model versions loaded", registry=self.registry)
+        self._answered: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+        self._per_model: dict[str, tuple[Any, Any]] = {}
+
+    def model(self, name: str) -> tuple[Any, Any]:
+        """The model's (pending gauge, rows histogram) children, looked up once."""
+        children = self._per_model.get(name)
+        if children is None:
+            children = self._per_model[name] = (self.pending.labels(name), self.rows.labels(name))
+        return children
+
+    def answered(self, model: str, transport: str, code: str, seconds: float) -> None:
+        """Count one answered request and its latency (the labelled children are looked up once:
+        this runs per request)."""
+        children = self._answered.get((model, transport, code))
+        if children is None:
+            children = (self.requests.labels(model, transport, code), self.latency.labels(model, transport))
+            self._answered[(model, transport, code)] = children
+        children[0].inc()
+        children[1].observe(seconds)
