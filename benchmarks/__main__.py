@@ -1,0 +1,48 @@
+"""The load-test suite: hostd on every transport, optionally side by side with MLServer.
+
+    python -m benchmarks [--vs mlserver] [--seconds 10] [--concurrency 1,16,64] [--only http,grpc,...]
+    make bench ARGS="--vs mlserver"
+
+Load generators: wrk (HTTP, Lua script), h2load (gRPC ModelInfer replayed), our asyncio clients for
+WebSocket, ZeroMQ, Kafka and arq. Prints a table; writes benchmarks/results/<time>.json and a PNG
+chart of throughput against concurrency. With --vs mlserver, MLServer 1.7.1 (installed into
+.bench/mlserver-venv on first use) serves the same iris estimator and gets the same HTTP and gRPC
+loads, alternating with hostd at each concurrency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+from benchmarks.suite import RESULTS, TRANSPORTS, Suite
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--vs", choices=["mlserver"], help="also load a peer server with the same model")
+    parser.add_argument("--seconds", type=int, default=10, help="length of each timed run")
+    parser.add_argument("--concurrency", default="1,16,64", help="HTTP/gRPC connections, comma-separated")
+    parser.add_argument("--in-flight", type=int, default=100, help="pipelined WebSocket/ZeroMQ requests")
+    parser.add_argument("--only", default=",".join(TRANSPORTS),
+                        help=f"what to run, comma-separated, of: {', '.join(TRANSPORTS)}")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="where the JSON and the chart go")
+    args = parser.parse_args()
+    only = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = set(only) - set(TRANSPORTS)
+    if unknown:
+        raise SystemExit(f"unknown --only {', '.join(sorted(unknown))}; choose from {', '.join(TRANSPORTS)}")
+    needs = {"wrk": {"http", "uvicorn", "overload", "workers"}, "h2load": {"grpc"}}
+    for tool, used_by in needs.items():
+        if used_by & set(only) and not shutil.which(tool):
+            raise SystemExit(f"{tool} is not installed (apt-get install wrk nghttp2-client; `make bench` does it)")
+    suite = Suite(seconds=args.seconds, concurrency=[int(c) for c in args.concurrency.split(",")],
+                  in_flight=args.in_flight, vs_mlserver=args.vs == "mlserver", results=args.results)
+    suite.run(only)
+    suite.report()
+
+
+if __name__ == "__main__":
+    main()
