@@ -172,7 +172,9 @@ async def test_a_request_without_an_id_gets_one(start_hostd: Start) -> None:
 
 
 async def test_200_requests_in_flight_on_one_connection_are_all_answered_by_id(start_hostd: Start) -> None:
-    served = serve(start_hostd, [echo(workers=16)])
+    # Batching off: a batch lasts as long as its slowest row, and this test is about replies
+    # overtaking a slow request, matched by id.
+    served = serve(start_hostd, [echo(workers=16, batching={"max_batch_size": 1})])
     count = 200
     async with served.connect() as ws:
         # Every tenth request is slow, so replies overtake it: they must be matched by id, not order.

@@ -225,7 +225,9 @@ def test_a_request_without_an_id_gets_one(start_hostd: Start, sockets: Any) -> N
 
 
 def test_200_requests_in_flight_on_one_dealer_are_all_answered_by_id(start_hostd: Start, sockets: Any) -> None:
-    served = serve(start_hostd, [echo(workers=16)])
+    # Batching off: a batch lasts as long as its slowest row, and this test is about replies
+    # overtaking a slow request, matched by id.
+    served = serve(start_hostd, [echo(workers=16, batching={"max_batch_size": 1})])
     dealer = sockets(zmq.DEALER, served.endpoint)
     count = 200
     for i in range(count):
