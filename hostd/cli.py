@@ -12,7 +12,7 @@ import anyio
 import click
 import orjson
 
-from hostd import __version__, plugins
+from hostd import __version__, batchio, plugins
 from hostd.errors import ConfigError, HostdError, StartupError, innermost
 from hostd.observability import configure_logging
 from hostd.settings import HostSettings, load_settings
@@ -109,6 +109,55 @@ def predict(config: Path, model: str, data: str, model_version: str | None) -> N
         click.echo(json.dumps(anyio.run(one)))
     except HostdError as exc:
         raise click.ClickException(f"{exc.code.value}: {exc.message}") from None
+
+
+@cli.command(context_settings={"show_default": True})
+@config_argument
+@click.option("--model", required=True, help="Model name (its qualified_name).")
+@click.option("--version", "model_version", default=None, help="Model version (default: the latest).")
+@click.option("--input", "input_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--output", "output_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--errors", "errors_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Failed rows (row, id, code, message)  [default: OUTPUT with .errors before the extension]")
+@click.option("--engine", default="local", help="local, beam or mapreduce (any registered engine).")
+@click.option("--format", "fmt", type=click.Choice(batchio.FORMATS), default=None,
+              help="Input and output format  [default: from each file's extension]")
+@click.option("--workers", type=click.IntRange(min=1), default=1, help="local engine: processes.")
+@click.option("--chunk-size", type=click.IntRange(min=1), default=1024, help="Rows per predict_batch call.")
+@click.option("--allow-errors", is_flag=True, help="Exit 0 even if some rows failed.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar  [default: on a terminal]")
+@click.argument("engine_args", nargs=-1, type=click.UNPROCESSED)
+def batch(config: Path, model: str, model_version: str | None, input_path: Path, output_path: Path,
+          errors_path: Path | None, engine: str, fmt: str | None, workers: int, chunk_size: int,
+          allow_errors: bool, progress: bool | None, engine_args: tuple[str, ...]) -> None:
+    """Score INPUT with MODEL into OUTPUT, offline: one output row per input row, or one error row.
+
+    Options after `--` go to the engine: Beam pipeline options (--runner=FlinkRunner ...) or mrjob
+    switches (-r local ...).
+    """
+    from hostd.batch import BatchJob, Scorer, run_job
+
+    engines = plugins.batch_engines(click.get_current_context().find_root().obj or plugins.plugin_manager())
+    if engine not in engines:
+        raise click.BadParameter(f"no batch engine '{engine}' (installed: {', '.join(sorted(engines))}; "
+                                 "beam needs hostd[beam], mapreduce needs hostd[mapreduce])", param_hint="--engine")
+    if not input_path.is_file():
+        raise click.BadParameter(f"no such file: {input_path}", param_hint="--input")
+    try:
+        input_format = batchio.detect_format(input_path, fmt)
+        output_format = batchio.detect_format(output_path, fmt)
+        columns = Scorer.load(config, model, model_version).output_columns()  # checks the model is there
+    except (ValueError, HostdError) as exc:
+        raise click.UsageError(str(exc)) from None
+    errors_path = errors_path or output_path.with_name(f"{output_path.stem}.errors{output_path.suffix}")
+    job = BatchJob(config.resolve(), model, model_version, input_path.resolve(), output_path.resolve(),
+                   errors_path.resolve(), input_format, output_format, workers, chunk_size, engine_args)
+    summary = run_job(job, engines[engine], columns, progress)
+    click.echo(f"hostd batch: {summary.line()}", err=True)
+    if summary.failed:
+        click.echo(f"hostd batch: failed rows are in {errors_path}", err=True)
+        if not allow_errors:
+            sys.exit(1)
 
 
 def _has_uvloop() -> bool:

@@ -88,9 +88,9 @@ class DataPlane:
             admitted = True
             served = self._servable(model, version)
             label = served.name
-            inputs = _validate_inputs(served, rows)
+            inputs = validate_inputs(served, rows)
             outputs = await self._execute(served, inputs, deadline_s, timeout_s)
-            result = Prediction(served.name, served.version, [_dump_output(served, out) for out in outputs])
+            result = Prediction(served.name, served.version, [dump_output(served, out) for out in outputs])
             log.debug("predicted", model=served.name, transport=transport, rows=len(rows),
                       ms=round((time.perf_counter() - started) * 1000, 3))
             return result
@@ -124,7 +124,7 @@ class DataPlane:
         valid: list[tuple[int, Any]] = []  # validated once here; predict_many takes schema instances as is
         for index, row in enumerate(rows):
             try:
-                valid.append((index, _validate_inputs(served, [row])[0]))
+                valid.append((index, validate_inputs(served, [row])[0]))
             except HostdError as exc:
                 outcomes[index] = exc
                 self.metrics.requests.labels(served.name, transport, exc.code.value).inc()
@@ -212,7 +212,7 @@ async def _run(served: ServedModel, inputs: list[Any]) -> list[Any]:
     return await served.run_batch(inputs)
 
 
-def _validate_inputs(served: ServedModel, rows: Sequence[Any]) -> list[Any]:
+def validate_inputs(served: ServedModel, rows: Sequence[Any]) -> list[Any]:
     if not rows:
         raise InvalidInput(f"no input rows for model '{served.name}'")
     schema: type[BaseModel] = served.model.input_schema
@@ -238,7 +238,7 @@ def _problem(prefix: tuple[int, ...], error: Any) -> dict[str, Any]:
     return {"field": ".".join(str(part) for part in loc), "message": error["msg"], "type": error["type"]}
 
 
-def _dump_output(served: ServedModel, output: Any) -> dict[str, Any]:
+def dump_output(served: ServedModel, output: Any) -> dict[str, Any]:
     schema: type[BaseModel] = served.model.output_schema
     try:
         if not isinstance(output, schema):

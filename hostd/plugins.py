@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import pluggy
 
 from hostd import hookspecs
 from hostd.transports import Transport
+
+if TYPE_CHECKING:
+    from hostd.batch import BatchEngine
 
 ENTRY_POINT_GROUP = "hostd"
 
@@ -33,4 +37,20 @@ def transports(pm: pluggy.PluginManager) -> dict[str, Transport]:
         found[transport.name] = transport
 
     pm.hook.register_transports(register=register)
+    return found
+
+
+def batch_engines(pm: pluggy.PluginManager) -> dict[str, BatchEngine]:
+    from hostd.batch import BatchEngine
+
+    found: dict[str, BatchEngine] = {}
+
+    def register(engine: BatchEngine) -> None:
+        if not isinstance(engine, BatchEngine):
+            raise TypeError(f"register_batch_engines expects a hostd.batch.BatchEngine, got {engine!r}")
+        if engine.name in found:
+            raise ValueError(f"two plugins register a batch engine named {engine.name!r}")
+        found[engine.name] = engine
+
+    pm.hook.register_batch_engines(register=register)
     return found

@@ -1,0 +1,197 @@
+"""`hostd batch`: score a file offline with one model, on a pluggable engine (local, beam, mapreduce).
+
+The pieces every engine shares live here: ``Scorer`` (the model, loaded in-process from the same
+config as the daemon, scoring a list of records through ``predict_batch``), ``BatchJob`` (what to
+run), and ``run_job`` (reads nothing itself: it takes the engine's results, in whatever order they
+come, and writes predictions to the output and failures to the errors file, counting both).
+An engine is registered by a plugin (``register_batch_engines``) and yields one result per input
+record: ``{"row", "id", "prediction"}`` or ``{"row", "id", "error": {"code", "message"}}``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hostd import batchio
+from hostd.dataplane import dump_output, validate_inputs
+from hostd.errors import HostdError, InvalidInput, ModelError, ModelNotFound
+from hostd.registry import ServedModel, build_model
+from hostd.settings import load_settings
+
+
+@dataclass(frozen=True)
+class BatchJob:
+    config: Path
+    model: str
+    version: str | None
+    input: Path
+    output: Path
+    errors: Path
+    input_format: str
+    output_format: str
+    workers: int = 1
+    chunk_size: int = 1024
+    engine_args: tuple[str, ...] = ()  # everything after `--`: Beam pipeline options, mrjob switches
+
+
+@dataclass(frozen=True)
+class BatchEngine:
+    name: str
+    run: Callable[[BatchJob], Iterable[dict[str, Any]]]  # one result per input record
+    description: str = ""
+
+
+@dataclass
+class Summary:
+    engine: str
+    rows_in: int = 0
+    predicted: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows_in / self.seconds if self.seconds else 0.0
+
+    def line(self) -> str:
+        return (f"{self.rows_in:,} rows in, {self.predicted:,} predicted, {self.failed:,} failed, "
+                f"{self.rows_per_s:,.0f} rows/s ({self.seconds:.2f} s, engine {self.engine})")
+
+
+class Scorer:
+    """One model, loaded in this process, scoring records in batches (what every engine calls)."""
+
+    def __init__(self, served: ServedModel) -> None:
+        self.served = served
+
+    @classmethod
+    def load(cls, config: Path | str, model: str, version: str | None = None) -> Scorer:
+        """Build only the configured model named ``model`` (ModelNotFound lists what is there)."""
+        settings = load_settings(config)
+        seen = []
+        for model_settings in settings.models:
+            if model_settings.qualified_name not in (None, model):
+                seen.append(model_settings.qualified_name)
+                continue
+            served = build_model(model_settings)
+            if served.name == model and version in (None, served.version):
+                return cls(served)
+            seen.append(f"{served.name} {served.version}")
+        wanted = f"model '{model}'" + (f" version '{version}'" if version else "")
+        raise ModelNotFound(f"{wanted} is not in {config} (it has: {', '.join(seen) or 'no models'})")
+
+    def output_columns(self) -> list[str]:
+        return ["id", *self.served.model.output_schema.model_fields]
+
+    def score(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """One result per record, in order: valid records go to the model in one predict_batch call;
+        if that raises, each is retried alone so a bad row fails alone."""
+        results: list[dict[str, Any] | None] = [None] * len(records)
+        valid: list[tuple[int, Any]] = []
+        for index, item in enumerate(records):
+            if "error" in item:
+                results[index] = item
+                continue
+            try:
+                valid.append((index, validate_inputs(self.served, [item["data"]])[0]))
+            except HostdError as exc:
+                results[index] = batchio.failure(item["row"], exc, item["id"])
+        try:
+            outputs = self._predict([data for _, data in valid])
+        except HostdError:
+            outputs = None
+        for position, (index, data) in enumerate(valid):
+            try:
+                output = outputs[position] if outputs is not None else self._predict([data])[0]
+                results[index] = {"row": records[index]["row"], "id": records[index]["id"],
+                                  "prediction": dump_output(self.served, output)}
+            except HostdError as exc:
+                results[index] = batchio.failure(records[index]["row"], exc, records[index]["id"])
+        return [result for result in results if result is not None]
+
+    def _predict(self, inputs: list[Any]) -> list[Any]:
+        if not inputs:
+            return []
+        try:
+            outputs = list(self.served.predict_batch(inputs))
+        except Exception as exc:
+            if any(cls.__name__ == "MLModelSchemaValidationException" for cls in type(exc).__mro__):
+                raise InvalidInput(f"model '{self.served.name}' rejected the input: {exc}") from exc
+            raise ModelError(f"model '{self.served.name}' failed: {type(exc).__name__}: {exc}") from exc
+        if len(outputs) != len(inputs):
+            raise ModelError(f"model '{self.served.name}' returned {len(outputs)} outputs for {len(inputs)} inputs")
+        return outputs
+
+
+def chunks(records: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
+    chunk: list[dict[str, Any]] = []
+    for item in records:
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def run_job(job: BatchJob, engine: BatchEngine, columns: list[str], progress: bool | None = None) -> Summary:
+    """Run ``engine`` on ``job``; predictions go to job.output, failures to job.errors."""
+    summary = Summary(engine.name)
+    started = time.perf_counter()
+    output = batchio.open_writer(job.output, job.output_format, columns)
+    errors = batchio.open_writer(job.errors, job.output_format, batchio.ERROR_COLUMNS)
+    report = Progress(sys.stderr.isatty() if progress is None else progress)
+    try:
+        for result in engine.run(job):
+            summary.rows_in += 1
+            key = result["id"] if result["id"] is not None else result["row"]
+            if "error" in result:
+                summary.failed += 1
+                errors.write({"row": result["row"], "id": result["id"], **result["error"]})
+            else:
+                summary.predicted += 1
+                prediction = result["prediction"]
+                output.write({"id": key, "prediction": prediction} if job.output_format == "jsonl"
+                             else {"id": key, **prediction})
+            report.update(summary.rows_in)
+    finally:
+        output.close()
+        errors.close()
+        report.close()
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+@dataclass
+class Progress:
+    """A tqdm bar on a terminal (when tqdm is installed), a plain line every 5 s otherwise."""
+
+    bar: bool
+    _tqdm: Any = None
+    _last: float = field(default_factory=time.monotonic)
+    _count: int = 0
+
+    def __post_init__(self) -> None:
+        if self.bar:
+            try:
+                from tqdm import tqdm
+            except ImportError:
+                return
+            self._tqdm = tqdm(unit=" rows", unit_scale=True, file=sys.stderr)
+
+    def update(self, count: int) -> None:
+        if self._tqdm is not None:
+            self._tqdm.update(count - self._count)
+        elif time.monotonic() - self._last >= 5:
+            print(f"hostd batch: {count:,} rows", file=sys.stderr, flush=True)
+            self._last = time.monotonic()
+        self._count = count
+
+    def close(self) -> None:
+        if self._tqdm is not None:
+            self._tqdm.close()
