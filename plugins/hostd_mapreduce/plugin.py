@@ -1,0 +1,46 @@
+"""The `mapreduce` batch engine plugin: a map-only Hadoop Streaming job through mrjob
+(hostd_mapreduce.job), imported only when the engine runs."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from hostd import batchio
+from hostd.batch import BatchEngine, BatchJob
+from hostd.hookspecs import hookimpl
+
+
+def run(job: BatchJob) -> Iterator[dict[str, Any]]:
+    try:
+        from hostd_mapreduce.job import HostdScoringJob
+    except ImportError as exc:
+        raise SystemExit(f"the mapreduce engine needs mrjob: pip install 'hostd[mapreduce]' ({exc})") from None
+    with tempfile.TemporaryDirectory(prefix="hostd-mapreduce-") as tmp:
+        numbered, output = Path(tmp) / "input.jsonl", Path(tmp) / "output"
+        with numbered.open("wb") as out:  # numbered records: Hadoop Streaming mappers see only lines
+            for item in batchio.read_records(job.input, job.input_format):
+                out.write(orjson.dumps(item, option=orjson.OPT_APPEND_NEWLINE))
+        args = list(job.engine_args)
+        if not any(arg in ("-r", "--runner") or arg.startswith("--runner=") for arg in args):
+            args = ["-r", "inline", *args]
+        args += [str(numbered), "--output-dir", str(output), "--no-conf", "--hostd-config", str(job.config),
+                 "--hostd-model", job.model, "--hostd-chunk-size", str(job.chunk_size)]
+        if job.version:
+            args += ["--hostd-version", job.version]
+        logging.getLogger("mrjob.conf").setLevel(logging.ERROR)  # "No configs specified": we pass --no-conf
+        with HostdScoringJob(args=args).make_runner() as runner:
+            runner.run()
+        for part in sorted(output.glob("part-*")):
+            with part.open("rb") as lines:
+                yield from (orjson.loads(line) for line in lines if line.strip())
+
+
+@hookimpl
+def register_batch_engines(register):  # type: ignore[no-untyped-def]
+    register(BatchEngine("mapreduce", run, "a Hadoop Streaming job via mrjob (-r inline|local|hadoop|emr after --)"))
