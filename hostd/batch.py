@@ -20,7 +20,7 @@ from typing import Any
 from hostd import batchio
 from hostd.dataplane import dump_output, validate_inputs
 from hostd.errors import HostdError, InvalidInput, ModelError, ModelNotFound
-from hostd.registry import ServedModel, build_model
+from hostd.registry import Registry, ServedModel, build_model
 from hostd.settings import load_settings
 
 
@@ -71,17 +71,20 @@ class Scorer:
 
     @classmethod
     def load(cls, config: Path | str, model: str, version: str | None = None) -> Scorer:
-        """Build only the configured model named ``model`` (ModelNotFound lists what is there)."""
+        """Build the configured versions of ``model`` (only those) and take ``version``, or the
+        latest; ModelNotFound lists what the config has."""
         settings = load_settings(config)
-        seen = []
+        found, seen = Registry(), []
         for model_settings in settings.models:
             if model_settings.qualified_name not in (None, model):
                 seen.append(model_settings.qualified_name)
                 continue
             served = build_model(model_settings)
-            if served.name == model and version in (None, served.version):
-                return cls(served)
             seen.append(f"{served.name} {served.version}")
+            if served.name == model:
+                found.add(served)
+        if model in found.names() and (version is None or version in [s.version for s in found]):
+            return cls(found.get(model, version))
         wanted = f"model '{model}'" + (f" version '{version}'" if version else "")
         raise ModelNotFound(f"{wanted} is not in {config} (it has: {', '.join(seen) or 'no models'})")
 

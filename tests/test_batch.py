@@ -1,0 +1,85 @@
+"""hostd.batch and hostd.batchio in-process: the Scorer every engine calls, and the file formats."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hostd import batchio
+from hostd.batch import Scorer
+from hostd.errors import ModelNotFound
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    path = tmp_path / "host.yaml"
+    path.write_text("models:\n"
+                    "  - {class_path: 'tests.support.toy:EchoModel'}\n"
+                    "  - {class_path: 'tests.support.toy:EchoModel', configuration: {version: '2.0.0', factor: 3}}\n")
+    return path
+
+
+def records(*data: object) -> list[dict[str, object]]:
+    return [batchio.record(row, item) for row, item in enumerate(data, start=1)]
+
+
+def test_a_row_that_makes_the_model_raise_fails_alone_and_the_rest_are_scored(config: Path) -> None:
+    scorer = Scorer.load(config, "echo", "1.0.0")
+    results = scorer.score(records({"x": 1}, {"x": 2, "fail": True}, {"id": "c", "x": 3}))
+    assert results[0] == {"row": 1, "id": None, "prediction": {"y": 2.0, "text": ""}}
+    assert results[1]["error"]["code"] == "MODEL_ERROR" and "asked to fail" in results[1]["error"]["message"]
+    assert results[2] == {"row": 3, "id": "c", "prediction": {"y": 6.0, "text": ""}}
+
+
+def test_invalid_rows_are_reported_with_their_row_and_id(config: Path) -> None:
+    results = Scorer.load(config, "echo").score(records({"id": 7, "x": "nope"}, [1, 2], {"x": 1}))
+    assert [r.get("error", {}).get("code") for r in results] == ["INVALID_INPUT", "INVALID_INPUT", None]
+    assert results[0]["row"] == 1 and results[0]["id"] == 7 and "x" in results[0]["error"]["message"]
+    assert "not an object" in results[1]["error"]["message"]
+
+
+def test_the_latest_version_is_used_unless_one_is_named(config: Path) -> None:
+    assert Scorer.load(config, "echo").score(records({"x": 1}))[0]["prediction"]["y"] == 3.0
+    assert Scorer.load(config, "echo", "1.0.0").score(records({"x": 1}))[0]["prediction"]["y"] == 2.0
+
+
+def test_an_unknown_model_names_what_the_config_has(config: Path) -> None:
+    with pytest.raises(ModelNotFound, match="echo 1.0.0, echo 2.0.0"):
+        Scorer.load(config, "iris")
+    with pytest.raises(ModelNotFound, match="version '9'"):
+        Scorer.load(config, "echo", "9")
+
+
+def test_jsonl_lines_that_are_not_objects_become_error_records(tmp_path: Path) -> None:
+    path = tmp_path / "in.jsonl"
+    path.write_text('{"x": 1}\n\n{broken\n[1]\n{"id": "k", "x": 2}\n')
+    read = list(batchio.read_records(path, "jsonl"))
+    assert [item["row"] for item in read] == [1, 2, 3, 4]  # the blank line is not a record
+    assert "error" in read[1] and "not valid JSON" in read[1]["error"]["message"]
+    assert "error" in read[2]
+    assert read[3] == {"row": 4, "id": "k", "data": {"x": 2}}
+
+
+def test_csv_cells_holding_json_are_decoded(tmp_path: Path) -> None:
+    path = tmp_path / "in.csv"
+    path.write_text('id,x,image\na,1.5,"[[1, 2], [3, 4]]"\n')
+    (item,) = batchio.read_records(path, "csv")
+    assert item == {"row": 1, "id": "a", "data": {"x": "1.5", "image": [[1, 2], [3, 4]]}}
+
+
+def test_parquet_round_trip(tmp_path: Path) -> None:
+    pytest.importorskip("pyarrow", reason="Parquet needs pyarrow (hostd[beam] brings it)")
+    path = tmp_path / "out.parquet"
+    writer = batchio.open_writer(path, "parquet", ["id", "y"])
+    for i in range(3):
+        writer.write({"id": i, "y": i * 2.0})
+    writer.close()
+    assert [item["data"] for item in batchio.read_records(path, "parquet")] == [{"y": 0.0}, {"y": 2.0}, {"y": 4.0}]
+
+
+def test_the_format_comes_from_the_extension_or_is_asked_for() -> None:
+    assert batchio.detect_format(Path("a.ndjson")) == "jsonl"
+    assert batchio.detect_format(Path("a.txt"), "csv") == "csv"
+    with pytest.raises(ValueError, match="--format"):
+        batchio.detect_format(Path("a.txt"))
