@@ -10,6 +10,7 @@ record: ``{"row", "id", "prediction"}`` or ``{"row", "id", "error": {"code", "me
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -121,7 +122,10 @@ class Scorer:
         if not inputs:
             return []
         try:
-            outputs = list(self.served.predict_batch(inputs))
+            if self.served.is_async:  # as the daemon does: one awaited call per input
+                outputs = asyncio.run(_predict_each(self.served.model, inputs))
+            else:
+                outputs = list(self.served.predict_batch(inputs))
         except Exception as exc:
             if any(cls.__name__ == "MLModelSchemaValidationException" for cls in type(exc).__mro__):
                 raise InvalidInput(f"model '{self.served.name}' rejected the input: {exc}") from exc
@@ -129,6 +133,10 @@ class Scorer:
         if len(outputs) != len(inputs):
             raise ModelError(f"model '{self.served.name}' returned {len(outputs)} outputs for {len(inputs)} inputs")
         return outputs
+
+
+async def _predict_each(model: Any, inputs: list[Any]) -> list[Any]:
+    return [await model.predict(item) for item in inputs]
 
 
 def chunks(records: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:

@@ -47,7 +47,8 @@ def record(row: int, data: Any) -> dict[str, Any]:
     if not isinstance(data, dict):
         return failure(row, InvalidInput(f"row {row} is not an object (a JSON object per line, or a CSV/Parquet row)"))
     data = dict(data)
-    return {"row": row, "id": data.pop("id", None), "data": data}
+    row_id = data.pop("id", None)
+    return {"row": row, "id": None if row_id == "" else row_id, "data": data}
 
 
 def failure(row: int, exc: HostdError, row_id: Any = None) -> dict[str, Any]:
@@ -72,6 +73,9 @@ def _read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
 def _read_csv(path: Path) -> Iterator[dict[str, Any]]:
     with path.open(newline="") as handle:
         for row, data in enumerate(csv.DictReader(handle), start=1):
+            if None in data:  # DictReader files surplus cells under None
+                yield failure(row, InvalidInput(f"row {row} has more cells than the header has columns"))
+                continue
             yield record(row, {key: _cell(value) for key, value in data.items()})
 
 
@@ -140,7 +144,8 @@ def _flat(value: Any) -> Any:
 
 
 class ParquetWriter:
-    """Buffers rows and writes a row group per 8,192 rows (the schema comes from the first group)."""
+    """Buffers rows and writes a row group per 8,192 rows (the schema comes from the first group;
+    ``id`` is always a string column)."""
 
     def __init__(self, path: Path, columns: list[str]) -> None:
         self._pa, self._pq = _pyarrow(), _pyarrow_parquet()
@@ -149,7 +154,10 @@ class ParquetWriter:
         self._writer: Any = None
 
     def write(self, row: dict[str, Any]) -> None:
-        self._rows.append({key: _flat(value) for key, value in row.items()})
+        row = {key: _flat(value) for key, value in row.items()}
+        if row.get("id") is not None:
+            row["id"] = str(row["id"])  # ids may mix strings and row numbers: one string column
+        self._rows.append(row)
         if len(self._rows) >= 8192:
             self._flush()
 

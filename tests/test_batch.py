@@ -45,7 +45,7 @@ def test_the_latest_version_is_used_unless_one_is_named(config: Path) -> None:
 
 
 def test_an_unknown_model_names_what_the_config_has(config: Path) -> None:
-    with pytest.raises(ModelNotFound, match="echo 1.0.0, echo 2.0.0"):
+    with pytest.raises(ModelNotFound, match=r"echo 1\.0\.0, echo 2\.0\.0"):
         Scorer.load(config, "iris")
     with pytest.raises(ModelNotFound, match="version '9'"):
         Scorer.load(config, "echo", "9")

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,13 +30,20 @@ def run(job: BatchJob) -> Iterator[dict[str, Any]]:
         args = list(job.engine_args)
         if not any(arg in ("-r", "--runner") or arg.startswith("--runner=") for arg in args):
             args = ["-r", "inline", *args]
-        args += [str(numbered), "--output-dir", str(output), "--no-conf", "--hostd-config", str(job.config),
+        # Mapper subprocesses (-r local) start in their own directory: give them the caller's sys.path
+        # entries for the current directory, where `hostd` also finds models.
+        python_path = os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))
+        args += [str(numbered), "--output-dir", str(output), "--no-conf", "--cmdenv", f"PYTHONPATH={python_path}",
+                 "--hostd-config", str(job.config),
                  "--hostd-model", job.model, "--hostd-chunk-size", str(job.chunk_size)]
         if job.version:
             args += ["--hostd-version", job.version]
         logging.getLogger("mrjob.conf").setLevel(logging.ERROR)  # "No configs specified": we pass --no-conf
         with HostdScoringJob(args=args).make_runner() as runner:
-            runner.run()
+            try:
+                runner.run()
+            except Exception as exc:  # a task failed: its stderr is above
+                raise SystemExit(f"hostd batch: the mapreduce job failed: {type(exc).__name__}: {exc}") from None
         for part in sorted(output.glob("part-*")):
             with part.open("rb") as lines:
                 yield from (orjson.loads(line) for line in lines if line.strip())
