@@ -22,7 +22,8 @@ def request(i: int) -> bytes:
     return orjson.dumps({"id": i, "model": "iris_model", "data": IRIS})
 
 
-async def pipeline(send: Send, receive: Receive, count: int, in_flight: int, seconds: float) -> tuple[float, list[float], int]:
+async def pipeline(send: Send, receive: Receive, count: int, in_flight: int,
+                   seconds: float) -> tuple[float, list[float], int]:
     """Send ``count`` requests keeping ``in_flight`` unanswered; stop early after ``seconds``.
     Returns (round trips/s, sorted latencies in ms, errors)."""
     sent_at: dict[int, float] = {}

@@ -125,7 +125,8 @@ class Suite:
             print(f"chart:   {chart}")
 
 
-HEADER = f"{'server':20} {'transport':9} {'concurrency':>11} {'requests/s':>11} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}  tool"
+HEADER = (f"{'server':20} {'transport':9} {'concurrency':>11} {'requests/s':>11} {'p50 ms':>8} {'p99 ms':>8} "
+          f"{'errors':>7}  tool")
 
 
 def _row(r: Result) -> str:

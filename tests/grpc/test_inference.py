@@ -18,8 +18,8 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 from grpclib.health.v1 import health_pb2
 from grpclib.testing import ChannelFor
-from hostd_grpc._proto import inference as pb
 from hostd_grpc import inference, oip
+from hostd_grpc._proto import inference as pb
 from hostd_grpc.inference import SERVICE
 from hostd_grpc.plugin import GrpcSettings, build_services
 from hostd_grpc.status import InFlight, grpc_errors
