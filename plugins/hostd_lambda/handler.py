@@ -1,0 +1,67 @@
+"""AWS Lambda: hostd's HTTP API (the same Starlette app as the HTTP transport) behind mangum.
+
+Handler: ``hostd_lambda.handler.handler``. It answers API Gateway REST API (payload v1), HTTP API
+(v2) and Function URL events with the same routes and error codes as ``hostd run``. The models in
+the config named by ``HOSTD_CONFIG`` (default: ``host.yaml`` in the function's root,
+``$LAMBDA_TASK_ROOT``) load once per cold start, at import, inside Lambda's init phase. If they
+cannot load, the function still starts and answers every request 503 NOT_READY with the reason,
+instead of failing its init with a stack trace nobody calling it sees.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import structlog
+from hostd_http import rest, v2
+from hostd_http.app import create_app
+from hostd_http.plugin import HttpSettings
+from mangum import Mangum
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from hostd.dataplane import DataPlane
+from hostd.errors import ConfigError, NotReady, describe
+from hostd.observability import configure_logging
+from hostd.registry import Registry
+from hostd.settings import load_settings
+
+log = structlog.get_logger("hostd.lambda")
+
+
+def default_config() -> Path:
+    return Path(os.environ.get("HOSTD_CONFIG") or Path(os.environ.get("LAMBDA_TASK_ROOT", ".")) / "host.yaml")
+
+
+def create_handler(config: Path | str) -> Mangum:
+    """Load the models in ``config`` and wrap the HTTP app for Lambda (lifespan off: nothing to start)."""
+    try:
+        settings = load_settings(config)
+        registry = Registry.from_settings(settings)
+    except (ConfigError, OSError) as exc:
+        reason = str(exc) if isinstance(exc, ConfigError) else describe(exc)
+        log.error("models failed to load", config=str(config), error=reason)
+        return Mangum(unavailable(f"hostd could not load its models: {reason}"), lifespan="off")
+    dataplane = DataPlane(registry)
+    dataplane.set_ready()
+    http = settings.transports.get("http") or {}
+    max_body = int(http.get("max_request_bytes", HttpSettings().max_request_bytes))
+    return Mangum(create_app(dataplane, settings, max_body), lifespan="off")
+
+
+def unavailable(reason: str) -> Starlette:
+    """Every route answers 503 NOT_READY with ``reason``, in the route's own error format."""
+
+    async def refuse(request: Request) -> Response:
+        error = NotReady(reason)
+        return v2.v2_error(error) if request.url.path.startswith("/v2") else rest.rest_error(error)
+
+    methods = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]
+    return Starlette(routes=[Route("/{path:path}", refuse, methods=methods)])
+
+
+configure_logging(os.environ.get("HOSTD_LOG_LEVEL", "info"), "json")  # CloudWatch gets JSON lines
+handler = create_handler(default_config())
