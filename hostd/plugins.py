@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pluggy
 
@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from hostd.batch import BatchEngine
 
 ENTRY_POINT_GROUP = "hostd"
+T = TypeVar("T")
 
 
 def plugin_manager(extra: Iterable[object] = ()) -> pluggy.PluginManager:
@@ -27,30 +28,26 @@ def plugin_manager(extra: Iterable[object] = ()) -> pluggy.PluginManager:
 
 
 def transports(pm: pluggy.PluginManager) -> dict[str, Transport]:
-    found: dict[str, Transport] = {}
-
-    def register(transport: Transport) -> None:
-        if not isinstance(transport, Transport):
-            raise TypeError(f"register_transports expects a hostd.transports.Transport, got {transport!r}")
-        if transport.name in found:
-            raise ValueError(f"two plugins register a transport named {transport.name!r}")
-        found[transport.name] = transport
-
-    pm.hook.register_transports(register=register)
-    return found
+    return _registered(pm.hook.register_transports, Transport, "transport")
 
 
 def batch_engines(pm: pluggy.PluginManager) -> dict[str, BatchEngine]:
     from hostd.batch import BatchEngine
 
-    found: dict[str, BatchEngine] = {}
+    return _registered(pm.hook.register_batch_engines, BatchEngine, "batch engine")
 
-    def register(engine: BatchEngine) -> None:
-        if not isinstance(engine, BatchEngine):
-            raise TypeError(f"register_batch_engines expects a hostd.batch.BatchEngine, got {engine!r}")
-        if engine.name in found:
-            raise ValueError(f"two plugins register a batch engine named {engine.name!r}")
-        found[engine.name] = engine
 
-    pm.hook.register_batch_engines(register=register)
+def _registered(hook: Any, kind: type[T], label: str) -> dict[str, T]:
+    """Call ``hook(register=...)``; what plugins register, by name (one of each name)."""
+    found: dict[str, T] = {}
+
+    def register(item: T) -> None:
+        if not isinstance(item, kind):
+            raise TypeError(f"{hook.name} expects a {kind.__module__}.{kind.__qualname__}, got {item!r}")
+        name = item.name  # type: ignore[attr-defined]
+        if name in found:
+            raise ValueError(f"two plugins register a {label} named {name!r}")
+        found[name] = item
+
+    hook(register=register)
     return found
