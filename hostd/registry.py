@@ -181,9 +181,13 @@ def import_class(class_path: str, where: str = "") -> Any:
     if not module_path or not name:
         raise ConfigError(f"{where}: class_path '{class_path}' should look like 'package.module:Class'")
     try:
-        return getattr(importlib.import_module(module_path), name)
+        module = importlib.import_module(module_path)
     except ImportError as exc:
         raise ConfigError(f"{where}: cannot import '{class_path}': {exc}") from exc
+    except Exception as exc:  # the module itself raised while importing (or has a syntax error)
+        raise ConfigError(f"{where}: importing '{module_path}' failed: {type(exc).__name__}: {exc}") from exc
+    try:
+        return getattr(module, name)
     except AttributeError:
         raise ConfigError(f"{where}: module '{module_path}' has no attribute '{name}'") from None
 

@@ -23,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from hostd import plugins
 from hostd.dataplane import DataPlane
 from hostd.errors import ConfigError, NotReady, describe
 from hostd.observability import configure_logging
@@ -39,7 +40,8 @@ def default_config() -> Path:
 def create_handler(config: Path | str) -> Mangum:
     """Load the models in ``config`` and wrap the HTTP app for Lambda (lifespan off: nothing to start)."""
     try:
-        settings = load_settings(config)
+        known = {name: transport.settings for name, transport in plugins.transports(plugins.plugin_manager()).items()}
+        settings = load_settings(config, known)  # checks the http section as `hostd run` does
         registry = Registry.from_settings(settings)
     except (ConfigError, OSError) as exc:
         reason = str(exc) if isinstance(exc, ConfigError) else describe(exc)
@@ -47,9 +49,8 @@ def create_handler(config: Path | str) -> Mangum:
         return Mangum(unavailable(f"hostd could not load its models: {reason}"), lifespan="off")
     dataplane = DataPlane(registry)
     dataplane.set_ready()
-    http = settings.transports.get("http") or {}
-    max_body = int(http.get("max_request_bytes", HttpSettings().max_request_bytes))
-    return Mangum(create_app(dataplane, settings, max_body), lifespan="off")
+    http = settings.transports.get("http") or HttpSettings()
+    return Mangum(create_app(dataplane, settings, http.max_request_bytes), lifespan="off")
 
 
 def unavailable(reason: str) -> Starlette:
