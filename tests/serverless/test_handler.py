@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from tests.serverless.events import KINDS, Context, Kind, Reply, event, reply
 
 ROOT = Path(__file__).resolve().parents[2]
