@@ -48,6 +48,7 @@ class Batcher:
         self._slots = asyncio.Semaphore(workers)
         self._running: set[asyncio.Task[None]] = set()  # batches being executed
         self._queue: deque[_Request] = deque()
+        self._queued = 0  # rows in the queue (kept, not summed: this runs per request)
         self._leader: _Request | None = None
         self._filled = asyncio.Event()
         self.batch_sizes: list[int] = []  # recent batch sizes, for tests and metrics (bounded)
@@ -55,7 +56,8 @@ class Batcher:
     async def __call__(self, inputs: list[Any]) -> list[Any]:
         request = _Request(inputs)
         self._queue.append(request)
-        if self._queued_rows() >= self.max_batch_size:
+        self._queued += len(inputs)
+        if self._queued >= self.max_batch_size:
             self._filled.set()
         try:
             if self._leader is None:
@@ -69,6 +71,7 @@ class Batcher:
         finally:
             if not request.taken:  # cancelled while queued: leave, and pass the lead on
                 self._queue.remove(request)
+                self._queued -= len(request.inputs)
                 if self._leader is request:
                     self._promote()
         if request.error is not None:
@@ -78,7 +81,7 @@ class Batcher:
     async def _lead(self, request: _Request) -> None:
         await self._slots.acquire()
         try:
-            if self._running and self._queued_rows() < self.max_batch_size:  # other batches are running
+            if self._running and self._queued < self.max_batch_size:  # other batches are running
                 self._filled.clear()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.max_delay_s):
@@ -103,11 +106,12 @@ class Batcher:
         # Spread the queue over the idle workers (this one included): one big batch would run
         # serially in one worker while the others sit idle.
         idle = self._workers - len(self._running)
-        limit = min(self.max_batch_size, -(-self._queued_rows() // idle))
+        limit = min(self.max_batch_size, -(-self._queued // idle))
         batch: list[_Request] = []
         rows = 0
         while self._queue and (not batch or rows + len(self._queue[0].inputs) <= limit):
             item = self._queue.popleft()
+            self._queued -= len(item.inputs)
             item.taken = True
             batch.append(item)
             rows += len(item.inputs)
@@ -117,9 +121,6 @@ class Batcher:
         self._leader = self._queue[0] if self._queue else None
         if self._leader is not None:
             self._leader.wake.set()
-
-    def _queued_rows(self) -> int:
-        return sum(len(item.inputs) for item in self._queue)
 
     async def _execute(self, batch: list[_Request]) -> None:
         self.batch_sizes = [*self.batch_sizes[-99:], sum(len(item.inputs) for item in batch)]
