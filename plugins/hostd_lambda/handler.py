@@ -37,8 +37,11 @@ def default_config() -> Path:
     return Path(os.environ.get("HOSTD_CONFIG") or Path(os.environ.get("LAMBDA_TASK_ROOT", ".")) / "host.yaml")
 
 
-def create_handler(config: Path | str) -> Mangum:
-    """Load the models in ``config`` and wrap the HTTP app for Lambda (lifespan off: nothing to start)."""
+def create_handler(config: Path | str, base_path: str | None = None) -> Mangum:
+    """Load the models in ``config`` and wrap the HTTP app for Lambda (lifespan off: nothing to start).
+    ``base_path`` (default: $HOSTD_LAMBDA_BASE_PATH, else "/") is a prefix API Gateway leaves on the
+    path, e.g. the stage of an HTTP API or a custom domain's base path mapping: it is stripped."""
+    base_path = base_path or os.environ.get("HOSTD_LAMBDA_BASE_PATH") or "/"
     try:
         known = {name: transport.settings for name, transport in plugins.transports(plugins.plugin_manager()).items()}
         settings = load_settings(config, known)  # checks the http section as `hostd run` does
@@ -46,11 +49,13 @@ def create_handler(config: Path | str) -> Mangum:
     except (ConfigError, OSError) as exc:
         reason = str(exc) if isinstance(exc, ConfigError) else describe(exc)
         log.error("models failed to load", config=str(config), error=reason)
-        return Mangum(unavailable(f"hostd could not load its models: {reason}"), lifespan="off")
+        return Mangum(unavailable(f"hostd could not load its models: {reason}"), lifespan="off",
+                      api_gateway_base_path=base_path)
     dataplane = DataPlane(registry)
     dataplane.set_ready()
     http = settings.transports.get("http") or HttpSettings()
-    return Mangum(create_app(dataplane, settings, http.max_request_bytes), lifespan="off")
+    return Mangum(create_app(dataplane, settings, http.max_request_bytes), lifespan="off",
+                  api_gateway_base_path=base_path)
 
 
 def unavailable(reason: str) -> Starlette:

@@ -411,3 +411,12 @@ def test_a_cold_start_serves_the_config_the_environment_names(tmp_path: Path, so
     assert [model["qualified_name"] for model in ok(listing)["models"]] == [f"from_{source.lower()}"]
     assert ok(prediction) == {"y": 4.0, "text": ""}
     assert ok(ready) == {"ready": True}
+
+
+def test_a_base_path_left_on_the_path_by_api_gateway_is_stripped(
+        create_handler: Callable[..., Handler], kind: Kind) -> None:
+    staged = create_handler(HOST_YAML, base_path="/prod")  # an HTTP API stage, a custom domain mapping
+    listed = invoke(staged, kind, "GET", "/prod/api/models")
+    assert listed.status == 200 and len(listed.json()["models"]) == 3
+    predicted = invoke(staged, kind, "POST", "/prod/api/models/iris_model/prediction", payload=VIRGINICA)
+    assert predicted.status == 200 and predicted.json() == {"species": "Iris virginica"}
