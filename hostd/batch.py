@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from hostd import batchio
-from hostd.dataplane import dump_output, validate_inputs
-from hostd.errors import HostdError, InvalidInput, ModelError, ModelNotFound
+from hostd.dataplane import dump_output, model_failure, validate_inputs
+from hostd.errors import HostdError, ModelError, ModelNotFound
 from hostd.registry import Registry, ServedModel, build_model
 from hostd.settings import load_settings
 
@@ -127,9 +127,7 @@ class Scorer:
             else:
                 outputs = list(self.served.predict_batch(inputs))
         except Exception as exc:
-            if any(cls.__name__ == "MLModelSchemaValidationException" for cls in type(exc).__mro__):
-                raise InvalidInput(f"model '{self.served.name}' rejected the input: {exc}") from exc
-            raise ModelError(f"model '{self.served.name}' failed: {type(exc).__name__}: {exc}") from exc
+            raise model_failure(self.served, exc) from exc
         if len(outputs) != len(inputs):
             raise ModelError(f"model '{self.served.name}' returned {len(outputs)} outputs for {len(inputs)} inputs")
         return outputs

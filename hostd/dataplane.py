@@ -182,10 +182,10 @@ class DataPlane:
         except HostdError:
             raise
         except Exception as exc:
-            if any(cls.__name__ == "MLModelSchemaValidationException" for cls in type(exc).__mro__):
-                raise InvalidInput(f"model '{served.name}' rejected the input: {exc}") from exc
-            log.error("model raised", model=served.name, exc_info=exc)
-            raise ModelError(f"model '{served.name}' failed: {type(exc).__name__}: {exc}") from exc
+            error = model_failure(served, exc)
+            if isinstance(error, ModelError):
+                log.error("model raised", model=served.name, exc_info=exc)
+            raise error from exc
         finally:
             served.pending -= 1
             pending.set(served.pending)
@@ -210,6 +210,14 @@ async def _run(served: ServedModel, inputs: list[Any]) -> list[Any]:
     if served.batcher is not None:
         return await served.batcher(inputs)
     return await served.run_batch(inputs)
+
+
+def model_failure(served: ServedModel, exc: Exception) -> HostdError:
+    """What a model's exception means to the caller: its own input check (ml_base's
+    MLModelSchemaValidationException) is INVALID_INPUT, anything else MODEL_ERROR."""
+    if any(cls.__name__ == "MLModelSchemaValidationException" for cls in type(exc).__mro__):
+        return InvalidInput(f"model '{served.name}' rejected the input: {exc}")
+    return ModelError(f"model '{served.name}' failed: {type(exc).__name__}: {exc}")
 
 
 def validate_inputs(served: ServedModel, rows: Sequence[Any]) -> list[Any]:
