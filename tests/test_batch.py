@@ -83,3 +83,11 @@ def test_the_format_comes_from_the_extension_or_is_asked_for() -> None:
     assert batchio.detect_format(Path("a.txt"), "csv") == "csv"
     with pytest.raises(ValueError, match="--format"):
         batchio.detect_format(Path("a.txt"))
+
+
+def test_a_models_own_input_check_is_invalid_input_and_other_failures_model_error(tmp_path: Path) -> None:
+    path = tmp_path / "host.yaml"
+    path.write_text("models:\n  - {class_path: 'tests.support.toy_extra:StrictEcho'}\n")
+    results = Scorer.load(path, "echo").score(records({"x": -1}, {"x": 1, "fail": True}, {"x": 2}))
+    assert [r.get("error", {}).get("code") for r in results] == ["INVALID_INPUT", "MODEL_ERROR", None]
+    assert "x must not be negative" in results[0]["error"]["message"]

@@ -331,3 +331,10 @@ async def test_metrics_count_requests_refused_as_not_ready() -> None:
                 for sample in metric.samples
                 if sample.name == "hostd_requests_total" and sample.labels.get("code") == "NOT_READY")
     assert total == 1
+
+
+async def test_a_models_own_input_check_is_invalid_input_not_a_model_error() -> None:
+    plane = dataplane(echo("StrictEcho", "tests.support.toy_extra"))
+    with pytest.raises(InvalidInput, match="x must not be negative"):
+        await plane.predict("echo", {"x": -1})
+    assert requests(plane, "INVALID_INPUT") == 1.0

@@ -94,3 +94,14 @@ class DictSchemaModel(EchoModel):
     """Every attribute is there, but the input schema is not a pydantic model."""
 
     input_schema = dict  # type: ignore[assignment]
+
+
+class StrictEcho(EchoModel):
+    """Rejects negative x itself, the ml_base way (MLModelSchemaValidationException)."""
+
+    def predict(self, data: EchoInput) -> EchoOutput:
+        from ml_base.ml_model import MLModelSchemaValidationException
+
+        if data.x < 0:
+            raise MLModelSchemaValidationException("x must not be negative")
+        return super().predict(data)
