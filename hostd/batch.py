@@ -11,6 +11,7 @@ record: ``{"row", "id", "prediction"}`` or ``{"row", "id", "error": {"code", "me
 from __future__ import annotations
 
 import asyncio
+import gc
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -85,6 +86,10 @@ class Scorer:
             if served.name == model:
                 found.add(served)
         if model in found.names() and (version is None or version in [s.version for s in found]):
+            # As the daemon does: what is loaded now lives as long as the run, and a full collection
+            # walking it (~75 ms) would otherwise come round again and again while rows are scored.
+            gc.collect()
+            gc.freeze()
             return cls(found.get(model, version))
         wanted = f"model '{model}'" + (f" version '{version}'" if version else "")
         raise ModelNotFound(f"{wanted} is not in {config} (it has: {', '.join(seen) or 'no models'})")
@@ -95,16 +100,18 @@ class Scorer:
     def score(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """One result per record, in order: valid records go to the model in one predict_batch call;
         if that raises, each is retried alone so a bad row fails alone."""
-        results: list[dict[str, Any] | None] = [None] * len(records)
-        valid: list[tuple[int, Any]] = []
-        for index, item in enumerate(records):
-            if "error" in item:
-                results[index] = item
-                continue
-            try:
-                valid.append((index, validate_inputs(self.served, [item["data"]])[0]))
-            except HostdError as exc:
-                results[index] = batchio.failure(item["row"], exc, item["id"])
+        results: list[dict[str, Any] | None] = [item if "error" in item else None for item in records]
+        readable = [index for index, item in enumerate(records) if "error" not in item]
+        try:  # the whole chunk at once; if some row is invalid, row by row to find which
+            valid = list(zip(readable, validate_inputs(self.served, [records[i]["data"] for i in readable]),
+                             strict=True)) if readable else []
+        except HostdError:
+            valid = []
+            for index in readable:
+                try:
+                    valid.append((index, validate_inputs(self.served, [records[index]["data"]])[0]))
+                except HostdError as exc:
+                    results[index] = batchio.failure(records[index]["row"], exc, records[index]["id"])
         try:
             outputs = self._predict([data for _, data in valid])
         except HostdError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from importlib import resources
 
 import numpy as np
@@ -30,9 +31,12 @@ def load_parameters() -> LogisticRegression:
     return estimator
 
 
+_feature_values = operator.attrgetter(*FEATURES)
+
+
 def features(data: list[IrisModelInput]) -> np.ndarray:
     """The inputs as a float64 matrix, one row per input."""
-    return np.array([[getattr(item, name) for name in FEATURES] for item in data], dtype=np.float64)
+    return np.array([_feature_values(item) for item in data], dtype=np.float64)
 
 
 class IrisModel(MLModel):
