@@ -20,18 +20,12 @@ from sklearn.datasets import load_digits, load_iris
 
 from hostd.errors import ErrorCode, InvalidInput, ModelError, ModelNotFound
 from tests.e2e.brokers import Redis
-from tests.support.e2e import diabetes_payload, iris_payload
+from tests.support.e2e import REAL_MODELS, SPECIES, every_model_requests, iris_payload
 
 pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 
 Start = Callable[..., Any]
 QUEUE = "hostd-test:queue"
-REAL_MODELS: list[dict[str, Any]] = [
-    {"class_path": "iris_model.model:IrisModel"},
-    {"class_path": "digits_model.model:DigitsModel", "workers": {"count": 2}},
-    {"class_path": "diabetes_model.model:DiabetesModel"},
-]
-SPECIES = {0: "Iris setosa", 50: "Iris versicolor", 100: "Iris virginica"}
 
 
 @pytest.fixture
@@ -95,10 +89,7 @@ def most_at_once(results: list[JobResult]) -> int:
 async def test_every_model_answers_through_arq(start_redis: Start, start_hostd: Start) -> None:
     redis = start_redis()
     server = await serve(start_hostd, redis, REAL_MODELS)
-    digits = load_digits()
-    requests = {f"iris-{i}": ("iris_model", iris_payload(i)) for i in SPECIES}
-    requests |= {f"digit-{i}": ("digits_model", {"image": digits.images[i].astype(int).tolist()}) for i in range(10)}
-    requests |= {f"diabetes-{i}": ("diabetes_model", diabetes_payload(i)) for i in range(3)}
+    requests = every_model_requests()
     async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:  # the same models over HTTP
         over_http = {rid: (await http.post(f"/api/models/{model}/prediction", json=data)).json()
                      for rid, (model, data) in requests.items()}
@@ -116,7 +107,7 @@ async def test_every_model_answers_through_arq(start_redis: Start, start_hostd: 
         else:
             assert result == over_http[rid], rid
     assert {i: results[f"iris-{i}"]["species"] for i in SPECIES} == SPECIES
-    assert [results[f"digit-{i}"]["digit"] for i in range(10)] == [int(d) for d in digits.target[:10]]
+    assert [results[f"digit-{i}"]["digit"] for i in range(10)] == [int(d) for d in load_digits().target[:10]]
     assert pinned == {"species": "Iris virginica"}
 
 

@@ -26,6 +26,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from tests.conftest import HostdProcess, free_port
+from tests.support.e2e import REAL_MODELS
 from tests.support.protoc import import_generated, protoc
 
 pytestmark = pytest.mark.e2e
@@ -34,11 +35,6 @@ ROOT = Path(__file__).resolve().parents[2]
 HOSTD = str(Path(sys.executable).with_name("hostd"))
 OIP_PROTO = ROOT / "plugins" / "hostd_grpc" / "proto" / "grpc_predict_v2.proto"
 SERVICE = "inference.GRPCInferenceService"
-REAL_MODELS = [
-    {"class_path": "iris_model.model:IrisModel"},
-    {"class_path": "digits_model.model:DigitsModel", "workers": {"count": 2}},
-    {"class_path": "diabetes_model.model:DiabetesModel"},
-]
 TOY_MODELS = [
     # echo: y = 2x, text upper-cased; sleeps delay_ms in a worker thread; raises when fail is true.
     {"class_path": "tests.support.toy:EchoModel", "workers": {"count": 16}, "timeout_ms": 5000},

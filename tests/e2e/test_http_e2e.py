@@ -22,17 +22,12 @@ import tritonclient.http as triton
 from sklearn.datasets import load_diabetes, load_digits, load_iris
 from tritonclient.utils import InferenceServerException
 
+from tests.support.e2e import IRIS_FIELDS, REAL_MODELS, diabetes_payload, iris_payload, metric, refused
+
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
 HOSTD = str(Path(sys.executable).with_name("hostd"))
-REAL_MODELS = [
-    {"class_path": "iris_model.model:IrisModel"},
-    {"class_path": "digits_model.model:DigitsModel", "workers": {"count": 2}},
-    {"class_path": "diabetes_model.model:DiabetesModel"},
-]
-IRIS_FIELDS = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
-DIABETES_FIELDS = ["age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6"]
 # Rows of Fisher's data that the model classifies as the data says: (index, species).
 IRIS_ROWS = [(0, "Iris setosa"), (50, "Iris versicolor"), (100, "Iris virginica"), (4, "Iris setosa"),
              (101, "Iris virginica")]
@@ -44,34 +39,11 @@ def iris_rows() -> tuple[np.ndarray, list[str]]:
     return data[[index for index, _ in IRIS_ROWS]], [species for _, species in IRIS_ROWS]
 
 
-def iris_payload(index: int = 0) -> dict[str, float]:
-    return dict(zip(IRIS_FIELDS, load_iris().data[index].tolist(), strict=True))
-
-
-def diabetes_payload(index: int = 0) -> dict[str, float]:
-    return dict(zip(DIABETES_FIELDS, load_diabetes(scaled=False).data[index].tolist(), strict=True))
-
-
-def metric(url: str, line_prefix: str) -> float:
-    for line in httpx.get(f"{url}/metrics", timeout=5).text.splitlines():
-        if line.startswith(line_prefix):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
-
-
 def wait_for_pending(url: str, model: str, count: int, timeout: float = 10) -> None:
     deadline = time.monotonic() + timeout
     while metric(url, f'hostd_pending{{model="{model}"}}') < count:
         assert time.monotonic() < deadline, f"{model} never had {count} requests pending"
         time.sleep(0.02)
-
-
-def refused(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return False
-    except ConnectionRefusedError:
-        return True
 
 
 @pytest.fixture

@@ -20,18 +20,12 @@ from aiokafka.structs import RecordMetadata
 from sklearn.datasets import load_digits
 
 from tests.e2e.brokers import Tansu, Topics
-from tests.support.e2e import diabetes_payload, iris_payload
+from tests.support.e2e import REAL_MODELS, SPECIES, every_model_requests, iris_payload
 
 pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 
 Start = Callable[..., Any]
 Record: TypeAlias = ConsumerRecord[bytes, bytes]
-REAL_MODELS: list[dict[str, Any]] = [
-    {"class_path": "iris_model.model:IrisModel"},
-    {"class_path": "digits_model.model:DigitsModel", "workers": {"count": 2}},
-    {"class_path": "diabetes_model.model:DiabetesModel"},
-]
-SPECIES = {0: "Iris setosa", 50: "Iris versicolor", 100: "Iris virginica"}
 MAX_BATCH = 500  # the transport's default: the most a consumer can have in flight uncommitted
 
 
@@ -135,10 +129,7 @@ async def test_every_model_replies_on_the_output_topic_with_the_same_key(start_t
     topics = Topics.named("roundtrip")
     await topics.create(broker.bootstrap)
     server = await serve(start_hostd, broker, topics, REAL_MODELS)
-    digits = load_digits()
-    requests = {f"iris-{i}": ("iris_model", iris_payload(i)) for i in SPECIES}
-    requests |= {f"digit-{i}": ("digits_model", {"image": digits.images[i].astype(int).tolist()}) for i in range(10)}
-    requests |= {f"diabetes-{i}": ("diabetes_model", diabetes_payload(i)) for i in range(3)}
+    requests = every_model_requests()
     async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:  # the same models over HTTP
         over_http = {rid: (await http.post(f"/api/models/{model}/prediction", json=data)).json()
                      for rid, (model, data) in requests.items()}
@@ -168,7 +159,8 @@ async def test_every_model_replies_on_the_output_topic_with_the_same_key(start_t
         else:
             assert prediction == expected, rid
     assert {i: replies[f"iris-{i}"]["prediction"]["species"] for i in SPECIES} == SPECIES
-    assert [replies[f"digit-{i}"]["prediction"]["digit"] for i in range(10)] == [int(d) for d in digits.target[:10]]
+    digits = [int(d) for d in load_digits().target[:10]]
+    assert [replies[f"digit-{i}"]["prediction"]["digit"] for i in range(10)] == digits
 
 
 MALFORMED: dict[str, tuple[bytes | None, str, str]] = {

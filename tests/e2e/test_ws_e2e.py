@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -21,22 +20,19 @@ from websockets.exceptions import ConnectionClosed, ConnectionClosedError, Conne
 from tests.conftest import free_port
 from tests.support.e2e import (
     IRIS_FIELDS,
+    REAL_MODELS,
+    SPECIES,
     diabetes_payload,
     iris_payload,
     metric,
     problems_logged,
+    refused,
     rss_kb,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 
 Start = Callable[..., Any]
-REAL_MODELS: list[dict[str, Any]] = [
-    {"class_path": "iris_model.model:IrisModel"},
-    {"class_path": "digits_model.model:DigitsModel", "workers": {"count": 2}},
-    {"class_path": "diabetes_model.model:DiabetesModel"},
-]
-SPECIES = {0: "Iris setosa", 50: "Iris versicolor", 100: "Iris virginica"}
 
 
 def echo(workers: int = 8, **settings: Any) -> dict[str, Any]:
@@ -104,14 +100,6 @@ async def wait_for(condition: Callable[[], bool], what: str, timeout: float = 10
     while not await anyio.to_thread.run_sync(condition):
         assert time.monotonic() < deadline, what
         await anyio.sleep(0.02)
-
-
-def refused(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return False
-    except ConnectionRefusedError:
-        return True
 
 
 # -- predictions and ops ---------------------------------------------------------------------------------

@@ -22,6 +22,8 @@ from websockets.sync.client import connect as ws_connect
 from tests.conftest import ROOT, free_port
 from tests.support.e2e import (
     IRIS_FIELDS,
+    REAL_MODELS,
+    SPECIES,
     diabetes_payload,
     iris_payload,
     metric,
@@ -32,12 +34,6 @@ from tests.support.e2e import (
 pytestmark = pytest.mark.e2e
 
 Start = Callable[..., Any]
-REAL_MODELS: list[dict[str, Any]] = [
-    {"class_path": "iris_model.model:IrisModel"},
-    {"class_path": "digits_model.model:DigitsModel", "workers": {"count": 2}},
-    {"class_path": "diabetes_model.model:DiabetesModel"},
-]
-SPECIES = {0: "Iris setosa", 50: "Iris versicolor", 100: "Iris virginica"}
 
 # The real zerorpc client, in its own process: zerorpc runs on gevent, which must not patch pytest's.
 ZERORPC_CLIENT = r"""
