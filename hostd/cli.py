@@ -12,7 +12,7 @@ import anyio
 import click
 import orjson
 
-from hostd import __version__, batchio, plugins
+from hostd import __version__, plugins, recordfiles
 from hostd.errors import ConfigError, HostdError, StartupError, innermost
 from hostd.observability import configure_logging
 from hostd.settings import HostSettings, load_settings
@@ -120,7 +120,7 @@ def predict(config: Path, model: str, data: str, model_version: str | None) -> N
 @click.option("--errors", "errors_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Failed rows (row, id, code, message)  [default: OUTPUT with .errors before the extension]")
 @click.option("--engine", default="local", help="local, beam or mapreduce (any registered engine).")
-@click.option("--format", "fmt", type=click.Choice(batchio.FORMATS), default=None,
+@click.option("--format", "fmt", type=click.Choice(recordfiles.FORMATS), default=None,
               help="Input and output format  [default: from each file's extension]")
 @click.option("--workers", type=click.IntRange(min=1), default=1, help="local engine: processes.")
 @click.option("--chunk-size", type=click.IntRange(min=1), default=1024, help="Rows per predict_batch call.")
@@ -135,7 +135,7 @@ def batch(config: Path, model: str, model_version: str | None, input_path: Path,
     Options after `--` go to the engine: Beam pipeline options (--runner=FlinkRunner ...) or mrjob
     switches (-r local ...).
     """
-    from hostd.batch import BatchJob, Scorer, run_job
+    from hostd.offline import BatchJob, Scorer, run_job
 
     engines = plugins.batch_engines(click.get_current_context().find_root().obj or plugins.plugin_manager())
     if engine not in engines:
@@ -144,8 +144,8 @@ def batch(config: Path, model: str, model_version: str | None, input_path: Path,
     if not input_path.is_file():
         raise click.BadParameter(f"no such file: {input_path}", param_hint="--input")
     try:
-        input_format = batchio.detect_format(input_path, fmt)
-        output_format = batchio.detect_format(output_path, fmt)
+        input_format = recordfiles.detect_format(input_path, fmt)
+        output_format = recordfiles.detect_format(output_path, fmt)
         columns = Scorer.load(config, model, model_version).output_columns()  # checks the model is there
     except (ValueError, HostdError) as exc:
         raise click.UsageError(str(exc)) from None

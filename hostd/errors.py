@@ -66,6 +66,19 @@ class ConfigError(Exception):
     """host.yaml is wrong; the message names the file, line and key."""
 
 
+class ConfigErrors(ConfigError):
+    """Several problems found in one pass over the config, reported together."""
+
+    def __init__(self, errors: list[ConfigError]) -> None:
+        super().__init__("\n".join(str(error) for error in errors))
+        self.errors = errors
+
+
+class ModelLoadError(ConfigError):
+    """A model's own code raised while it loaded (import, ``__init__``, a decorator): a bug in the
+    model, not in the config. ``__cause__`` is the model's exception, whose traceback says where."""
+
+
 def innermost(exc: BaseException) -> BaseException:
     """The exception inside nested single-exception groups (task groups wrap what they raise)."""
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:

@@ -17,7 +17,7 @@ def register_transports(register: Any) -> None:
 
 @hookspec
 def register_batch_engines(register: Any) -> None:
-    """Register batch engines for ``hostd batch``: call ``register(hostd.batch.BatchEngine(...))``."""
+    """Register batch engines for ``hostd batch``: call ``register(hostd.offline.BatchEngine(...))``."""
 
 
 @hookspec

@@ -11,7 +11,7 @@ from hostd import hookspecs
 from hostd.transports import Transport
 
 if TYPE_CHECKING:
-    from hostd.batch import BatchEngine
+    from hostd.offline import BatchEngine
 
 ENTRY_POINT_GROUP = "hostd"
 T = TypeVar("T")
@@ -32,7 +32,7 @@ def transports(pm: pluggy.PluginManager) -> dict[str, Transport]:
 
 
 def batch_engines(pm: pluggy.PluginManager) -> dict[str, BatchEngine]:
-    from hostd.batch import BatchEngine
+    from hostd.offline import BatchEngine
 
     return _registered(pm.hook.register_batch_engines, BatchEngine, "batch engine")
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import importlib
+import functools
 import inspect
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -11,12 +11,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
+from packaging.version import InvalidVersion, Version
 
-from hostd.batching import Batcher
-from hostd.errors import ConfigError, ModelNotFound
-from hostd.model import batch_function, check_model, is_deterministic
-from hostd.settings import ComponentSettings, HostSettings, ModelSettings
-from hostd.workers import ProcessWorkers
+from hostd.errors import ConfigError, ConfigErrors, ModelNotFound
+from hostd.loading import Where, load_model, nowhere
+from hostd.microbatch import Batcher
+from hostd.model import batch_function, is_deterministic
+from hostd.process_workers import ProcessWorkers
+from hostd.settings import HostSettings, ModelSettings
 
 log = structlog.get_logger("hostd.registry")
 
@@ -53,15 +55,24 @@ class ServedModel:
         if batching.max_batch_size > 1 and not self.is_async:
             self.batcher = Batcher(self.run_batch, max_batch_size=batching.max_batch_size,
                                    max_delay_s=batching.max_delay_ms / 1000, workers=self.settings.workers.count,
-                                   timeout_s=self.settings.timeout_ms / 1000, name=self.name)
+                                   name=self.name)
 
     async def run_batch(self, inputs: list[Any]) -> list[Any]:
-        """One predict_batch call in a worker thread (or process), so CPU-bound models never block the loop."""
+        """One predict_batch call in a worker thread (or process), so CPU-bound models never block the
+        loop; an async model is awaited on the loop."""
+        if self.is_async:
+            return await self.run_here(inputs)
         if self.processes is not None:
             return await self.processes.run(inputs)
         # At most workers.count calls run at once; a call whose caller gave up (timeout) is abandoned
         # but keeps its thread until the model returns, so a stuck model cannot pile up threads.
         return await asyncio.get_running_loop().run_in_executor(self.threads, self.predict_batch, inputs)
+
+    async def run_here(self, inputs: list[Any]) -> list[Any]:
+        """The same call in this thread (``hostd batch``: nothing else shares the process)."""
+        if self.is_async:
+            return [await self.model.predict(item) for item in inputs]
+        return list(self.predict_batch(inputs))
 
     def metadata(self) -> dict[str, Any]:
         return {
@@ -79,15 +90,30 @@ class Registry:
     def __init__(self) -> None:
         self._models: dict[str, dict[str, ServedModel]] = {}
         self._latest: dict[str, ServedModel] = {}  # what a request without a version gets
+        self.passed_over: list[str] = []  # "name version" of models loaded and let go (from_settings's only)
 
     @classmethod
-    def from_settings(cls, settings: HostSettings) -> Registry:
-        registry = cls()
+    def from_settings(cls, settings: HostSettings, only: str | None = None) -> Registry:
+        """Load every model in ``settings`` (or only the entries that may be model ``only``). Every
+        model is tried, so one run reports every broken entry, not just the first."""
+        registry, problems = cls(), []
         for index, model_settings in enumerate(settings.models):
-            where = settings.where(("models", index))
-            served = build_model(model_settings, where)
-            if registry.add(served) is not None:
-                raise ConfigError(f"{where}: {served.name} {served.version} is configured twice")
+            if only is not None and model_settings.qualified_name not in (None, only):
+                continue
+            where = functools.partial(_where, settings, index)
+            try:
+                served = build_model(model_settings, where)
+            except ConfigError as exc:
+                problems.append(exc)
+                continue
+            if only is not None and served.name != only:
+                registry.passed_over.append(f"{served.name} {served.version}")
+                close_models([served])
+            elif registry.add(served) is not None:
+                problems.append(ConfigError(f"{where()}: {served.name} {served.version} is configured twice"))
+        if problems:
+            registry.close()
+            raise problems[0] if len(problems) == 1 else ConfigErrors(problems)
         return registry
 
     def add(self, served: ServedModel) -> ServedModel | None:
@@ -95,7 +121,7 @@ class Registry:
         versions = self._models.setdefault(served.name, {})
         previous = versions.get(served.version)
         versions[served.version] = served
-        self._latest[served.name] = versions[max(versions, key=_version_key)]
+        self._latest[served.name] = _newest(versions)
         return previous
 
     def remove(self, name: str, version: str) -> ServedModel:
@@ -103,7 +129,7 @@ class Registry:
         versions = self._models[name]
         del versions[version]
         if versions:
-            self._latest[name] = versions[max(versions, key=_version_key)]
+            self._latest[name] = _newest(versions)
         else:
             del self._models[name], self._latest[name]
         return served
@@ -123,7 +149,7 @@ class Registry:
 
     def __iter__(self) -> Iterator[ServedModel]:
         for name in self.names():
-            yield from sorted(self._models[name].values(), key=lambda served: _version_key(served.version))
+            yield from sorted(self._models[name].values(), key=lambda served: _sortable(served.version))
 
     def __len__(self) -> int:
         return sum(len(versions) for versions in self._models.values())
@@ -135,76 +161,46 @@ class Registry:
                 served.processes.warm_up()
 
     def close(self) -> None:
-        for served in self:
-            served.threads.shutdown(wait=False, cancel_futures=True)
-            if served.processes is not None:
-                served.processes.close()
-            close = getattr(served.model, "close", None)
-            if callable(close):
-                try:
-                    close()
-                except Exception:
-                    log.exception("model close failed", model=served.name, version=served.version)
+        close_models(list(self))
 
 
-def build_model(settings: ModelSettings, where: str = "") -> ServedModel:
-    """Import, construct, decorate and check one model; ConfigError says which and why."""
-    model_class = import_class(settings.class_path, where)
+def close_models(models: list[ServedModel]) -> None:
+    """Stop each model's threads and processes and call its ``close()``, if it has one."""
+    for served in models:
+        served.threads.shutdown(wait=False, cancel_futures=True)
+        if served.processes is not None:
+            served.processes.close()
+        close = getattr(served.model, "close", None)
+        if callable(close):
+            try:
+                close()
+            except Exception:
+                log.exception("model close failed", model=served.name, version=served.version)
+
+
+def _where(settings: HostSettings, index: int, *keys: Any) -> str:
+    return settings.where(("models", index, *keys))
+
+
+def build_model(settings: ModelSettings, where: Where = nowhere) -> ServedModel:
+    """Load one model (see hostd.loading) and make it servable."""
+    return ServedModel(load_model(settings, where), settings)
+
+
+@functools.cache
+def version_key(version: str) -> Version | tuple[int, str]:
+    """Versions in release order (``packaging``: 1.0.0rc1 < 1.0.0 < 1.0.1 < 1.10.0); a version that is
+    not PEP 440 sorts below every one that is, by its text."""
     try:
-        model = model_class(**settings.configuration)
-    except Exception as exc:
-        raise ConfigError(f"{where}: {settings.class_path} failed to load: {type(exc).__name__}: {exc}") from exc
-    for decorator in settings.decorators:
-        model = apply_decorator(model, decorator, where)
-    try:
-        check_model(model)
-    except TypeError as exc:
-        raise ConfigError(f"{where}: {settings.class_path}: {exc}") from exc
-    if settings.qualified_name is not None and settings.qualified_name != model.qualified_name:
-        raise ConfigError(f"{where}: qualified_name '{settings.qualified_name}' does not match the model's "
-                          f"own name '{model.qualified_name}'")
-    return ServedModel(model, settings)
+        return Version(version)
+    except InvalidVersion:
+        return (0, version)
 
 
-def apply_decorator(model: Any, settings: ComponentSettings, where: str = "") -> Any:
-    decorator_class = import_class(settings.class_path, where)
-    _let_ml_base_decorators_wrap_hostd_models(decorator_class)
-    try:
-        return decorator_class(**settings.configuration).set_model(model)
-    except Exception as exc:
-        raise ConfigError(f"{where}: decorator {settings.class_path}: {type(exc).__name__}: {exc}") from exc
+def _newest(versions: dict[str, ServedModel]) -> ServedModel:
+    return versions[max(versions, key=_sortable)]
 
 
-def import_class(class_path: str, where: str = "") -> Any:
-    """Import ``package.module:Class`` or ``package.module.Class``."""
-    module_path, _, name = class_path.rpartition(":") if ":" in class_path else class_path.rpartition(".")
-    if not module_path or not name:
-        raise ConfigError(f"{where}: class_path '{class_path}' should look like 'package.module:Class'")
-    try:
-        module = importlib.import_module(module_path)
-    except ImportError as exc:
-        raise ConfigError(f"{where}: cannot import '{class_path}': {exc}") from exc
-    except Exception as exc:  # the module itself raised while importing (or has a syntax error)
-        raise ConfigError(f"{where}: importing '{module_path}' failed: {type(exc).__name__}: {exc}") from exc
-    try:
-        return getattr(module, name)
-    except AttributeError:
-        raise ConfigError(f"{where}: module '{module_path}' has no attribute '{name}'") from None
-
-
-def _let_ml_base_decorators_wrap_hostd_models(decorator_class: type) -> None:
-    # ml_base decorators check isinstance(model, ml_base.MLModel) in set_model(); hostd models
-    # have the same contract, so register them as virtual subclasses (an ABC feature).
-    try:
-        from ml_base import MLModel as MLBaseModel
-    except ImportError:
-        return
-    if issubclass(decorator_class, MLBaseModel):
-        from hostd.model import MLModel
-
-        MLBaseModel.register(MLModel)
-
-
-def _version_key(version: str) -> tuple[Any, ...]:
-    parts = version.lstrip("v").split("-", 1)[0].split("+", 1)[0].split(".")
-    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in parts)
+def _sortable(version: str) -> tuple[int, Any]:
+    key = version_key(version)
+    return (0, key) if isinstance(key, tuple) else (1, key)

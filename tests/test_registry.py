@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import yaml
 
-from hostd.errors import ConfigError, ModelNotFound
+from hostd.errors import ConfigError, ConfigErrors, ModelLoadError, ModelNotFound
 from hostd.registry import Registry
 from hostd.settings import parse_settings
 from tests.support.toy import EchoInput, EchoModel
@@ -109,10 +109,33 @@ def test_a_model_whose_init_raises_is_a_config_error_with_the_exception() -> Non
     assert "FileNotFoundError: parameters.skops is missing" in message
 
 
-def test_bad_configuration_keywords_are_a_config_error() -> None:
-    message = config_error({"class_path": f"{TOY}:EchoModel", "configuration": {"colour": "red"}})
-    assert "failed to load: TypeError" in message
-    assert "colour" in message
+def test_a_configuration_keyword_the_model_does_not_take_is_reported_at_its_own_line() -> None:
+    text = yaml.safe_dump({"models": [{"class_path": f"{TOY}:EchoModel", "configuration": {"colour": "red"}}]})
+    line = next(number for number, row in enumerate(text.splitlines(), 1) if "colour" in row)
+    with pytest.raises(ConfigError) as raised:
+        Registry.from_settings(parse_settings(text, "host.yaml"))
+    assert str(raised.value) == (f"host.yaml:{line}: configuration.colour: {TOY}:EchoModel "
+                                 "takes no argument 'colour'")
+    assert not isinstance(raised.value, ModelLoadError)  # a config mistake, not a model bug
+
+
+def test_a_model_whose_init_raises_keeps_the_exception_for_its_traceback() -> None:
+    text = yaml.safe_dump({"models": [{"class_path": f"{TOY}:FailsToLoad"}]})
+    with pytest.raises(ModelLoadError) as raised:
+        Registry.from_settings(parse_settings(text, "host.yaml"))
+    assert isinstance(raised.value.__cause__, FileNotFoundError)
+    assert raised.value.__cause__.__traceback__ is not None
+
+
+def test_every_broken_model_entry_is_reported_not_just_the_first() -> None:
+    text = yaml.safe_dump({"models": [{"class_path": f"{TOY}:FailsToLoad"}, echo(),
+                                      {"class_path": f"{TOY}:EchoModle"}]})
+    lines = [number for number, row in enumerate(text.splitlines(), 1) if "FailsToLoad" in row or "EchoModle" in row]
+    with pytest.raises(ConfigErrors) as raised:
+        Registry.from_settings(parse_settings(text, "host.yaml"))
+    reported = str(raised.value).splitlines()
+    assert [row.split(":")[1] for row in reported] == [str(line) for line in lines]
+    assert "FileNotFoundError" in reported[0] and "no attribute 'EchoModle'" in reported[1]
 
 
 def test_a_class_that_is_not_a_model_is_a_config_error_naming_what_is_missing() -> None:
@@ -145,6 +168,14 @@ def test_the_latest_semver_wins_when_no_version_is_asked() -> None:
     models = registry(echo("1.9.0"), echo("1.10.0"), echo("0.99.0"))
     assert models.get("echo").version == "1.10.0"
     assert models.get("echo", None).version == "1.10.0"
+
+
+def test_a_pre_release_sorts_below_its_release() -> None:
+    for order in [("1.0.0-rc1", "1.0.0"), ("1.0.0", "1.0.0-rc1")]:
+        assert registry(*[echo(version) for version in order]).get("echo").version == "1.0.0"
+    assert registry(echo("2.0.0a1"), echo("1.9.9")).get("echo").version == "2.0.0a1"
+    assert [served.version for served in registry(echo("1.0.0"), echo("1.0.0rc2"), echo("1.0.0rc10"))] == [
+        "1.0.0rc2", "1.0.0rc10", "1.0.0"]
 
 
 def test_a_version_can_be_asked_for() -> None:

@@ -9,15 +9,15 @@ from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
-from hostd import batchio
-from hostd.batch import BatchEngine, BatchJob, Scorer, chunks
+from hostd import recordfiles
 from hostd.hookspecs import hookimpl
+from hostd.offline import BatchEngine, BatchJob, Scorer, chunks
 
 _scorer: Scorer | None = None  # in a worker process
 
 
 def run(job: BatchJob) -> Iterator[dict[str, Any]]:
-    records = batchio.read_records(job.input, job.input_format)
+    records = recordfiles.read_records(job.input, job.input_format)
     if job.workers <= 1:
         scorer = Scorer.load(job.config, job.model, job.version)
         for chunk in chunks(records, job.chunk_size):

@@ -16,8 +16,8 @@ from typing import Any
 
 import orjson
 
-from hostd import batchio
-from hostd.batch import BatchJob, Scorer
+from hostd import recordfiles
+from hostd.offline import BatchJob, Scorer
 
 # Importing Beam logs "apitools not found" on the root logger (GCP extras we do not use).
 _previous = logging.root.manager.disable
@@ -72,5 +72,5 @@ def pipeline_args(job: BatchJob) -> list[str]:
 def write_numbered(job: BatchJob, path: Path) -> None:
     """The input as one JSON record per line, numbered (Beam's text source has no line numbers)."""
     with path.open("wb") as out:
-        for item in batchio.read_records(job.input, job.input_format):
+        for item in recordfiles.read_records(job.input, job.input_format):
             out.write(orjson.dumps(item, option=orjson.OPT_APPEND_NEWLINE))

@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from hostd.batch import BatchEngine, BatchJob
 from hostd.hookspecs import hookimpl
+from hostd.offline import BatchEngine, BatchJob
 
 
 def run(job: BatchJob) -> Iterator[dict[str, Any]]:

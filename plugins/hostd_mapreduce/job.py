@@ -21,9 +21,9 @@ import orjson
 from mrjob.job import MRJob
 from mrjob.protocol import RawValueProtocol
 
-from hostd import batchio
-from hostd.batch import Scorer
+from hostd import recordfiles
 from hostd.errors import InvalidInput
+from hostd.offline import Scorer
 
 
 class HostdScoringJob(MRJob):  # type: ignore[misc]
@@ -59,10 +59,10 @@ def parse(line: str) -> dict[str, Any]:
     try:
         value = orjson.loads(line)
     except orjson.JSONDecodeError as exc:
-        return batchio.failure(None, InvalidInput(f"line is not valid JSON: {exc}"))  # type: ignore[arg-type]
+        return recordfiles.failure(None, InvalidInput(f"line is not valid JSON: {exc}"))  # type: ignore[arg-type]
     if isinstance(value, dict) and "row" in value and ("data" in value or "error" in value):
         return value  # a numbered record written by `hostd batch`
-    return batchio.record(None, value)  # type: ignore[arg-type]
+    return recordfiles.record(None, value)  # type: ignore[arg-type]
 
 
 if __name__ == "__main__":

@@ -12,9 +12,9 @@ from typing import Any
 
 import orjson
 
-from hostd import batchio
-from hostd.batch import BatchEngine, BatchJob
+from hostd import recordfiles
 from hostd.hookspecs import hookimpl
+from hostd.offline import BatchEngine, BatchJob
 
 
 def run(job: BatchJob) -> Iterator[dict[str, Any]]:
@@ -25,7 +25,7 @@ def run(job: BatchJob) -> Iterator[dict[str, Any]]:
     with tempfile.TemporaryDirectory(prefix="hostd-mapreduce-") as tmp:
         numbered, output = Path(tmp) / "input.jsonl", Path(tmp) / "output"
         with numbered.open("wb") as out:  # numbered records: Hadoop Streaming mappers see only lines
-            for item in batchio.read_records(job.input, job.input_format):
+            for item in recordfiles.read_records(job.input, job.input_format):
                 out.write(orjson.dumps(item, option=orjson.OPT_APPEND_NEWLINE))
         args = list(job.engine_args)
         if not any(arg in ("-r", "--runner") or arg.startswith("--runner=") for arg in args):

@@ -1,4 +1,4 @@
-"""hostd.batch and hostd.batchio in-process: the Scorer every engine calls, and the file formats."""
+"""hostd.offline and hostd.recordfiles in-process: the Scorer every engine calls, and the file formats."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from hostd import batchio
-from hostd.batch import Scorer
+from hostd import recordfiles
 from hostd.errors import ModelNotFound
+from hostd.offline import Scorer
 
 
 @pytest.fixture
@@ -21,7 +21,7 @@ def config(tmp_path: Path) -> Path:
 
 
 def records(*data: object) -> list[dict[str, object]]:
-    return [batchio.record(row, item) for row, item in enumerate(data, start=1)]
+    return [recordfiles.record(row, item) for row, item in enumerate(data, start=1)]
 
 
 def test_a_row_that_makes_the_model_raise_fails_alone_and_the_rest_are_scored(config: Path) -> None:
@@ -54,7 +54,7 @@ def test_an_unknown_model_names_what_the_config_has(config: Path) -> None:
 def test_jsonl_lines_that_are_not_objects_become_error_records(tmp_path: Path) -> None:
     path = tmp_path / "in.jsonl"
     path.write_text('{"x": 1}\n\n{broken\n[1]\n{"id": "k", "x": 2}\n')
-    read = list(batchio.read_records(path, "jsonl"))
+    read = list(recordfiles.read_records(path, "jsonl"))
     assert [item["row"] for item in read] == [1, 2, 3, 4]  # the blank line is not a record
     assert "error" in read[1] and "not valid JSON" in read[1]["error"]["message"]
     assert "error" in read[2]
@@ -64,25 +64,25 @@ def test_jsonl_lines_that_are_not_objects_become_error_records(tmp_path: Path) -
 def test_csv_cells_holding_json_are_decoded(tmp_path: Path) -> None:
     path = tmp_path / "in.csv"
     path.write_text('id,x,image\na,1.5,"[[1, 2], [3, 4]]"\n')
-    (item,) = batchio.read_records(path, "csv")
+    (item,) = recordfiles.read_records(path, "csv")
     assert item == {"row": 1, "id": "a", "data": {"x": "1.5", "image": [[1, 2], [3, 4]]}}
 
 
 def test_parquet_round_trip(tmp_path: Path) -> None:
     pytest.importorskip("pyarrow", reason="Parquet needs pyarrow (hostd[beam] brings it)")
     path = tmp_path / "out.parquet"
-    writer = batchio.open_writer(path, "parquet", ["id", "y"])
+    writer = recordfiles.open_writer(path, "parquet", ["id", "y"])
     for i in range(3):
         writer.write({"id": i, "y": i * 2.0})
     writer.close()
-    assert [item["data"] for item in batchio.read_records(path, "parquet")] == [{"y": 0.0}, {"y": 2.0}, {"y": 4.0}]
+    assert [item["data"] for item in recordfiles.read_records(path, "parquet")] == [{"y": 0.0}, {"y": 2.0}, {"y": 4.0}]
 
 
 def test_the_format_comes_from_the_extension_or_is_asked_for() -> None:
-    assert batchio.detect_format(Path("a.ndjson")) == "jsonl"
-    assert batchio.detect_format(Path("a.txt"), "csv") == "csv"
+    assert recordfiles.detect_format(Path("a.ndjson")) == "jsonl"
+    assert recordfiles.detect_format(Path("a.txt"), "csv") == "csv"
     with pytest.raises(ValueError, match="--format"):
-        batchio.detect_format(Path("a.txt"))
+        recordfiles.detect_format(Path("a.txt"))
 
 
 def test_a_models_own_input_check_is_invalid_input_and_other_failures_model_error(tmp_path: Path) -> None:

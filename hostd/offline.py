@@ -19,10 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hostd import batchio
-from hostd.dataplane import dump_output, model_failure, validate_inputs
-from hostd.errors import HostdError, ModelError, ModelNotFound
-from hostd.registry import Registry, ServedModel, build_model
+from hostd import kernel, recordfiles
+from hostd.errors import HostdError, ModelNotFound
+from hostd.registry import Registry, ServedModel
 from hostd.settings import load_settings
 
 
@@ -76,15 +75,7 @@ class Scorer:
         """Build the configured versions of ``model`` (only those) and take ``version``, or the
         latest; ModelNotFound lists what the config has."""
         settings = load_settings(config)
-        found, seen = Registry(), []
-        for model_settings in settings.models:
-            if model_settings.qualified_name not in (None, model):
-                seen.append(model_settings.qualified_name)
-                continue
-            served = build_model(model_settings)
-            seen.append(f"{served.name} {served.version}")
-            if served.name == model:
-                found.add(served)
+        found = Registry.from_settings(settings, only=model)
         if model in found.names() and (version is None or version in [s.version for s in found]):
             # As the daemon does: what is loaded now lives as long as the run, and a full collection
             # walking it (~75 ms) would otherwise come round again and again while rows are scored.
@@ -92,56 +83,44 @@ class Scorer:
             gc.freeze()
             return cls(found.get(model, version))
         wanted = f"model '{model}'" + (f" version '{version}'" if version else "")
-        raise ModelNotFound(f"{wanted} is not in {config} (it has: {', '.join(seen) or 'no models'})")
+        has = [f"{served.name} {served.version}" for served in found] + found.passed_over
+        has += [entry.qualified_name for entry in settings.models if entry.qualified_name not in (None, model)]
+        raise ModelNotFound(f"{wanted} is not in {config} (it has: {', '.join(has) or 'no models'})")
 
     def output_columns(self) -> list[str]:
         return ["id", *self.served.model.output_schema.model_fields]
 
     def score(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """One result per record, in order: valid records go to the model in one predict_batch call;
-        if that raises, each is retried alone so a bad row fails alone."""
-        results: list[dict[str, Any] | None] = [item if "error" in item else None for item in records]
-        readable = [index for index, item in enumerate(records) if "error" not in item]
-        try:  # the whole chunk at once; if some row is invalid, row by row to find which
-            valid = list(zip(readable, validate_inputs(self.served, [records[i]["data"] for i in readable]),
-                             strict=True)) if readable else []
-        except HostdError:
-            valid = []
-            for index in readable:
-                try:
-                    valid.append((index, validate_inputs(self.served, [records[index]["data"]])[0]))
-                except HostdError as exc:
-                    results[index] = batchio.failure(records[index]["row"], exc, records[index]["id"])
+        """One result per record, in order: every readable record validated at once, the valid ones
+        through the execution kernel (one predict_batch call; a bad row fails alone)."""
+        served = self.served
+        readable = [item for item in records if "error" not in item]
+        checked = iter(kernel.validate_rows(served.name, served.model.input_schema,
+                                            [item["data"] for item in readable]) if readable else [])
+        results: list[dict[str, Any]] = []
+        pending: list[tuple[int, list[Any]]] = []  # result slot, unit
+        for item in records:
+            data = item if "error" in item else next(checked)
+            if isinstance(data, HostdError):
+                data = recordfiles.failure(item["row"], data, item["id"])
+            elif "error" not in item:
+                pending.append((len(results), [data]))
+            results.append(data)
+        if pending:
+            # The kernel is async (it serves the daemon too): a loop per chunk costs ~0.1 ms.
+            outcomes = asyncio.run(kernel.execute(served.run_here, [unit for _, unit in pending], model=served.name))
+            for (slot, _), outcome in zip(pending, outcomes, strict=True):
+                results[slot] = self._result(records[slot], outcome)
+        return results
+
+    def _result(self, record: dict[str, Any], outcome: kernel.Outcome) -> dict[str, Any]:
         try:
-            outputs = self._predict([data for _, data in valid])
-        except HostdError:
-            outputs = None
-        for position, (index, data) in enumerate(valid):
-            try:
-                output = outputs[position] if outputs is not None else self._predict([data])[0]
-                results[index] = {"row": records[index]["row"], "id": records[index]["id"],
-                                  "prediction": dump_output(self.served, output)}
-            except HostdError as exc:
-                results[index] = batchio.failure(records[index]["row"], exc, records[index]["id"])
-        return [result for result in results if result is not None]
-
-    def _predict(self, inputs: list[Any]) -> list[Any]:
-        if not inputs:
-            return []
-        try:
-            if self.served.is_async:  # as the daemon does: one awaited call per input
-                outputs = asyncio.run(_predict_each(self.served.model, inputs))
-            else:
-                outputs = list(self.served.predict_batch(inputs))
-        except Exception as exc:
-            raise model_failure(self.served, exc) from exc
-        if len(outputs) != len(inputs):
-            raise ModelError(f"model '{self.served.name}' returned {len(outputs)} outputs for {len(inputs)} inputs")
-        return outputs
-
-
-async def _predict_each(model: Any, inputs: list[Any]) -> list[Any]:
-    return [await model.predict(item) for item in inputs]
+            if isinstance(outcome, HostdError):
+                raise outcome
+            prediction = kernel.dump_output(self.served.name, self.served.model.output_schema, outcome[0])
+        except HostdError as exc:
+            return recordfiles.failure(record["row"], exc, record["id"])
+        return {"row": record["row"], "id": record["id"], "prediction": prediction}
 
 
 def chunks(records: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
@@ -159,8 +138,8 @@ def run_job(job: BatchJob, engine: BatchEngine, columns: list[str], progress: bo
     """Run ``engine`` on ``job``; predictions go to job.output, failures to job.errors."""
     summary = Summary(engine.name)
     started = time.perf_counter()
-    output = batchio.open_writer(job.output, job.output_format, columns)
-    errors = batchio.open_writer(job.errors, job.output_format, batchio.ERROR_COLUMNS)
+    output = recordfiles.open_writer(job.output, job.output_format, columns)
+    errors = recordfiles.open_writer(job.errors, job.output_format, recordfiles.ERROR_COLUMNS)
     report = Progress(sys.stderr.isatty() if progress is None else progress)
     try:
         for result in engine.run(job):

@@ -4,8 +4,9 @@ No timer and no background task: the first waiting request leads. It waits for a
 (``workers.count``), and while the model is busy other requests queue behind it; when it gets a
 worker it takes up to ``max_batch_size`` rows (waiting at most ``max_delay_ms`` for more only if
 other batches are running; spread over the idle workers), hands the lead to the next queued request
-and runs the batch. So an idle model answers a lone request at once, and a busy one runs ever larger
-batches.
+and runs the batch through the execution kernel (``hostd.kernel``), which gives every request its
+own outcome. So an idle model answers a lone request at once, and a busy one runs ever larger
+batches. A request is a list of units (see ``hostd.kernel``); each unit fails or succeeds alone.
 
 This is the per-request hot path, so it uses asyncio's primitives directly (hostd's daemon runs on
 asyncio): anyio's equivalents look up the running backend on every call, which cost ~10% of the
@@ -17,32 +18,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from hostd.errors import Timeout
-
-Run = Callable[[list[Any]], Awaitable[list[Any]]]
+from hostd import kernel
 
 
 @dataclass(eq=False, slots=True)
 class _Request:
-    inputs: list[Any]
+    units: Sequence[list[Any]]
+    rows: int
+    deadline: float | None  # on the loop's clock
     wake: asyncio.Event = field(default_factory=asyncio.Event)  # done, or promoted to lead
     taken: bool = False
     done: bool = False
-    outputs: list[Any] = field(default_factory=list)
-    error: BaseException | None = None
+    outcomes: list[kernel.Outcome] = field(default_factory=list)
 
 
 class Batcher:
-    def __init__(self, run: Run, *, max_batch_size: int, max_delay_s: float, workers: int, timeout_s: float,
+    def __init__(self, run: kernel.Run, *, max_batch_size: int, max_delay_s: float, workers: int,
                  name: str) -> None:
         self._run = run
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_s
-        self.timeout_s = timeout_s
         self.name = name
         self._workers = workers
         self._slots = asyncio.Semaphore(workers)
@@ -51,12 +50,13 @@ class Batcher:
         self._queued = 0  # rows in the queue (kept, not summed: this runs per request)
         self._leader: _Request | None = None
         self._filled = asyncio.Event()
-        self.batch_sizes: list[int] = []  # recent batch sizes, for tests and metrics (bounded)
 
-    async def __call__(self, inputs: list[Any]) -> list[Any]:
-        request = _Request(inputs)
+    async def __call__(self, units: Sequence[list[Any]], deadline: float | None = None) -> list[kernel.Outcome]:
+        """One outcome per unit. A batch runs until the latest deadline of the requests in it; each
+        caller bounds its own wait."""
+        request = _Request(units, sum(len(unit) for unit in units), deadline)
         self._queue.append(request)
-        self._queued += len(inputs)
+        self._queued += request.rows
         if self._queued >= self.max_batch_size:
             self._filled.set()
         try:
@@ -71,12 +71,10 @@ class Batcher:
         finally:
             if not request.taken:  # cancelled while queued: leave, and pass the lead on
                 self._queue.remove(request)
-                self._queued -= len(request.inputs)
+                self._queued -= request.rows
                 if self._leader is request:
                     self._promote()
-        if request.error is not None:
-            raise request.error
-        return request.outputs
+        return request.outcomes
 
     async def _lead(self, request: _Request) -> None:
         await self._slots.acquire()
@@ -109,12 +107,12 @@ class Batcher:
         limit = min(self.max_batch_size, -(-self._queued // idle))
         batch: list[_Request] = []
         rows = 0
-        while self._queue and (not batch or rows + len(self._queue[0].inputs) <= limit):
+        while self._queue and (not batch or rows + self._queue[0].rows <= limit):
             item = self._queue.popleft()
-            self._queued -= len(item.inputs)
+            self._queued -= item.rows
             item.taken = True
             batch.append(item)
-            rows += len(item.inputs)
+            rows += item.rows
         return batch
 
     def _promote(self) -> None:
@@ -123,37 +121,13 @@ class Batcher:
             self._leader.wake.set()
 
     async def _execute(self, batch: list[_Request]) -> None:
-        self.batch_sizes = [*self.batch_sizes[-99:], sum(len(item.inputs) for item in batch)]
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                outputs = await self._run([row for item in batch for row in item.inputs])
-        except TimeoutError:
-            error: BaseException = Timeout(f"model '{self.name}' did not answer within "
-                                           f"{round(self.timeout_s * 1000)} ms")
-            return self._finish(batch, error=error)
-        except Exception as exc:
-            if len(batch) == 1:
-                return self._finish(batch, error=exc)
-            for item in batch:  # one request's rows made the model raise: find it, spare the others
-                await self._execute([item])
-            return None
-        if len(batch) == 1:  # the caller checks the output count
-            batch[0].outputs = outputs
-            return self._finish(batch)
-        if len(outputs) != sum(len(item.inputs) for item in batch):
-            for item in batch:  # split it up so each request gets its own verdict
-                await self._execute([item])
-            return None
+        deadlines = [item.deadline for item in batch]
+        deadline = None if None in deadlines else max(deadlines)  # type: ignore[type-var]
+        outcomes = await kernel.execute(self._run, [unit for item in batch for unit in item.units],
+                                        model=self.name, deadline=deadline)
         offset = 0
         for item in batch:
-            item.outputs = outputs[offset:offset + len(item.inputs)]
-            offset += len(item.inputs)
-            self._finish([item])
-        return None
-
-    @staticmethod
-    def _finish(batch: list[_Request], error: BaseException | None = None) -> None:
-        for item in batch:
-            item.error = error
+            item.outcomes = outcomes[offset:offset + len(item.units)]
+            offset += len(item.units)
             item.done = True
             item.wake.set()

@@ -20,11 +20,11 @@ _batch_function: Any = None  # in a child: the loaded model's predict_batch
 
 def _load(settings: dict[str, Any]) -> None:
     global _batch_function
-    from hostd.registry import build_model
+    from hostd.loading import load_model
+    from hostd.model import batch_function
     from hostd.settings import ModelSettings
 
-    model_settings = ModelSettings.model_validate({**settings, "workers": {"kind": "thread", "count": 1}})
-    _batch_function = build_model(model_settings).predict_batch
+    _batch_function = batch_function(load_model(ModelSettings.model_validate(settings)))
 
 
 def _predict(inputs: list[Any]) -> list[Any]:
