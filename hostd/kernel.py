@@ -35,7 +35,8 @@ async def execute(run: Run, units: Sequence[list[Any]], *, model: str,
     """Run ``units`` through ``run``, one outcome per unit, in order. ``deadline`` is an absolute
     time on the event loop's clock (``loop.time()``); a unit not answered by then is a Timeout."""
     outcomes: list[Outcome | None] = [None] * len(units)
-    await _execute(run, list(units), list(range(len(units))), outcomes, model, deadline)
+    if units:
+        await _execute(run, list(units), list(range(len(units))), outcomes, model, deadline)
     return outcomes  # type: ignore[return-value]  # every slot is filled
 
 
