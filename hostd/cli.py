@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import click
 import orjson
 
 from hostd import __version__, plugins, recordfiles
-from hostd.errors import ConfigError, HostdError, StartupError, innermost
+from hostd.errors import ConfigError, ConfigErrors, HostdError, ModelLoadError, ModelNotFound, StartupError, innermost
 from hostd.observability import configure_logging
 from hostd.settings import HostSettings, load_settings
 
@@ -28,9 +29,35 @@ def load(config: Path) -> tuple[HostSettings, Any]:
     return load_settings(config, known), pm
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class ReportConfigErrors(click.Group):
+    """Any command's ConfigError: its message (file:line: key: problem), exit status 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ConfigError as exc:
+            click.echo(f"hostd: config error:\n{exc}", err=True)
+            _model_tracebacks(exc, ctx.params.get("show_traceback", False))
+            ctx.exit(2)
+
+
+def _model_tracebacks(exc: ConfigError, show: bool) -> None:
+    # A model whose own code raised is a bug in the model: its traceback says where.
+    failed = [error for error in (exc.errors if isinstance(exc, ConfigErrors) else [exc])
+              if isinstance(error, ModelLoadError) and error.__cause__ is not None]
+    if failed and not show:
+        click.echo("hostd: a model's own code raised; `hostd --traceback ...` shows where", err=True)
+    for error in failed if show else []:
+        cause = error.__cause__
+        assert cause is not None
+        click.echo("".join(traceback.format_exception(cause)), err=True, nl=False)
+
+
+@click.group(cls=ReportConfigErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="hostd")
-def cli() -> None:
+@click.option("--traceback", "show_traceback", is_flag=True,
+              help="When a model fails to load, print the traceback of its exception.")
+def cli(show_traceback: bool) -> None:
     """hostd: serve many ML models over HTTP, gRPC, WebSocket, ZeroMQ, Kafka and arq."""
     configure_logging("warning")  # `run` reconfigures from the config
 
@@ -90,7 +117,7 @@ def models(config: Path, as_json: bool) -> None:
 @click.argument("data")
 @click.option("--version", "model_version", default=None, help="Model version (default: the latest).")
 def predict(config: Path, model: str, data: str, model_version: str | None) -> None:
-    """Predict DATA (a JSON object, or - for stdin) with MODEL, in-process."""
+    """Predict DATA (a JSON object, or - for stdin) with MODEL, in-process (only MODEL is loaded)."""
     from hostd.dataplane import DataPlane
     from hostd.registry import Registry
 
@@ -99,9 +126,15 @@ def predict(config: Path, model: str, data: str, model_version: str | None) -> N
         payload = orjson.loads(sys.stdin.read() if data == "-" else data)
     except orjson.JSONDecodeError as exc:
         raise click.BadParameter(f"not valid JSON: {exc}", param_hint="DATA") from None
+    configure_logging("critical")  # the error is the command's own output, once
+
+    registry = Registry.from_settings(settings, only=model)
 
     async def one() -> dict[str, Any]:
-        dataplane = DataPlane(Registry.from_settings(settings))
+        if model not in registry.names():
+            served = sorted({entry.split()[0] for entry in registry.passed_over})
+            raise ModelNotFound(f"model '{model}' is not served here (served: {', '.join(served) or 'none'})")
+        dataplane = DataPlane(registry)
         dataplane.set_ready()
         return (await dataplane.predict(model, payload, model_version, transport="cli")).output
 
@@ -173,8 +206,4 @@ def main() -> None:
     sys.path.insert(0, os.getcwd())
     pm = plugins.plugin_manager()
     pm.hook.register_commands(cli=cli)
-    try:
-        cli(prog_name="hostd", obj=pm)
-    except ConfigError as exc:
-        click.echo(f"hostd: config error:\n{exc}", err=True)
-        sys.exit(2)
+    cli(prog_name="hostd", obj=pm)

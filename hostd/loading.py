@@ -45,6 +45,15 @@ def load_model(settings: ModelSettings, where: Where = nowhere) -> Any:
     return model
 
 
+def declared_name(settings: ModelSettings, where: Where = nowhere) -> str | None:
+    """The model's name without building it: the entry's ``qualified_name``, else the class's own
+    when it is a plain class attribute (a property needs an instance). Imports the class."""
+    if settings.qualified_name is not None:
+        return settings.qualified_name
+    name = getattr(import_class(settings.class_path, where("class_path")), "qualified_name", None)
+    return name if isinstance(name, str) else None
+
+
 def construct(settings: ComponentSettings, where: Where = nowhere) -> Any:
     """``Class(**configuration)`` for a model or a decorator. A keyword the class does not take is
     a config error at that keyword's line; an exception from the class's own code is a ModelLoadError."""

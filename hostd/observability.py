@@ -14,21 +14,27 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 
 
 def configure_logging(level: str = "info", fmt: str = "auto", stdlib: dict[str, Any] | None = None) -> None:
-    """Console lines on a terminal, JSON lines otherwise (``fmt``: auto | console | json)."""
-    if stdlib:
-        logging.config.dictConfig(stdlib)  # a rest-model-service `logging:` section
-    else:
-        logging.basicConfig(level=level.upper(), stream=sys.stderr, format="%(message)s")
+    """Console lines on a terminal, JSON lines otherwise (``fmt``: auto | console | json). Libraries
+    that log through the standard library (aiokafka, redis, hypercorn, grpclib...) come out in the
+    same format, with their logger's name, through structlog's ``ProcessorFormatter``."""
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     renderer: Any = structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer()
+    stamped: list[Any] = [structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso", utc=True)]
+    if stdlib:
+        logging.config.dictConfig(stdlib)  # a rest-model-service `logging:` section: the user's own format
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[*stamped, structlog.stdlib.add_logger_name],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                        structlog.processors.format_exc_info, renderer],
+        ))
+        root = logging.getLogger()
+        root.handlers = [handler]
+        root.setLevel(level.upper())
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
+        processors=[structlog.contextvars.merge_contextvars, *stamped, structlog.processors.format_exc_info,
+                    renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,

@@ -84,7 +84,6 @@ class Scorer:
             return cls(found.get(model, version))
         wanted = f"model '{model}'" + (f" version '{version}'" if version else "")
         has = [f"{served.name} {served.version}" for served in found] + found.passed_over
-        has += [entry.qualified_name for entry in settings.models if entry.qualified_name not in (None, model)]
         raise ModelNotFound(f"{wanted} is not in {config} (it has: {', '.join(has) or 'no models'})")
 
     def output_columns(self) -> list[str]:

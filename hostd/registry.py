@@ -14,7 +14,7 @@ import structlog
 from packaging.version import InvalidVersion, Version
 
 from hostd.errors import ConfigError, ConfigErrors, ModelNotFound
-from hostd.loading import Where, load_model, nowhere
+from hostd.loading import Where, declared_name, load_model, nowhere
 from hostd.microbatch import Batcher
 from hostd.model import batch_function, is_deterministic
 from hostd.process_workers import ProcessWorkers
@@ -90,7 +90,8 @@ class Registry:
     def __init__(self) -> None:
         self._models: dict[str, dict[str, ServedModel]] = {}
         self._latest: dict[str, ServedModel] = {}  # what a request without a version gets
-        self.passed_over: list[str] = []  # "name version" of models loaded and let go (from_settings's only)
+        # Models from_settings(only=...) did not keep: "name version" (loaded, then closed) or "name".
+        self.passed_over: list[str] = []
 
     @classmethod
     def from_settings(cls, settings: HostSettings, only: str | None = None) -> Registry:
@@ -98,10 +99,11 @@ class Registry:
         model is tried, so one run reports every broken entry, not just the first."""
         registry, problems = cls(), []
         for index, model_settings in enumerate(settings.models):
-            if only is not None and model_settings.qualified_name not in (None, only):
-                continue
             where = functools.partial(_where, settings, index)
             try:
+                if only is not None and (name := declared_name(model_settings, where)) not in (None, only):
+                    registry.passed_over.append(name)
+                    continue
                 served = build_model(model_settings, where)
             except ConfigError as exc:
                 problems.append(exc)

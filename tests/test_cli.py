@@ -70,6 +70,47 @@ def test_check_reports_a_typo_with_file_line_and_key_and_exits_2(tmp_path: Path)
     assert result.stdout == ""
 
 
+def test_traceback_shows_where_a_model_that_fails_to_load_raised(tmp_path: Path) -> None:
+    path = tmp_path / "host.yaml"
+    path.write_text(f"models:\n  - class_path: {TOY}:FailsToLoad\n")
+    plain = hostd("check", str(path))
+    assert "`hostd --traceback ...` shows where" in plain.stderr
+    result = hostd("--traceback", "check", str(path))
+    assert result.returncode == 2
+    assert f"{path}:2:" in result.stderr
+    assert "Traceback (most recent call last):" in result.stderr
+    assert 'tests/support/toy.py", line' in result.stderr  # the model's own frame
+    assert result.stderr.rstrip().endswith("FileNotFoundError: parameters.skops is missing")
+
+
+def test_every_broken_model_is_reported_in_one_run(tmp_path: Path) -> None:
+    path = tmp_path / "host.yaml"
+    path.write_text(f"models:\n  - class_path: {TOY}:FailsToLoad\n  - class_path: {TOY}:Nope\n"
+                    f"  - class_path: {TOY}:EchoModel\n    configuration: {{colour: red}}\n")
+    result = hostd("check", str(path))
+    assert result.returncode == 2
+    assert f"{path}:2: {TOY}:FailsToLoad failed to load: FileNotFoundError" in result.stderr
+    assert f"{path}:3: module '{TOY}' has no attribute 'Nope'" in result.stderr
+    assert f"{path}:5: configuration.colour: {TOY}:EchoModel takes no argument 'colour'" in result.stderr
+
+
+def test_predict_loads_only_the_model_it_needs(tmp_path: Path) -> None:
+    # The broken entry says its name in the config, so predict never builds it (a class attribute
+    # qualified_name works the same; EchoModel's is a property, so it is built to learn its name).
+    path = tmp_path / "host.yaml"
+    path.write_text(f"models:\n  - class_path: {TOY}:FailsToLoad\n    qualified_name: broken\n"
+                    f"  - class_path: {TOY}:EchoModel\n")
+    result = hostd("predict", str(path), "echo", '{"x": 2}')
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["y"] == 4
+
+
+def test_predict_prints_an_error_once(config: Path) -> None:
+    result = hostd("predict", str(config), "echo", '{"x": "two"}')
+    assert result.returncode == 1
+    assert result.stderr.count("invalid input for model 'echo'") == 1, result.stderr
+
+
 def test_check_reports_a_model_that_fails_to_load_and_exits_2(tmp_path: Path) -> None:
     path = tmp_path / "host.yaml"
     path.write_text(f"models:\n  - class_path: {TOY}:FailsToLoad\n")
