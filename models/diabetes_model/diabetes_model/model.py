@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from importlib import resources
-
 import numpy as np
-import skops.io as sio
-from pydantic import BaseModel
 from sklearn.linear_model import BayesianRidge
 from sklearn.pipeline import Pipeline
 
 from diabetes_model import __version__
 from diabetes_model.schemas import DiabetesModelInput, DiabetesModelOutput
 from hostd import MLModel
+from hostd.artifacts import load_skops
 
 PARAMETERS_FILE = "model_files/model.skops"
 #: Types in the parameters file that skops does not trust by default; train.py checks this list.
@@ -23,11 +20,9 @@ FEATURES: tuple[str, ...] = tuple(DiabetesModelInput.model_fields)
 
 def load_parameters() -> Pipeline:
     """Load the trained pipeline (scaler, Bayesian ridge) shipped with the package."""
-    source = resources.files(__package__).joinpath(PARAMETERS_FILE)
-    with resources.as_file(source) as path:
-        estimator = sio.load(path, trusted=TRUSTED_TYPES)
-    if not (isinstance(estimator, Pipeline) and isinstance(estimator[-1], BayesianRidge)):
-        raise TypeError(f"{PARAMETERS_FILE} does not hold a pipeline ending in BayesianRidge")
+    estimator = load_skops(__package__, PARAMETERS_FILE, Pipeline, TRUSTED_TYPES)
+    if not isinstance(estimator[-1], BayesianRidge):
+        raise TypeError(f"{__package__}/{PARAMETERS_FILE} does not hold a pipeline ending in BayesianRidge")
     return estimator
 
 
@@ -42,39 +37,21 @@ class DiabetesModel(MLModel):
     ``seed`` (configuration) seeds the draws; None (the default) takes fresh entropy.
     """
 
+    display_name = "Diabetes Model"
+    qualified_name = "diabetes_model"
+    description = (
+        "Predicts disease progression one year after baseline from ten baseline variables, "
+        "with the predictive standard deviation and one draw from the predictive distribution."
+    )
+    version = __version__
+    input_schema = DiabetesModelInput
+    output_schema = DiabetesModelOutput
     # ``sample`` is random, so the same input gives different outputs.
     deterministic = False
 
     def __init__(self, *, seed: int | None = None) -> None:
         self._estimator = load_parameters()
         self._rng = np.random.default_rng(seed)
-
-    @property
-    def display_name(self) -> str:
-        return "Diabetes Model"
-
-    @property
-    def qualified_name(self) -> str:
-        return "diabetes_model"
-
-    @property
-    def description(self) -> str:
-        return (
-            "Predicts disease progression one year after baseline from ten baseline variables, "
-            "with the predictive standard deviation and one draw from the predictive distribution."
-        )
-
-    @property
-    def version(self) -> str:
-        return __version__
-
-    @property
-    def input_schema(self) -> type[BaseModel]:
-        return DiabetesModelInput
-
-    @property
-    def output_schema(self) -> type[BaseModel]:
-        return DiabetesModelOutput
 
     def predict(self, data: DiabetesModelInput) -> DiabetesModelOutput:
         return self.predict_batch([data])[0]

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import zipfile
 from pathlib import Path
 
 import numpy as np
-import skops.io as sio
 from sklearn.datasets import load_diabetes
 from sklearn.linear_model import BayesianRidge
 from sklearn.model_selection import cross_val_score
@@ -16,6 +14,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from diabetes_model.model import FEATURES, PARAMETERS_FILE, TRUSTED_TYPES
+from hostd.artifacts import save_skops
 
 logger = logging.getLogger(__name__)
 DEFAULT_OUTPUT = Path(__file__).parent / PARAMETERS_FILE
@@ -34,15 +33,6 @@ def make_estimator() -> Pipeline:
     return make_pipeline(StandardScaler(), BayesianRidge())
 
 
-def serialise(estimator: Pipeline) -> bytes:
-    """The skops bytes, after checking the loader's trusted-types list still fits them."""
-    data = sio.dumps(estimator, compression=zipfile.ZIP_DEFLATED)
-    untrusted = sio.get_untrusted_types(data=data)
-    if sorted(untrusted) != sorted(TRUSTED_TYPES):
-        raise RuntimeError(f"update TRUSTED_TYPES in model.py: the file now needs {untrusted}")
-    return data
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="where to write model.skops")
@@ -50,10 +40,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     x, y = load_training_data()
     logger.info("5-fold cross-validated R²: %.3f", cross_val_score(make_estimator(), x, y, cv=5).mean())
-    data = serialise(make_estimator().fit(x, y))
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_bytes(data)
-    logger.info("wrote %s (%d bytes)", args.output, len(data))
+    size = save_skops(make_estimator().fit(x, y), args.output, TRUSTED_TYPES)
+    logger.info("wrote %s (%d bytes)", args.output, size)
 
 
 if __name__ == "__main__":

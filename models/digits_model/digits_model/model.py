@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from importlib import resources
-
 import numpy as np
-import skops.io as sio
-from pydantic import BaseModel
 from sklearn.ensemble import RandomForestClassifier
 
 from digits_model import __version__
 from digits_model.schemas import DigitsModelInput, DigitsModelOutput
 from hostd import MLModel
+from hostd.artifacts import load_skops
 
 PARAMETERS_FILE = "model_files/model.skops"
 #: Types in the parameters file that skops does not trust by default; train.py checks this list.
@@ -20,12 +17,7 @@ TRUSTED_TYPES: list[str] = ["sklearn.tree._tree.Tree"]
 
 def load_parameters() -> RandomForestClassifier:
     """Load the trained classifier shipped with the package."""
-    source = resources.files(__package__).joinpath(PARAMETERS_FILE)
-    with resources.as_file(source) as path:
-        estimator = sio.load(path, trusted=TRUSTED_TYPES)
-    if not isinstance(estimator, RandomForestClassifier):
-        raise TypeError(f"{PARAMETERS_FILE} holds a {type(estimator).__name__}, not a RandomForestClassifier")
-    return estimator
+    return load_skops(__package__, PARAMETERS_FILE, RandomForestClassifier, TRUSTED_TYPES)
 
 
 def features(data: list[DigitsModelInput]) -> np.ndarray:
@@ -36,34 +28,16 @@ def features(data: list[DigitsModelInput]) -> np.ndarray:
 class DigitsModel(MLModel):
     """Recognises a handwritten digit in an 8x8 image."""
 
+    display_name = "Digits Model"
+    qualified_name = "digits_model"
+    description = "Recognises a handwritten digit (0-9) in an 8x8 grey-scale image with 17 grey levels."
+    version = __version__
+    input_schema = DigitsModelInput
+    output_schema = DigitsModelOutput
     deterministic = True
 
     def __init__(self) -> None:
         self._estimator = load_parameters()
-
-    @property
-    def display_name(self) -> str:
-        return "Digits Model"
-
-    @property
-    def qualified_name(self) -> str:
-        return "digits_model"
-
-    @property
-    def description(self) -> str:
-        return "Recognises a handwritten digit (0-9) in an 8x8 grey-scale image with 17 grey levels."
-
-    @property
-    def version(self) -> str:
-        return __version__
-
-    @property
-    def input_schema(self) -> type[BaseModel]:
-        return DigitsModelInput
-
-    @property
-    def output_schema(self) -> type[BaseModel]:
-        return DigitsModelOutput
 
     def predict(self, data: DigitsModelInput) -> DigitsModelOutput:
         return self.predict_batch([data])[0]

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import argparse
 import logging
-import zipfile
 from pathlib import Path
 
 import numpy as np
-import skops.io as sio
 from sklearn.datasets import load_digits
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.model_selection import cross_val_score
 
 from digits_model.model import PARAMETERS_FILE, TRUSTED_TYPES
+from hostd.artifacts import save_skops
 
 logger = logging.getLogger(__name__)
 DEFAULT_OUTPUT = Path(__file__).parent / PARAMETERS_FILE
@@ -30,15 +29,6 @@ def make_estimator() -> RandomForestClassifier:
     return RandomForestClassifier(n_estimators=100, max_depth=10, random_state=0)
 
 
-def serialise(estimator: RandomForestClassifier) -> bytes:
-    """The skops bytes, after checking the loader's trusted-types list still fits them."""
-    data = sio.dumps(estimator, compression=zipfile.ZIP_DEFLATED)
-    untrusted = sio.get_untrusted_types(data=data)
-    if sorted(untrusted) != sorted(TRUSTED_TYPES):
-        raise RuntimeError(f"update TRUSTED_TYPES in model.py: the file now needs {untrusted}")
-    return data
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="where to write model.skops")
@@ -46,10 +36,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     x, y = load_training_data()
     logger.info("5-fold cross-validated accuracy: %.3f", cross_val_score(make_estimator(), x, y, cv=5).mean())
-    data = serialise(make_estimator().fit(x, y))
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_bytes(data)
-    logger.info("wrote %s (%d bytes)", args.output, len(data))
+    size = save_skops(make_estimator().fit(x, y), args.output, TRUSTED_TYPES)
+    logger.info("wrote %s (%d bytes)", args.output, size)
 
 
 if __name__ == "__main__":

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import operator
-from importlib import resources
 
 import numpy as np
-import skops.io as sio
-from pydantic import BaseModel
 from sklearn.linear_model import LogisticRegression
 
 from hostd import MLModel
+from hostd.artifacts import load_skops
 from iris_model import __version__
 from iris_model.schemas import IrisModelInput, IrisModelOutput, Species
 
@@ -23,12 +21,7 @@ FEATURES: tuple[str, ...] = tuple(IrisModelInput.model_fields)
 
 def load_parameters() -> LogisticRegression:
     """Load the trained classifier shipped with the package."""
-    source = resources.files(__package__).joinpath(PARAMETERS_FILE)
-    with resources.as_file(source) as path:
-        estimator = sio.load(path, trusted=TRUSTED_TYPES)
-    if not isinstance(estimator, LogisticRegression):
-        raise TypeError(f"{PARAMETERS_FILE} holds a {type(estimator).__name__}, not a LogisticRegression")
-    return estimator
+    return load_skops(__package__, PARAMETERS_FILE, LogisticRegression, TRUSTED_TYPES)
 
 
 _feature_values = operator.attrgetter(*FEATURES)
@@ -42,34 +35,16 @@ def features(data: list[IrisModelInput]) -> np.ndarray:
 class IrisModel(MLModel):
     """Predicts the species of an iris flower from its sepal and petal measurements."""
 
+    display_name = "Iris Model"
+    qualified_name = "iris_model"
+    description = "Predicts the species of an iris flower from its sepal and petal measurements."
+    version = __version__
+    input_schema = IrisModelInput
+    output_schema = IrisModelOutput
     deterministic = True
 
     def __init__(self) -> None:
         self._estimator = load_parameters()
-
-    @property
-    def display_name(self) -> str:
-        return "Iris Model"
-
-    @property
-    def qualified_name(self) -> str:
-        return "iris_model"
-
-    @property
-    def description(self) -> str:
-        return "Predicts the species of an iris flower from its sepal and petal measurements."
-
-    @property
-    def version(self) -> str:
-        return __version__
-
-    @property
-    def input_schema(self) -> type[BaseModel]:
-        return IrisModelInput
-
-    @property
-    def output_schema(self) -> type[BaseModel]:
-        return IrisModelOutput
 
     def predict(self, data: IrisModelInput) -> IrisModelOutput:
         return self.predict_batch([data])[0]

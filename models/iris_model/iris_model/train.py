@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import argparse
 import logging
-import zipfile
 from pathlib import Path
 
 import numpy as np
-import skops.io as sio
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import cross_val_score
 
+from hostd.artifacts import save_skops
 from iris_model.model import FEATURES, PARAMETERS_FILE, TRUSTED_TYPES
 from iris_model.schemas import Species
 
@@ -36,15 +35,6 @@ def make_estimator() -> LogisticRegression:
     return LogisticRegression(max_iter=1000)
 
 
-def serialise(estimator: LogisticRegression) -> bytes:
-    """The skops bytes, after checking the loader's trusted-types list still fits them."""
-    data = sio.dumps(estimator, compression=zipfile.ZIP_DEFLATED)
-    untrusted = sio.get_untrusted_types(data=data)
-    if sorted(untrusted) != sorted(TRUSTED_TYPES):
-        raise RuntimeError(f"update TRUSTED_TYPES in model.py: the file now needs {untrusted}")
-    return data
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="where to write model.skops")
@@ -52,10 +42,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     x, y = load_training_data()
     logger.info("5-fold cross-validated accuracy: %.3f", cross_val_score(make_estimator(), x, y, cv=5).mean())
-    data = serialise(make_estimator().fit(x, y))
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_bytes(data)
-    logger.info("wrote %s (%d bytes)", args.output, len(data))
+    size = save_skops(make_estimator().fit(x, y), args.output, TRUSTED_TYPES)
+    logger.info("wrote %s (%d bytes)", args.output, size)
 
 
 if __name__ == "__main__":
