@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Debian packages the test suite and `make run` use: redis-server (for the arq transport);
+# with `test`, also chromium (tests/http/test_docs_page.py renders /docs in it, headless);
 # with `bench`, also the load generators wrk and h2load (nghttp2-client) for `make bench`.
 # Quick when they are already there; installs them with apt-get when running as root.
 set -euo pipefail
 missing=()
 command -v redis-server > /dev/null || missing+=(redis-server)
+if [ "${1:-}" = test ]; then
+    command -v chromium > /dev/null || missing+=(chromium)
+fi
 if [ "${1:-}" = bench ]; then
     command -v wrk > /dev/null || missing+=(wrk)
     command -v h2load > /dev/null || missing+=(nghttp2-client)
