@@ -26,8 +26,17 @@ def known_transports() -> dict[str, Any]:
 
 
 def http_routes() -> set[str]:
+    """Every full path the HTTP app routes, mounted sub-applications included."""
     app = create_app(DataPlane(Registry()), load_settings(ROOT / "host.yaml"))
-    return {route.path for route in app.routes}  # type: ignore[attr-defined]
+
+    def paths(routes: list[Any], prefix: str = "") -> set[str]:
+        found = set()
+        for route in routes:
+            found.add(prefix + route.path)
+            found |= paths(getattr(route, "routes", []), prefix + route.path)
+        return found
+
+    return paths(app.routes)
 
 
 def ports_of(settings: HostSettings) -> dict[str, int]:

@@ -1,14 +1,20 @@
-"""JSON responses (orjson), request bodies with a size limit, and the error-code table."""
+"""JSON responses (orjson), request bodies with a size limit, and errors as JSON in a protocol's format."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Mapping
+from http import HTTPStatus
 from typing import Any
 
 import orjson
+import structlog
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from hostd.errors import ErrorCode, HostdError, InvalidInput, Overloaded, PayloadTooLarge
+
+log = structlog.get_logger("hostd.http")
 
 STATUS = {
     ErrorCode.INVALID_INPUT: 400,
@@ -19,6 +25,12 @@ STATUS = {
     ErrorCode.TIMEOUT: 504,
     ErrorCode.MODEL_ERROR: 500,
 }
+# An overloaded model's queue drains in milliseconds: a second is long enough to wait.
+RETRY_AFTER_S = "1"
+
+# One protocol's error body from (code, message, details); rest.error_body and v2.error_body.
+ErrorBody = Callable[[str, str, list[Any]], dict[str, Any]]
+Handler = Callable[[Request, Exception], Awaitable[Response]]
 
 
 class ORJSONResponse(JSONResponse):
@@ -26,16 +38,37 @@ class ORJSONResponse(JSONResponse):
         return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-def error_response(exc: HostdError, body: dict[str, Any]) -> Response:
-    headers = {}
-    if isinstance(exc, Overloaded):
-        headers["Retry-After"] = str(max(1, round(exc.retry_after_s)))
-    return ORJSONResponse(body, status_code=STATUS[exc.code], headers=headers)
+def error_handlers(body: ErrorBody) -> Mapping[type[Exception], Handler]:
+    """Starlette exception handlers answering every error as JSON in ``body``'s format: hostd's errors
+    by their code, starlette's own (404 no such route, 405 with Allow) by their HTTP status, and
+    anything else (a bug) as a 500 that names nothing inside; the log has the traceback. Async: starlette
+    runs a sync handler in a thread."""
+
+    async def hostd_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HostdError)
+        headers = {"Retry-After": RETRY_AFTER_S} if isinstance(exc, Overloaded) else None
+        return ORJSONResponse(body(exc.code.value, exc.message, exc.details), STATUS[exc.code], headers)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        message = f"{request.method} {request.url.path}: {exc.detail}"
+        allow = (exc.headers or {}).get("Allow")
+        if allow:
+            message += f" (allowed: {allow})"
+        return ORJSONResponse(body(HTTPStatus(exc.status_code).name, message, []), exc.status_code, exc.headers)
+
+    async def bug(request: Request, exc: Exception) -> Response:
+        log.error("request failed", method=request.method, path=request.url.path, exc_info=exc)
+        message = "hostd failed to answer; its log says why"
+        return ORJSONResponse(body(HTTPStatus.INTERNAL_SERVER_ERROR.name, message, []), 500)
+
+    return {HostdError: hostd_error, HTTPException: http_error, Exception: bug}
 
 
 async def read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
+    # isdecimal, not isdigit: "\xb2" (superscript two) is a digit that int() refuses.
+    if declared and declared.isdecimal() and int(declared) > limit:
         raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {limit}")
     body = bytearray()
     async for chunk in request.stream():

@@ -5,23 +5,21 @@ from __future__ import annotations
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import RedirectResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from hostd.dataplane import DataPlane
-from hostd.errors import HostdError, InvalidInput
-from hostd_http.responses import ORJSONResponse, error_response, parse_json, read_body
+from hostd.errors import InvalidInput
+from hostd_http.responses import ORJSONResponse, parse_json, read_body
 
 
-def rest_error(exc: HostdError) -> Response:
-    details = [f"{d['field']}: {d['message']}" for d in exc.details if isinstance(d, dict) and "field" in d]
-    messages = details or [exc.message]
-    return error_response(exc, {"type": exc.code.value, "messages": messages})
+def error_body(code: str, message: str, details: list[Any]) -> dict[str, Any]:
+    fields = [f"{d['field']}: {d['message']}" for d in details if isinstance(d, dict) and "field" in d]
+    return {"type": code, "messages": fields or [message]}
 
 
 def routes(dataplane: DataPlane, max_body: int) -> list[Route]:
-    async def root(request: Request) -> Response:
-        return RedirectResponse("/docs")
+    """The routes, relative to /api where they are mounted."""
 
     async def health(request: Request) -> Response:
         return ORJSONResponse({"health_status": "HEALTHY"})
@@ -50,14 +48,13 @@ def routes(dataplane: DataPlane, max_body: int) -> list[Route]:
                                          transport="http")
         return ORJSONResponse(result.output)
 
-    return [
-        Route("/", root, include_in_schema=False),
-        Route("/api/health", health),
-        Route("/api/health/ready", ready),
-        Route("/api/health/startup", startup),
-        Route("/api/models", list_models),
-        Route("/api/models/{name}/metadata", metadata),
-        Route("/api/models/{name}/prediction", prediction, methods=["POST"]),
+    return [  # prediction first: the router tries routes in order
+        Route("/models/{name}/prediction", prediction, methods=["POST"]),
+        Route("/health", health),
+        Route("/health/ready", ready),
+        Route("/health/startup", startup),
+        Route("/models", list_models),
+        Route("/models/{name}/metadata", metadata),
     ]
 
 

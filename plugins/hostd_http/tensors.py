@@ -17,7 +17,7 @@ from hostd.tensors import (
     tensor_specs,
 )
 
-__all__ = ["TensorSpec", "decode_inputs", "encode_outputs", "tensor_specs"]
+__all__ = ["TensorSpec", "decode_inputs", "encode_outputs", "parameters", "tensor_specs"]
 
 
 def decode_inputs(request: dict[str, Any], binary: memoryview, specs: list[TensorSpec]) -> list[dict[str, Any]]:
@@ -33,9 +33,9 @@ def decode_inputs(request: dict[str, Any], binary: memoryview, specs: list[Tenso
         name = tensor["name"]
         datatype = check_datatype(name, tensor.get("datatype"))
         shape = tensor.get("shape")
-        if not isinstance(shape, list):
+        if not isinstance(shape, list) or any(isinstance(d, bool) for d in shape):  # JSON true is no size
             raise InvalidInput(f"input '{name}': 'shape' must be a list of non-negative integers")
-        size = (tensor.get("parameters") or {}).get("binary_data_size")
+        size = parameters(tensor, f"input '{name}'").get("binary_data_size")
         if size is None:
             flat = array_from_values(_flatten(_data(tensor, name)), datatype, name)
         else:
@@ -45,6 +45,16 @@ def decode_inputs(request: dict[str, Any], binary: memoryview, specs: list[Tenso
     if offset != len(binary):
         raise InvalidInput(f"binary data is {len(binary)} bytes but the inputs declare {offset}")
     return rows_from_arrays(arrays, specs)
+
+
+def parameters(holder: dict[str, Any], where: str) -> dict[str, Any]:
+    """The ``parameters`` object of a request, tensor or requested output ({} when there is none)."""
+    found = holder.get("parameters")
+    if found is None:
+        return {}
+    if not isinstance(found, dict):
+        raise InvalidInput(f"{where}: 'parameters' must be an object, not {type(found).__name__}")
+    return found
 
 
 def _data(tensor: dict[str, Any], name: str) -> Any:

@@ -11,17 +11,21 @@ from starlette.routing import Route
 
 from hostd import __version__
 from hostd.dataplane import DataPlane
-from hostd.errors import HostdError, InvalidInput
+from hostd.errors import InvalidInput
 from hostd.registry import ServedModel
 from hostd.tensors import TensorSpec, check_outputs, tensor_specs
-from hostd_http.responses import ORJSONResponse, error_response, parse_json, read_body
-from hostd_http.tensors import decode_inputs, encode_outputs
+from hostd_http.responses import ORJSONResponse, parse_json, read_body
+from hostd_http.tensors import decode_inputs, encode_outputs, parameters
 
 HEADER_LENGTH = "inference-header-content-length"
 
 
-def v2_error(exc: HostdError) -> Response:
-    return error_response(exc, {"error": exc.message, "code": exc.code.value, "details": exc.details})
+def error_body(code: str, message: str, details: list[Any]) -> dict[str, Any]:
+    return {"error": message, "code": code, "details": details}
+
+
+async def server_metadata(request: Request) -> Response:
+    return ORJSONResponse({"name": "hostd", "version": __version__, "extensions": ["binary_tensor_data"]})
 
 
 def model_metadata(served: ServedModel, versions: list[str]) -> dict[str, Any]:
@@ -36,8 +40,7 @@ def model_metadata(served: ServedModel, versions: list[str]) -> dict[str, Any]:
 
 
 def routes(dataplane: DataPlane, max_body: int) -> list[Route]:
-    async def server_metadata(request: Request) -> Response:
-        return ORJSONResponse({"name": "hostd", "version": __version__, "extensions": ["binary_tensor_data"]})
+    """The routes under /v2/, relative to it (server metadata, at /v2 itself, is ``server_metadata``)."""
 
     async def live(request: Request) -> Response:
         return ORJSONResponse({"live": True})
@@ -67,7 +70,7 @@ def routes(dataplane: DataPlane, max_body: int) -> list[Route]:
         rows = decode_inputs(inference, binary, tensor_specs(served.model.input_schema))
         result = await dataplane.predict_many(served.name, rows, served.version, transport="http",
                                               deadline_s=_deadline_s(inference))
-        binary_default = bool((inference.get("parameters") or {}).get("binary_data_output", False))
+        binary_default = bool(parameters(inference, "the request").get("binary_data_output", False))
         tensors, chunks = encode_outputs(result.outputs, output_specs, requested, binary_default)
         reply: dict[str, Any] = {"model_name": result.model, "model_version": result.version, "outputs": tensors}
         if "id" in inference:
@@ -81,17 +84,15 @@ def routes(dataplane: DataPlane, max_body: int) -> list[Route]:
     def _served(request: Request) -> ServedModel:
         return dataplane.model(request.path_params["name"], request.path_params.get("version"))
 
-    model_routes = []
-    for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
-        model_routes += [
-            Route(prefix, metadata),
-            Route(prefix + "/ready", model_ready),
-            Route(prefix + "/infer", infer, methods=["POST"]),
-        ]
-    return [
-        Route("/v2", server_metadata),
-        Route("/v2/health/live", live),
-        Route("/v2/health/ready", ready),
+    infer_routes: list[Route] = []
+    model_routes: list[Route] = []
+    for prefix in ("/models/{name}", "/models/{name}/versions/{version}"):
+        infer_routes.append(Route(prefix + "/infer", infer, methods=["POST"]))
+        model_routes += [Route(prefix, metadata), Route(prefix + "/ready", model_ready)]
+    return [  # inference first: the router tries routes in order
+        *infer_routes,
+        Route("/health/live", live),
+        Route("/health/ready", ready),
         *model_routes,
     ]
 
@@ -100,7 +101,8 @@ def _split(body: bytes, header_length: str | None) -> tuple[memoryview, memoryvi
     view = memoryview(body)
     if header_length is None:
         return view, view[len(view):]
-    if not header_length.isdigit() or int(header_length) > len(body):
+    # isdecimal, not isdigit: "\xb2" (superscript two) is a digit that int() refuses.
+    if not header_length.isdecimal() or int(header_length) > len(body):
         raise InvalidInput(f"Inference-Header-Content-Length {header_length!r} does not fit the body "
                            f"({len(body)} bytes)")
     return view[:int(header_length)], view[int(header_length):]
@@ -108,13 +110,16 @@ def _split(body: bytes, header_length: str | None) -> tuple[memoryview, memoryvi
 
 def _requested_outputs(inference: dict[str, Any], output_specs: list[TensorSpec]) -> dict[str, bool]:
     outputs = inference.get("outputs") or []
-    if not isinstance(outputs, list) or not all(isinstance(o, dict) and "name" in o for o in outputs):
+    if not isinstance(outputs, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str)
+                                                for o in outputs):
         raise InvalidInput("'outputs' must be a list of {\"name\": ...} objects")
-    requested = {o["name"]: bool((o.get("parameters") or {}).get("binary_data", False)) for o in outputs}
+    requested = {o["name"]: bool(parameters(o, f"output '{o['name']}'").get("binary_data", False)) for o in outputs}
     check_outputs(requested, output_specs)
     return requested
 
 
 def _deadline_s(inference: dict[str, Any]) -> float | None:
-    timeout_us = (inference.get("parameters") or {}).get("timeout")
-    return timeout_us / 1_000_000 if isinstance(timeout_us, (int, float)) and timeout_us > 0 else None
+    timeout_us = parameters(inference, "the request").get("timeout")
+    if isinstance(timeout_us, bool) or not isinstance(timeout_us, (int, float)) or timeout_us <= 0:
+        return None
+    return timeout_us / 1_000_000

@@ -14,8 +14,7 @@ import os
 from pathlib import Path
 
 import structlog
-from hostd_http import rest, v2
-from hostd_http.app import create_app
+from hostd_http.app import compose, create_app
 from hostd_http.plugin import HttpSettings
 from mangum import Mangum
 from starlette.applications import Starlette
@@ -62,11 +61,11 @@ def unavailable(reason: str) -> Starlette:
     """Every route answers 503 NOT_READY with ``reason``, in the route's own error format."""
 
     async def refuse(request: Request) -> Response:
-        error = NotReady(reason)
-        return v2.v2_error(error) if request.url.path.startswith("/v2") else rest.rest_error(error)
+        raise NotReady(reason)
 
     methods = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]
-    return Starlette(routes=[Route("/{path:path}", refuse, methods=methods)])
+    everything = [Route("/{path:path}", refuse, methods=methods)]
+    return compose(api=everything, oip=everything, oip_root=everything, other=everything)
 
 
 configure_logging(os.environ.get("HOSTD_LOG_LEVEL", "info"), "json")  # CloudWatch gets JSON lines

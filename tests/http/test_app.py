@@ -13,6 +13,7 @@ import httpx
 import numpy as np
 import orjson
 import pytest
+import structlog.testing
 from hostd_http.app import create_app
 
 from hostd.dataplane import DataPlane
@@ -587,3 +588,123 @@ async def test_swagger_bundle_is_served(client: httpx.AsyncClient) -> None:
 async def test_root_redirects_to_docs(client: httpx.AsyncClient) -> None:
     response = await client.get("/")
     assert response.status_code in (302, 307) and response.headers["location"].endswith("/docs")
+
+
+# -- every error is JSON, in the format of the part of the URL space it is under ------------------------
+
+
+def http_error(response: httpx.Response, status: int, code: str, fmt: str) -> str:
+    """Check an error body in ``fmt`` ("rest": {"type", "messages"}; "v2": {"error", "code", "details"})."""
+    assert response.headers["content-type"] == "application/json", response.text
+    if fmt == "rest":
+        return rest_error(response, status, code)
+    message = v2_error(response, status)
+    assert set(response.json()) == {"error", "code", "details"} and response.json()["code"] == code
+    return message
+
+
+@pytest.mark.parametrize(("method", "path", "allow", "fmt"), [
+    ("GET", "/api/models/echo/prediction", {"POST"}, "rest"),
+    ("PUT", "/api/models/echo/prediction", {"POST"}, "rest"),
+    ("POST", "/api/models", {"GET", "HEAD"}, "rest"),
+    ("DELETE", "/api/health/ready", {"GET", "HEAD"}, "rest"),
+    ("GET", "/v2/models/echo/infer", {"POST"}, "v2"),
+    ("GET", "/v2/models/echo/versions/1.0.0/infer", {"POST"}, "v2"),
+    ("POST", "/v2/models/echo", {"GET", "HEAD"}, "v2"),
+    ("POST", "/v2", {"GET", "HEAD"}, "v2"),
+    ("POST", "/metrics", {"GET", "HEAD"}, "rest"),
+    ("POST", "/openapi.json", {"GET", "HEAD"}, "rest"),
+])
+async def test_a_method_the_route_does_not_take_is_405_json_with_allow(client: httpx.AsyncClient, method: str,
+                                                                        path: str, allow: set[str], fmt: str) -> None:
+    response = await client.request(method, path)
+    message = http_error(response, 405, "METHOD_NOT_ALLOWED", fmt)
+    assert set(response.headers["allow"].split(", ")) == allow
+    assert method in message and path in message
+
+
+@pytest.mark.parametrize(("path", "fmt"), [
+    ("/api/nope", "rest"),
+    ("/api/models/echo/nope", "rest"),
+    ("/api/", "rest"),
+    ("/v2/nope", "v2"),
+    ("/v2/models/echo/versions//ready", "v2"),
+    ("/v2/models/echo/infer/more", "v2"),
+    ("/nope", "rest"),
+    ("/v2x/models", "rest"),  # not under /v2/: not OIP v2
+    ("/docs/static/nope.css", "rest"),
+])
+async def test_an_unknown_path_is_404_json(client: httpx.AsyncClient, path: str, fmt: str) -> None:
+    response = await client.get(path)
+    assert path in http_error(response, 404, "NOT_FOUND", fmt)
+
+
+async def test_head_answers_get_routes_and_options_is_405(client: httpx.AsyncClient) -> None:
+    head = await client.head("/api/models")
+    assert head.status_code == 200 and head.content == b""
+    assert (await client.head("/v2/health/ready")).status_code == 200
+    refused = await client.head("/api/models/echo/prediction")
+    assert refused.status_code == 405 and refused.headers["allow"] == "POST"
+    assert refused.headers["content-type"] == "application/json"
+    options = await client.options("/v2/models/echo/infer")
+    http_error(options, 405, "METHOD_NOT_ALLOWED", "v2")
+    assert options.headers["allow"] == "POST"
+
+
+async def test_redirects_stay(client: httpx.AsyncClient) -> None:
+    response = await client.get("/api/models/")  # a trailing slash is redirected, as before
+    assert response.status_code == 307 and response.headers["location"] == "http://hostd/api/models"
+
+
+@pytest.mark.parametrize(("request_body", "says"), [
+    ({"inputs": [x_input(1.0)], "parameters": "fast"}, "'parameters'"),
+    ({"inputs": [x_input(1.0)], "parameters": [1]}, "'parameters'"),
+    ({"inputs": [{**x_input(1.0), "parameters": [1]}]}, "'parameters'"),
+    ({"inputs": [x_input(1.0)], "outputs": [{"name": "y", "parameters": 3}]}, "'parameters'"),
+    ({"inputs": [x_input(1.0)], "outputs": [{"name": ["y"]}]}, "'outputs'"),
+    ({"inputs": [{**x_input(1.0), "shape": [True]}]}, "shape"),
+])
+async def test_v2_a_body_of_the_wrong_shape_is_400_not_500(client: httpx.AsyncClient, request_body: dict[str, Any],
+                                                            says: str) -> None:
+    response = await client.post("/v2/models/echo/infer", json=request_body)
+    assert says in http_error(response, 400, "INVALID_INPUT", "v2")
+
+
+async def test_v2_a_boolean_timeout_is_no_deadline(client: httpx.AsyncClient) -> None:
+    response = await client.post("/v2/models/echo/infer", json={"inputs": [x_input(1.0)],
+                                                                "parameters": {"timeout": True}})
+    assert response.status_code == 200, response.text
+
+
+async def test_lengths_in_non_ascii_digits_are_not_lengths(client: httpx.AsyncClient) -> None:
+    # "\xb2" (superscript two) passes str.isdigit() but not int().
+    body = orjson.dumps({"inputs": [x_input(1.0)]})
+    response = await client.post("/v2/models/echo/infer", content=body,
+                                 headers={"Inference-Header-Content-Length": b"\xb2"})
+    assert "Inference-Header-Content-Length" in http_error(response, 400, "INVALID_INPUT", "v2")
+    response = await client.post("/api/models/echo/prediction", content=orjson.dumps({"x": 1}),
+                                 headers={"Content-Length": b"\xb2"})
+    assert response.status_code == 200 and response.json()["y"] == 3.0  # read as if no length was declared
+
+
+@pytest.mark.parametrize(("path", "body", "fmt"), [
+    ("/api/models/echo/prediction", {"x": 1}, "rest"),
+    ("/v2/models/echo/infer", {"inputs": [x_input(1.0)]}, "v2"),
+])
+async def test_a_bug_is_a_json_500_that_leaks_nothing(client: httpx.AsyncClient, dataplane: DataPlane,
+                                                      monkeypatch: pytest.MonkeyPatch, path: str,
+                                                      body: dict[str, Any], fmt: str) -> None:
+    secret = f"bug in {__file__}"
+
+    async def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError(secret)
+
+    monkeypatch.setattr(dataplane, "predict", broken)
+    monkeypatch.setattr(dataplane, "predict_many", broken)
+    with structlog.testing.capture_logs() as logs:
+        response = await client.post(path, json=body)
+    http_error(response, 500, "INTERNAL_SERVER_ERROR", fmt)
+    for leak in (secret, "RuntimeError", "Traceback", ".py"):
+        assert leak not in response.text
+    (logged,) = [entry for entry in logs if entry["log_level"] == "error"]
+    assert logged["path"] == path and isinstance(logged["exc_info"], RuntimeError)

@@ -127,6 +127,11 @@ def v2_error(response: Reply, status: int, code: str) -> dict[str, Any]:
     return body  # type: ignore[no-any-return]
 
 
+def is_v2(path: str) -> bool:
+    """Whether ``path`` is OIP v2's (answers errors as {"error", "code", "details"})."""
+    return path == "/v2" or path.startswith("/v2/")
+
+
 def iris_tensors(row: dict[str, float]) -> list[dict[str, Any]]:
     return [{"name": name, "datatype": "FP64", "shape": [1], "data": [value]} for name, value in row.items()]
 
@@ -278,6 +283,29 @@ def test_a_failing_model_is_500_and_an_oversized_body_413(toy_handler: Handler, 
     v2_error(invoke(toy_handler, kind, "POST", "/v2/models/echo/infer", payload=inference), 413, "PAYLOAD_TOO_LARGE")
 
 
+@pytest.mark.parametrize(("method", "path", "allow"), [
+    ("GET", "/api/models/iris_model/prediction", "POST"),
+    ("GET", "/v2/models/iris_model/infer", "POST"),
+    ("POST", "/api/models", "GET, HEAD"),
+    ("OPTIONS", "/v2/models/iris_model", "GET, HEAD"),
+])
+def test_a_method_the_route_does_not_take_is_405_json_with_allow(handler: Handler, kind: Kind, method: str,
+                                                                   path: str, allow: str) -> None:
+    response = invoke(handler, kind, method, path)
+    if is_v2(path):
+        v2_error(response, 405, "METHOD_NOT_ALLOWED")
+    else:
+        rest_error(response, 405, "METHOD_NOT_ALLOWED")
+    assert set(response.headers["allow"].split(", ")) == set(allow.split(", "))
+
+
+@pytest.mark.parametrize("path", ["/api/nope", "/api/models/iris_model/nope", "/v2/nope", "/nope"])
+def test_an_unknown_path_is_404_json(handler: Handler, kind: Kind, path: str) -> None:
+    response = invoke(handler, kind, "GET", path)
+    message = v2_error(response, 404, "NOT_FOUND")["error"] if is_v2(path) else rest_error(response, 404, "NOT_FOUND")
+    assert path in message
+
+
 # --- warm starts ----------------------------------------------------------------------------------------------
 
 
@@ -318,6 +346,12 @@ EVERY_ROUTE = [
     ("POST", "/v2/models/echo/infer"),
     ("POST", "/v2/models/echo/versions/1.0.0/infer"),
     ("GET", "/"),
+    ("GET", "/v2"),
+    ("GET", "/api/models/echo/prediction"),  # the wrong method: still not ready
+    ("GET", "/api/nope"),
+    ("GET", "/v2/nope"),
+    ("GET", "/nope"),
+    ("GET", "/v2x/models"),  # not under /v2/: the author's format
 ]
 
 
@@ -326,9 +360,9 @@ def refusals(handler: Handler, kind: Kind) -> list[str]:
     reasons = []
     for method, path in EVERY_ROUTE:
         payload = ({"inputs": [{"name": "x", "datatype": "FP64", "shape": [1], "data": [1.0]}]}
-                   if path.startswith("/v2") else {"x": 1}) if method == "POST" else None
+                   if is_v2(path) else {"x": 1}) if method == "POST" else None
         response = invoke(handler, kind, method, path, payload=payload)
-        if path.startswith("/v2"):
+        if is_v2(path):
             reasons.append(v2_error(response, 503, "NOT_READY")["error"])
         else:
             reasons.append(rest_error(response, 503, "NOT_READY"))
