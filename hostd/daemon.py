@@ -6,6 +6,7 @@ import gc
 import signal
 import time
 from collections.abc import Iterable
+from typing import Any
 
 import anyio
 import pluggy
@@ -18,7 +19,7 @@ from hostd.errors import StartupError, innermost
 from hostd.observability import Metrics
 from hostd.registry import Registry
 from hostd.settings import HostSettings
-from hostd.transports import Transport, TransportContext
+from hostd.transports import Shutdown, Transport, TransportContext
 
 log = structlog.get_logger("hostd.daemon")
 
@@ -45,10 +46,11 @@ async def serve(settings: HostSettings, pm: pluggy.PluginManager, stop: anyio.Ev
         log.info("stopped")
 
 
-async def _serve_until_stopped(transports: list[Transport], dataplane: DataPlane, settings: HostSettings,
+async def _serve_until_stopped(transports: list[Transport[Any]], dataplane: DataPlane, settings: HostSettings,
                                stop: anyio.Event, task_status: TaskStatus[DataPlane], started: float) -> None:
+    shutdown = Shutdown()
     async with anyio.create_task_group() as tg:
-        await _start_transports(tg, transports, dataplane, settings, stop)
+        await _start_transports(tg, transports, dataplane, settings, shutdown)
         # Everything loaded so far (libraries, models: ~150k objects) lives as long as the daemon.
         # Freezing it keeps the collector's full passes from walking it again: such a pass took
         # ~75 ms and set the p99 latency under load.
@@ -59,21 +61,22 @@ async def _serve_until_stopped(transports: list[Transport], dataplane: DataPlane
                  transports=[t.name for t in transports], seconds=round(time.perf_counter() - started, 3))
         task_status.started(dataplane)
         await stop.wait()
+        shutdown.begin(settings.shutdown_grace_s)  # the one drain deadline every transport reads
         log.info("draining", grace_s=settings.shutdown_grace_s)
         dataplane.start_draining()
-        # Transports stop accepting and finish their in-flight work; past the grace period
-        # (plus a moment to write the last replies) whatever is left is cancelled.
-        tg.cancel_scope.deadline = anyio.current_time() + settings.shutdown_grace_s + 1
-        with anyio.move_on_after(settings.shutdown_grace_s):
+        # Transports stop accepting and finish their in-flight work by the deadline; a moment after
+        # it (to write the last replies) whatever is left is cancelled.
+        tg.cancel_scope.deadline = shutdown.deadline + 1
+        with shutdown.until_deadline():
             await dataplane.wait_idle()
 
 
-async def _start_transports(tg: anyio.abc.TaskGroup, transports: Iterable[Transport], dataplane: DataPlane,
-                            settings: HostSettings, stop: anyio.Event) -> None:
+async def _start_transports(tg: anyio.abc.TaskGroup, transports: Iterable[Transport[Any]], dataplane: DataPlane,
+                            settings: HostSettings, stop: Shutdown) -> None:
     for transport in transports:
-        ctx = TransportContext(dataplane, settings.transports[transport.name], settings, stop)
+        ctx = TransportContext(transport.name, dataplane, settings.transports[transport.name], settings, stop)
         try:
-            await tg.start(transport.serve, ctx)  # type: ignore[arg-type]
+            await tg.start(transport.serve, ctx)
         except Exception as exc:
             raise StartupError(f"transport '{transport.name}' failed to start: {innermost(exc)}") from exc
         log.info("transport started", transport=transport.name)

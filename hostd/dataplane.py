@@ -9,13 +9,13 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-import anyio
 import structlog
 
 from hostd import kernel
 from hostd.errors import ErrorCode, HostdError, InvalidInput, ModelError, ModelNotFound, NotReady, Overloaded, Timeout
 from hostd.observability import Metrics
 from hostd.registry import Registry, ServedModel
+from hostd.tasks import InFlight
 
 log = structlog.get_logger("hostd.dataplane")
 
@@ -45,8 +45,7 @@ class DataPlane:
         self.registry = registry
         self.metrics = metrics or Metrics()
         self.state = State.STARTING
-        self._in_flight = 0
-        self._idle = anyio.Event()
+        self._in_flight = InFlight()
         self.metrics.models_loaded.set(len(registry))
 
     @property
@@ -58,12 +57,11 @@ class DataPlane:
 
     def start_draining(self) -> None:
         self.state = State.DRAINING
-        if not self._in_flight:
-            self._idle.set()
 
     async def wait_idle(self) -> None:
-        """Return once draining and every admitted request has been answered."""
-        await self._idle.wait()
+        """Return once every admitted request has been answered (after ``start_draining``, none
+        is admitted any more)."""
+        await self._in_flight.wait_idle()
 
     def models(self) -> list[ServedModel]:
         return list(self.registry)
@@ -129,7 +127,7 @@ class DataPlane:
                     started: float) -> list[list[dict[str, Any]] | HostdError]:
         """Admit ``units`` of validated rows, run them (through the batcher, if the model has one)
         within ``timeout``, dump each unit's outputs, count and log each outcome."""
-        self._admit()
+        self._in_flight.enter()
         codes: list[str] = ["CANCELLED"] * len(units)
         try:
             outcomes = await self._execute(served, units, timeout)
@@ -152,7 +150,7 @@ class DataPlane:
             log.warning("prediction cancelled", model=served.name, transport=transport, code=code)
             raise
         finally:
-            self._release()
+            self._in_flight.leave()
             elapsed = time.perf_counter() - started
             for code in codes:
                 self.metrics.answered(served.name, transport, code, elapsed)
@@ -194,14 +192,6 @@ class DataPlane:
         label = model if exc.code is not ErrorCode.MODEL_NOT_FOUND and exc.code is not ErrorCode.NOT_READY \
             else "<unknown>"
         self.metrics.answered(label, transport, exc.code.value, time.perf_counter() - started)
-
-    def _admit(self) -> None:
-        self._in_flight += 1
-
-    def _release(self) -> None:
-        self._in_flight -= 1
-        if self.state is State.DRAINING and not self._in_flight:
-            self._idle.set()
 
 
 def _dump(served: ServedModel, outcome: kernel.Outcome) -> list[dict[str, Any]] | HostdError:

@@ -8,11 +8,12 @@ Reply ``{"id", "model", "version", "prediction"}`` or ``{"id", "error": {"code",
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from hostd.dataplane import DataPlane
+from hostd.dataplane import DataPlane, Prediction
 from hostd.errors import HostdError, InvalidInput, PayloadTooLarge
 
 OPS = ("predict", "models", "metadata")
@@ -40,9 +41,13 @@ def parse(raw: bytes | str, limit: int | None = None) -> dict[str, Any]:
 async def answer(dataplane: DataPlane, request: dict[str, Any], transport: str) -> dict[str, Any]:
     """The reply to one parsed request; every error becomes an error reply."""
     try:
-        return {"id": request["id"], **await _dispatch(dataplane, request, transport)}
+        call = prediction(request)
+        if call is None:
+            return {"id": request["id"], **_describe(dataplane, request)}
+        result = await dataplane.predict(call.model, call.data, call.version, transport=transport)
     except HostdError as exc:
         return error_reply(request.get("id"), exc)
+    return prediction_reply(call.id, result)
 
 
 async def handle(dataplane: DataPlane, raw: bytes | str, transport: str, limit: int | None = None) -> bytes:
@@ -70,8 +75,35 @@ def encode(reply: dict[str, Any]) -> bytes:
     return orjson.dumps(reply)
 
 
-def target(request: dict[str, Any]) -> tuple[str, str | None]:
-    """The model name and version a request names; InvalidInput if they are missing or malformed."""
+@dataclass(frozen=True, slots=True)
+class Call:
+    """A checked prediction request: which model to call with what."""
+
+    id: Any
+    model: str
+    version: str | None
+    data: Any
+
+
+def prediction(request: dict[str, Any]) -> Call | None:
+    """The prediction ``request`` asks for, or None for an op that describes the models;
+    InvalidInput if the request is malformed (an unknown op, no model, no data)."""
+    op = request.get("op", "predict")
+    if op not in OPS:
+        raise InvalidInput(f"unknown op {op!r}; use one of {', '.join(OPS)}")
+    if op != "predict":
+        return None
+    model, version = _target(request)
+    if "data" not in request:
+        raise InvalidInput("'data' is required (the model's input as a JSON object)")
+    return Call(request["id"], model, version, request["data"])
+
+
+def prediction_reply(request_id: Any, result: Prediction) -> dict[str, Any]:
+    return {"id": request_id, "model": result.model, "version": result.version, "prediction": result.output}
+
+
+def _target(request: dict[str, Any]) -> tuple[str, str | None]:
     model, version = request.get("model"), request.get("version")
     if not isinstance(model, str) or not model:
         raise InvalidInput("'model' is required (a model name)")
@@ -80,20 +112,8 @@ def target(request: dict[str, Any]) -> tuple[str, str | None]:
     return model, version
 
 
-def is_prediction(request: dict[str, Any]) -> bool:
-    return request.get("op", "predict") == "predict"
-
-
-async def _dispatch(dataplane: DataPlane, request: dict[str, Any], transport: str) -> dict[str, Any]:
-    op = request.get("op", "predict")
-    if op not in OPS:
-        raise InvalidInput(f"unknown op {op!r}; use one of {', '.join(OPS)}")
-    if op == "models":
+def _describe(dataplane: DataPlane, request: dict[str, Any]) -> dict[str, Any]:
+    if request.get("op") == "models":
         return {"models": [served.metadata() for served in dataplane.models()]}
-    model, version = target(request)
-    if op == "metadata":
-        return {"metadata": dataplane.model(model, version).metadata()}
-    if "data" not in request:
-        raise InvalidInput("'data' is required (the model's input as a JSON object)")
-    result = await dataplane.predict(model, request["data"], version, transport=transport)
-    return {"model": result.model, "version": result.version, "prediction": result.output}
+    model, version = _target(request)
+    return {"metadata": dataplane.model(model, version).metadata()}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import pluggy
 
@@ -14,7 +14,14 @@ if TYPE_CHECKING:
     from hostd.offline import BatchEngine
 
 ENTRY_POINT_GROUP = "hostd"
-T = TypeVar("T")
+
+
+class _Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+T = TypeVar("T", bound=_Named)
 
 
 def plugin_manager(extra: Iterable[object] = ()) -> pluggy.PluginManager:
@@ -27,7 +34,7 @@ def plugin_manager(extra: Iterable[object] = ()) -> pluggy.PluginManager:
     return pm
 
 
-def transports(pm: pluggy.PluginManager) -> dict[str, Transport]:
+def transports(pm: pluggy.PluginManager) -> dict[str, Transport[Any]]:
     return _registered(pm.hook.register_transports, Transport, "transport")
 
 
@@ -44,7 +51,7 @@ def _registered(hook: Any, kind: type[T], label: str) -> dict[str, T]:
     def register(item: T) -> None:
         if not isinstance(item, kind):
             raise TypeError(f"{hook.name} expects a {kind.__module__}.{kind.__qualname__}, got {item!r}")
-        name = item.name  # type: ignore[attr-defined]
+        name = item.name
         if name in found:
             raise ValueError(f"two plugins register a {label} named {name!r}")
         found[name] = item

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import math
 import textwrap
 from dataclasses import dataclass, field
 from functools import partial
@@ -15,9 +17,10 @@ from pydantic import BaseModel, ConfigDict
 from hostd import daemon, plugins
 from hostd.dataplane import DataPlane, Prediction
 from hostd.errors import NotReady, StartupError
-from hostd.hookspecs import hookimpl
+from hostd.hookspecs import RegisterTransport, hookimpl
+from hostd.registry import Registry
 from hostd.settings import HostSettings, parse_settings
-from hostd.transports import Transport, TransportContext
+from hostd.transports import CannotListen, Shutdown, Transport, TransportContext
 from tests.support.toy_extra import ClosableEcho
 
 pytestmark = pytest.mark.anyio
@@ -38,20 +41,22 @@ class ToyTransport:
     """A transport plugin that records what the daemon gives it and when it starts and stops."""
 
     events: list[str] = field(default_factory=list)
-    contexts: list[TransportContext] = field(default_factory=list)
+    contexts: list[TransportContext[ToySettings]] = field(default_factory=list)
     fail_on_start: bool = False
+    left_at_stop: list[float] = field(default_factory=list)  # seconds to the drain deadline, seen at the stop
 
     @hookimpl
-    def register_transports(self, register: Any) -> None:
+    def register_transports(self, register: RegisterTransport) -> None:
         register(Transport(name="toy", settings=ToySettings, serve=self.serve))
 
-    async def serve(self, ctx: TransportContext, *, task_status: TaskStatus[None]) -> None:
+    async def serve(self, ctx: TransportContext[ToySettings], *, task_status: TaskStatus[None]) -> None:
         self.contexts.append(ctx)
         if self.fail_on_start:
             raise OSError("address already in use")
         self.events.append("started")
         task_status.started()
         await ctx.stop.wait()
+        self.left_at_stop.append(ctx.stop.deadline - anyio.current_time())
         self.events.append("stopped")
 
 
@@ -80,8 +85,9 @@ async def test_the_daemon_starts_the_transport_with_its_settings_and_the_datapla
             [ctx] = transport.contexts
             assert ctx.dataplane is dataplane
             assert ctx.settings == ToySettings(greeting="hi")
-            assert ctx.host is settings
-            assert ctx.stop is stop
+            assert ctx.daemon is settings
+            assert ctx.name == "toy"
+            assert not ctx.stop.is_set()
             assert dataplane.ready
             stop.set()
     assert transport.events == ["started", "stopped"]
@@ -143,3 +149,45 @@ async def test_a_transport_that_fails_to_start_fails_serve_and_the_models_are_st
     [model] = [served.model for served in transport.contexts[0].dataplane.models()]
     assert model.closed == 1
     assert not transport.contexts[0].dataplane.ready
+
+
+async def test_the_drain_deadline_is_set_once_by_the_daemon_before_a_transport_sees_the_stop() -> None:
+    transport, stop = ToyTransport(), anyio.Event()
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            await tg.start(start(host_settings(grace_s=3), transport, stop))
+            [ctx] = transport.contexts
+            assert ctx.stop.deadline == math.inf  # no deadline while serving
+            before = anyio.current_time()
+            stop.set()
+    [left] = transport.left_at_stop
+    assert 2.5 < left <= 3  # the grace period, counted once, from the stop
+    assert before + 3 <= ctx.stop.deadline <= anyio.current_time() + 3
+
+
+async def test_the_daemon_waits_for_work_in_flight_only_until_the_drain_deadline() -> None:
+    transport, stop = ToyTransport(), anyio.Event()
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            dataplane: DataPlane = await tg.start(start(host_settings(grace_s=0.2), transport, stop))
+            [served] = dataplane.models()
+            tg.start_soon(partial(dataplane.predict, "echo", {"x": 1, "delay_ms": 3000}))
+            while served.pending == 0:
+                await anyio.sleep(0.001)
+            stop.set()
+            with anyio.fail_after(2):  # the grace period, not the model's 3 s
+                while served.model.closed == 0:
+                    await anyio.sleep(0.01)
+            tg.cancel_scope.cancel()
+
+
+def test_a_bind_failure_names_the_address_the_setting_and_its_environment_variable() -> None:
+    settings = host_settings()
+    ctx = TransportContext("toy", DataPlane(Registry()), ToySettings(), settings, Shutdown())
+    with pytest.raises(CannotListen) as raised, ctx.binding("port", "127.0.0.1:8080"):
+        raise OSError(errno.EADDRINUSE, "error while attempting to bind on address ('127.0.0.1', 8080)")
+    assert str(raised.value) == (
+        "cannot listen on 127.0.0.1:8080 (Address already in use); to use another address, set "
+        "transports.toy.port (host.yaml:5) or the environment variable HOSTD_TRANSPORTS__TOY__PORT")
+    with pytest.raises(ValueError), ctx.binding("port", "127.0.0.1:8080"):
+        raise ValueError("not a bind failure: passes through")

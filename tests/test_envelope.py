@@ -290,3 +290,31 @@ def test_error_reply_and_encode_make_the_documented_shape() -> None:
     reply = envelope.error_reply("r-9", InvalidInput("bad", [{"field": "x"}]))
     assert orjson.loads(envelope.encode(reply)) == {
         "id": "r-9", "error": {"code": "INVALID_INPUT", "message": "bad", "details": [{"field": "x"}]}}
+
+
+# -- prediction: the checks, for a transport that batches (Kafka) -------------------------------------
+
+
+def test_prediction_is_the_checked_call_a_request_asks_for() -> None:
+    call = envelope.prediction({"id": "r", "model": "echo", "version": "1.0.0", "data": {"x": 1}})
+    assert call == envelope.Call("r", "echo", "1.0.0", {"x": 1})
+    assert envelope.prediction({"id": "r", "op": "predict", "model": "echo", "data": None}) == \
+        envelope.Call("r", "echo", None, None)  # the model's schema judges the data, not the envelope
+
+
+@pytest.mark.parametrize("op", ["models", "metadata"])
+def test_prediction_is_none_for_the_ops_that_describe_models(op: str) -> None:
+    assert envelope.prediction({"id": "r", "op": op}) is None
+
+
+@pytest.mark.parametrize(("request_", "words"), [
+    ({"id": "e"}, "'model' is required"),
+    ({"id": "e", "model": "echo"}, "'data' is required"),
+    ({"id": "e", "model": "echo", "version": 3, "data": {}}, "'version' must be a string"),
+    ({"id": "e", "op": "train"}, "unknown op 'train'"),
+], ids=["no-model", "no-data", "version-a-number", "unknown-op"])
+async def test_prediction_raises_what_answer_replies(request_: dict[str, Any], words: str) -> None:
+    with pytest.raises(InvalidInput, match=words) as raised:
+        envelope.prediction(request_)
+    reply = await envelope.answer(dataplane(), request_, "test")
+    assert reply == envelope.error_reply("e", raised.value)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import inspect
+import textwrap
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import pluggy
@@ -11,7 +13,7 @@ import pytest
 from pydantic import BaseModel, ConfigDict
 
 from hostd import hookspecs, plugins
-from hostd.hookspecs import hookimpl
+from hostd.hookspecs import RegisterTransport, hookimpl
 from hostd.transports import Transport, TransportContext
 
 
@@ -20,7 +22,7 @@ class ToySettings(BaseModel):
     url: str = "toy://"
 
 
-async def serve_toy(ctx: TransportContext, *, task_status: Any) -> None:
+async def serve_toy(ctx: TransportContext[ToySettings], *, task_status: Any) -> None:
     task_status.started()
     await ctx.stop.wait()
 
@@ -30,7 +32,7 @@ class ToyPlugin:
         self.name = name
 
     @hookimpl
-    def register_transports(self, register: Any) -> None:
+    def register_transports(self, register: RegisterTransport) -> None:
         register(Transport(name=self.name, settings=ToySettings, serve=serve_toy))
 
 
@@ -108,3 +110,49 @@ def test_every_hook_is_documented_and_named_register() -> None:
     assert sorted(hooks) == ["register_batch_engines", "register_commands", "register_transports"]
     for name in hooks:
         assert inspect.getdoc(getattr(hookspecs, name)), f"hook {name} has no docstring"
+
+
+PLUGIN = """\
+from anyio.abc import TaskStatus
+from pydantic import BaseModel
+
+from hostd.hookspecs import RegisterTransport, hookimpl
+from hostd.transports import Transport, TransportContext
+
+
+class MySettings(BaseModel):
+    port: int = 9000
+
+
+async def serve(ctx: TransportContext[MySettings], *, task_status: TaskStatus[None]) -> None:
+    port: int = ctx.settings.port
+    grace: float = ctx.daemon.shutdown_grace_s
+    task_status.started()
+    await ctx.stop.wait()
+    with ctx.stop.until_deadline():
+        print(port, grace, ctx.stop.remaining())
+
+
+@hookimpl
+def register_transports(register: RegisterTransport) -> None:
+    register(Transport(name="mine", settings=MySettings, serve=serve))
+"""
+
+
+def mypy_strict(source: str, tmp_path: Path) -> tuple[str, int]:
+    api = pytest.importorskip("mypy.api")
+    plugin = tmp_path / "plugin.py"
+    plugin.write_text(textwrap.dedent(source))
+    stdout, _, status = api.run(["--strict", "--follow-imports=silent", "--no-error-summary",
+                                 "--cache-dir", str(tmp_path / "cache"), str(plugin)])
+    return stdout, status
+
+
+@pytest.mark.timeout(120)
+def test_a_plugin_type_checks_strictly_with_no_re_annotation_and_no_ignores(tmp_path: Path) -> None:
+    stdout, status = mypy_strict(PLUGIN, tmp_path)
+    assert status == 0, stdout
+    # ctx.settings is the transport's own settings class, not Any: a wrong use of it is caught.
+    stdout, status = mypy_strict(PLUGIN.replace("port: int = ctx.settings.port", "port: str = ctx.settings.port"),
+                                 tmp_path)
+    assert status == 1 and 'expression has type "int", variable has type "str"' in stdout, stdout

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from hostd import recordfiles
-from hostd.hookspecs import hookimpl
+from hostd.hookspecs import RegisterBatchEngine, hookimpl
 from hostd.offline import BatchEngine, BatchJob, Scorer, chunks
 
 _scorer: Scorer | None = None  # in a worker process
@@ -46,5 +46,5 @@ def _score(chunk: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 @hookimpl
-def register_batch_engines(register):  # type: ignore[no-untyped-def]
+def register_batch_engines(register: RegisterBatchEngine) -> None:
     register(BatchEngine("local", run, "chunks through predict_batch in this process or --workers N processes"))

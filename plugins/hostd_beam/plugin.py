@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from hostd.hookspecs import hookimpl
+from hostd.hookspecs import RegisterBatchEngine, hookimpl
 from hostd.offline import BatchEngine, BatchJob
 
 
@@ -19,5 +19,5 @@ def run(job: BatchJob) -> Iterator[dict[str, Any]]:
 
 
 @hookimpl
-def register_batch_engines(register):  # type: ignore[no-untyped-def]
+def register_batch_engines(register: RegisterBatchEngine) -> None:
     register(BatchEngine("beam", run, "an Apache Beam pipeline (DirectRunner; Beam options after --)"))

@@ -16,6 +16,7 @@ from hostd import __version__
 from hostd.dataplane import DataPlane
 from hostd.errors import InvalidInput, ModelNotFound
 from hostd.registry import ServedModel
+from hostd.tasks import InFlight
 from hostd.tensors import (
     TensorSpec,
     array_from_bytes,
@@ -29,7 +30,6 @@ from hostd.tensors import (
     tensor_specs,
 )
 from hostd_grpc import oip as pb
-from hostd_grpc.status import InFlight
 from hostd_grpc.unary import deadline_s, unary_handler
 
 SERVICE = "inference.GRPCInferenceService"

@@ -14,18 +14,16 @@ from google.protobuf.message_factory import GetMessageClass
 
 from hostd_grpc._proto import inference as _generated
 
+FILE = _generated.GRPC_PREDICT_V2_PROTO_DESCRIPTOR  # grpc_predict_v2.proto, for reflection
+
 
 def _message(name: str) -> Any:
     return GetMessageClass(getattr(_generated, name).DESCRIPTOR)
 
 
-InferParameter = _message("InferParameter")
 InferTensorContents = _message("InferTensorContents")
 ModelInferRequest = _message("ModelInferRequest")
-ModelInferRequestInferInputTensor = _message("ModelInferRequestInferInputTensor")
-ModelInferRequestInferRequestedOutputTensor = _message("ModelInferRequestInferRequestedOutputTensor")
 ModelInferResponse = _message("ModelInferResponse")
-ModelInferResponseInferOutputTensor = _message("ModelInferResponseInferOutputTensor")
 ModelMetadataRequest = _message("ModelMetadataRequest")
 ModelMetadataResponse = _message("ModelMetadataResponse")
 ModelMetadataResponseTensorMetadata = _message("ModelMetadataResponseTensorMetadata")

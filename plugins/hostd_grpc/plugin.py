@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-import anyio
 import click
 import structlog
 from anyio.abc import TaskStatus
@@ -17,13 +17,13 @@ from grpclib.server import Server
 from pydantic import BaseModel, ConfigDict, Field
 
 from hostd.dataplane import DataPlane
-from hostd.hookspecs import hookimpl
+from hostd.hookspecs import RegisterTransport, hookimpl
+from hostd.registry import Registry, ServedModel
+from hostd.tasks import InFlight
 from hostd.transports import Transport, TransportContext
-from hostd_grpc._proto import inference as pb
+from hostd_grpc import oip
 from hostd_grpc.inference import InferenceService
-from hostd_grpc.status import InFlight
 from hostd_grpc.typed import ModelProto, ProtoError, TypedService, describe, render
-from hostd_grpc.unary import StrictProtoCodec
 
 log = structlog.get_logger("hostd.grpc")
 
@@ -39,9 +39,9 @@ class GrpcSettings(BaseModel):
 
 def build_services(dataplane: DataPlane, settings: GrpcSettings, in_flight: InFlight) -> list[Any]:
     pool = descriptor_pool.DescriptorPool()
-    oip = descriptor_pb2.FileDescriptorProto()
-    pb.GRPC_PREDICT_V2_PROTO_DESCRIPTOR.CopyToProto(oip)
-    pool.Add(oip)
+    oip_file = descriptor_pb2.FileDescriptorProto()
+    oip.FILE.CopyToProto(oip_file)
+    pool.Add(oip_file)
     services: list[Any] = [InferenceService(dataplane, in_flight)]
     if settings.typed_services:
         for proto in typed_protos(dataplane):
@@ -70,16 +70,17 @@ def typed_protos(dataplane: DataPlane) -> list[ModelProto]:
     return protos
 
 
-async def serve_grpc(ctx: TransportContext, *, task_status: TaskStatus[None]) -> None:
-    settings: GrpcSettings = ctx.settings
+async def serve_grpc(ctx: TransportContext[GrpcSettings], *, task_status: TaskStatus[None]) -> None:
+    settings = ctx.settings
     in_flight = InFlight()
-    server = Server(build_services(ctx.dataplane, settings, in_flight), codec=StrictProtoCodec())
-    await server.start(settings.host, settings.port)
+    server = Server(build_services(ctx.dataplane, settings, in_flight))
+    with ctx.binding("port", f"{settings.host}:{settings.port}"):
+        await server.start(settings.host, settings.port)
     task_status.started()
     try:
         await ctx.stop.wait()
         # grpclib's close() cancels running handlers: let the accepted RPCs finish first.
-        with anyio.move_on_after(ctx.host.shutdown_grace_s):
+        with ctx.stop.until_deadline():
             await in_flight.wait_idle()
     finally:
         server.close()
@@ -87,29 +88,42 @@ async def serve_grpc(ctx: TransportContext, *, task_status: TaskStatus[None]) ->
 
 
 @hookimpl
-def register_transports(register):  # type: ignore[no-untyped-def]
+def register_transports(register: RegisterTransport) -> None:
     register(Transport(name="grpc", settings=GrpcSettings, serve=serve_grpc))
 
 
 @hookimpl
-def register_commands(cli):  # type: ignore[no-untyped-def]
+def register_commands(cli: click.Group) -> None:
     @cli.command()
     @click.argument("config", type=click.Path(dir_okay=False, path_type=Path), envvar="HOSTD_CONFIG")
     @click.option("-o", "--output", "output", type=click.Path(file_okay=False, path_type=Path), required=True,
                   help="Directory for the .proto files.")
-    def proto(config: Path, output: Path) -> None:
+    @click.option("--model", "names", multiple=True, metavar="NAME",
+                  help="Only this model (repeatable): only the models named are loaded. Default: every model.")
+    def proto(config: Path, output: Path, names: tuple[str, ...]) -> None:
         """Write a .proto per model in CONFIG: its schemas as messages and a Predict rpc."""
         from hostd.cli import load
-        from hostd.registry import Registry
 
         settings, _ = load(config)
-        registry = Registry.from_settings(settings)
-        output.mkdir(parents=True, exist_ok=True)
-        for name in registry.names():
-            try:
-                described = describe(registry.get(name))
-            except ProtoError as exc:
-                raise click.ClickException(str(exc)) from None
-            path = output / f"{Path(described.file.name).name}"
-            path.write_text(render(described))
-            click.echo(f"{path}\t{described.package}.{described.service}/Predict")
+        wanted: list[str | None] = [*dict.fromkeys(names)] or [None]  # None: every model
+        with ExitStack() as loaded:
+            models = []
+            for name in wanted:
+                registry = Registry.from_settings(settings, only=name)
+                loaded.callback(registry.close)
+                if name is not None and name not in registry.names():
+                    raise click.ClickException(f"{config}: no model named '{name}' (`hostd models` lists them)")
+                models += [registry.get(each) for each in registry.names()]  # the newest version of each
+            output.mkdir(parents=True, exist_ok=True)
+            for served in models:
+                _write_proto(served, output)
+
+
+def _write_proto(served: ServedModel, output: Path) -> None:
+    try:
+        described = describe(served)
+    except ProtoError as exc:
+        raise click.ClickException(str(exc)) from None
+    path = output / f"{Path(described.file.name).name}"
+    path.write_text(render(described))
+    click.echo(f"{path}\t{described.package}.{described.service}/Predict")

@@ -21,7 +21,7 @@ from pydantic import BaseModel
 
 from hostd.dataplane import DataPlane
 from hostd.registry import ServedModel
-from hostd_grpc.status import InFlight
+from hostd.tasks import InFlight
 from hostd_grpc.unary import deadline_s, unary_handler
 
 FDP = descriptor_pb2.FieldDescriptorProto

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from functools import cache
 from typing import Any
 
-import betterproto2
-from google.protobuf import message_factory
 from grpclib.const import Cardinality, Handler, Status
-from grpclib.encoding.proto import ProtoCodec
 from grpclib.exceptions import GRPCError
 from grpclib.server import Stream
 
-from hostd_grpc.status import InFlight, grpc_errors
+from hostd.tasks import InFlight
+from hostd_grpc.status import grpc_errors
 
 Respond = Callable[[Any, Stream[Any, Any]], Awaitable[Any]]
 
@@ -37,19 +34,3 @@ def unary_handler(respond: Respond, request_type: type, reply_type: type, in_fli
 
 def deadline_s(stream: Stream[Any, Any]) -> float | None:
     return stream.deadline.time_remaining() if stream.deadline is not None else None
-
-
-class StrictProtoCodec(ProtoCodec):
-    """grpclib's codec, but bytes are first checked by google protobuf: betterproto2 silently
-    accepts truncated fields and bad wire types, which must be INVALID_ARGUMENT instead."""
-
-    def decode(self, data: bytes, message_type: Any) -> Any:
-        descriptor = getattr(message_type, "DESCRIPTOR", None)
-        if isinstance(message_type, type) and issubclass(message_type, betterproto2.Message) and descriptor:
-            _google_class(descriptor).FromString(data)  # raises DecodeError on malformed bytes
-        return super().decode(data, message_type)
-
-
-@cache
-def _google_class(descriptor: Any) -> Any:
-    return message_factory.GetMessageClass(descriptor)

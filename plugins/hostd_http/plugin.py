@@ -11,7 +11,7 @@ from hypercorn.asyncio import serve
 from hypercorn.config import Config
 from pydantic import BaseModel, ConfigDict, Field
 
-from hostd.hookspecs import hookimpl
+from hostd.hookspecs import RegisterTransport, hookimpl
 from hostd.transports import Transport, TransportContext
 from hostd_http.app import create_app
 from hostd_http.uvicorn_server import serve_uvicorn
@@ -31,23 +31,22 @@ class HttpSettings(BaseModel):
     access_log: bool = False
 
 
-async def serve_http(ctx: TransportContext, *, task_status: TaskStatus[None]) -> None:
-    settings: HttpSettings = ctx.settings
+async def serve_http(ctx: TransportContext[HttpSettings], *, task_status: TaskStatus[None]) -> None:
+    settings = ctx.settings
+    app = create_app(ctx.dataplane, ctx.daemon, settings.max_request_bytes)
     if settings.server == "uvicorn":
-        app = create_app(ctx.dataplane, ctx.host, settings.max_request_bytes)
-        await serve_uvicorn(app, ctx, settings, task_status=task_status)
+        await serve_uvicorn(app, ctx, task_status=task_status)
         return
     config = Config()  # explicit fields: Config.from_mapping would silently ignore a misspelt key
     config.bind = [f"{settings.host}:{settings.port}"]
     # Bind here, so a taken port fails before Hypercorn starts (it would leak its lifespan task),
     # then hand Hypercorn the bound socket.
-    config.bind = [f"fd://{sock.detach()}" for sock in config.create_sockets().insecure_sockets]
-    config.graceful_timeout = ctx.host.shutdown_grace_s
+    with ctx.binding("port", f"{settings.host}:{settings.port}"):
+        config.bind = [f"fd://{sock.detach()}" for sock in config.create_sockets().insecure_sockets]
     config.keep_alive_timeout = settings.keep_alive_timeout_s
     config.keep_alive_max_requests = settings.keep_alive_max_requests
     config.accesslog = "-" if settings.access_log else None
     config.errorlog = None
-    app = create_app(ctx.dataplane, ctx.host, settings.max_request_bytes)
 
     listening = anyio.Event()
 
@@ -55,12 +54,14 @@ async def serve_http(ctx: TransportContext, *, task_status: TaskStatus[None]) ->
         # Hypercorn awaits the shutdown trigger only once its sockets listen.
         listening.set()
         await ctx.stop.wait()
+        config.graceful_timeout = ctx.stop.remaining()  # read by Hypercorn as it starts to drain
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(partial(serve, app, config, shutdown_trigger=serving, mode="asgi"))  # type: ignore[arg-type]
         await listening.wait()
         task_status.started()
 
+
 @hookimpl
-def register_transports(register):  # type: ignore[no-untyped-def]
+def register_transports(register: RegisterTransport) -> None:
     register(Transport(name="http", settings=HttpSettings, serve=serve_http))

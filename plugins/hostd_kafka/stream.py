@@ -15,7 +15,8 @@ from aiokafka.abc import ConsumerRebalanceListener
 
 from hostd import envelope
 from hostd.dataplane import DataPlane, Prediction
-from hostd.errors import HostdError, InvalidInput, NotReady
+from hostd.errors import HostdError, NotReady
+from hostd.transports import Shutdown
 
 if TYPE_CHECKING:
     from hostd_kafka.plugin import KafkaSettings
@@ -38,11 +39,11 @@ class Stream:
             max_request_size=settings.max_message_bytes + 4096,
         )
 
-    async def run(self, stop: anyio.Event, on_connected: Callable[[], None]) -> None:
+    async def run(self, stop: Shutdown, connected: Callable[[], None]) -> None:
         await self.producer.start()
         await self.consumer.start()
         self.consumer.subscribe([self.settings.input_topic], listener=_FinishBatchFirst(self.batch_lock))
-        on_connected()
+        connected()
         while not stop.is_set():
             # Returns within timeout_ms even when idle, so `stop` is noticed promptly.
             batches = await self.consumer.getmany(timeout_ms=300, max_records=self.settings.max_batch)
@@ -74,34 +75,33 @@ class Stream:
     async def answer(self, records: list[ConsumerRecord[bytes, bytes]]) -> list[Output]:
         """One output per record, in record order; predictions grouped per model into batch calls."""
         outputs: list[Output | None] = [None] * len(records)
-        groups: dict[tuple[str, str | None], list[tuple[int, dict[str, Any]]]] = defaultdict(list)
+        groups: dict[tuple[str, str | None], list[tuple[int, envelope.Call]]] = defaultdict(list)
         for index, record in enumerate(records):
             request: dict[str, Any] = {}
             try:
                 request = envelope.parse(record.value or b"", self.settings.max_message_bytes)
-                if not envelope.is_prediction(request):
-                    outputs[index] = self.reply(record, await envelope.answer(self.dataplane, request, "kafka"))
-                    continue
-                if "data" not in request:
-                    raise InvalidInput("'data' is required (the model's input as a JSON object)")
-                groups[envelope.target(request)].append((index, request))
+                call = envelope.prediction(request)
             except HostdError as exc:
                 outputs[index] = self.dead_letter(record, request.get("id"), exc)
-        for (model, version), items in groups.items():
-            results = await self.dataplane.predict_each(model, [req["data"] for _, req in items], version,
+                continue
+            if call is None:  # describes the models: answered as on every envelope transport
+                outputs[index] = self.reply(record, await envelope.answer(self.dataplane, request, "kafka"))
+            else:
+                groups[call.model, call.version].append((index, call))
+        for (model, version), calls in groups.items():
+            results = await self.dataplane.predict_each(model, [call.data for _, call in calls], version,
                                                         transport="kafka")
-            for (index, request), result in zip(items, results, strict=True):
-                outputs[index] = self.outcome(records[index], request, result)
+            for (index, call), result in zip(calls, results, strict=True):
+                outputs[index] = self.outcome(records[index], call, result)
         return [output for output in outputs if output is not None]
 
-    def outcome(self, record: ConsumerRecord[bytes, bytes], request: dict[str, Any],
+    def outcome(self, record: ConsumerRecord[bytes, bytes], call: envelope.Call,
                 result: Prediction | HostdError) -> Output:
         if isinstance(result, NotReady):
             raise result  # draining: leave the batch uncommitted for the next consumer
         if isinstance(result, HostdError):
-            return self.dead_letter(record, request.get("id"), result)
-        return self.reply(record, {"id": request["id"], "model": result.model, "version": result.version,
-                                   "prediction": result.output})
+            return self.dead_letter(record, call.id, result)
+        return self.reply(record, envelope.prediction_reply(call.id, result))
 
     def reply(self, record: ConsumerRecord[bytes, bytes], reply: dict[str, Any]) -> Output:
         if "error" in reply:

@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from hostd import recordfiles
-from hostd.hookspecs import hookimpl
+from hostd.hookspecs import RegisterBatchEngine, hookimpl
 from hostd.offline import BatchEngine, BatchJob
 
 
@@ -50,5 +50,5 @@ def run(job: BatchJob) -> Iterator[dict[str, Any]]:
 
 
 @hookimpl
-def register_batch_engines(register):  # type: ignore[no-untyped-def]
+def register_batch_engines(register: RegisterBatchEngine) -> None:
     register(BatchEngine("mapreduce", run, "a Hadoop Streaming job via mrjob (-r inline|local|hadoop|emr after --)"))

@@ -7,7 +7,6 @@ socket buffer is full, so a client that stops reading cannot make the daemon buf
 
 from __future__ import annotations
 
-import asyncio
 from contextlib import nullcontext
 
 import anyio
@@ -19,8 +18,9 @@ from websockets.exceptions import ConnectionClosed
 
 from hostd import envelope
 from hostd.dataplane import DataPlane
-from hostd.hookspecs import hookimpl
-from hostd.transports import Transport, TransportContext
+from hostd.hookspecs import RegisterTransport, hookimpl
+from hostd.tasks import BoundedTasks
+from hostd.transports import Shutdown, Transport, TransportContext
 
 log = structlog.get_logger("hostd.ws")
 
@@ -40,9 +40,10 @@ class WebSocketSettings(BaseModel):
 class Connections:
     """Serves each connection; on shutdown stops reading, answers what it read, then closes (1001)."""
 
-    def __init__(self, dataplane: DataPlane, settings: WebSocketSettings) -> None:
+    def __init__(self, dataplane: DataPlane, settings: WebSocketSettings, drain: Shutdown) -> None:
         self.dataplane = dataplane
         self.settings = settings
+        self.drain = drain  # each connection answers what it read by the drain deadline
         self.readers: set[anyio.CancelScope] = set()
         self.stopping = False
 
@@ -52,27 +53,19 @@ class Connections:
             reader.cancel()
 
     async def serve(self, ws: ServerConnection) -> None:
-        # One task per request, made with asyncio directly: this is the per-message hot path, where
-        # anyio's task group and semaphore cost ~15% of the loop (anyio looks up the backend each time).
-        slots = asyncio.Semaphore(self.settings.max_in_flight)
-        replies: set[asyncio.Task[None]] = set()
         reason = "server shutting down"
-        try:
+        async with BoundedTasks(self.settings.max_in_flight, self.drain) as replies:
             with anyio.CancelScope() as reader:
                 self.readers.add(reader)
                 if self.stopping:
                     reader.cancel()
                 try:
-                    reason = await self._read(ws, replies, slots)
+                    reason = await self._read(ws, replies)
                 finally:
                     self.readers.discard(reader)
-            await asyncio.gather(*replies)
-        finally:
-            for reply in replies:  # cancelled (shutdown past its grace period): take the replies along
-                reply.cancel()
         await ws.close(1001 if self.stopping else 1000, reason)
 
-    async def _read(self, ws: ServerConnection, replies: set[asyncio.Task[None]], slots: asyncio.Semaphore) -> str:
+    async def _read(self, ws: ServerConnection, replies: BoundedTasks) -> str:
         idle = self.settings.idle_timeout_s
         while True:
             try:
@@ -82,38 +75,35 @@ class Connections:
                 return "idle timeout"
             except ConnectionClosed:
                 return "closed"
-            await slots.acquire()
-            reply = asyncio.create_task(self._reply(ws, frame, slots))
-            replies.add(reply)
-            reply.add_done_callback(replies.discard)
+            await replies.spawn(self._reply(ws, frame))
 
-    async def _reply(self, ws: ServerConnection, frame: str | bytes, slots: asyncio.Semaphore) -> None:
+    async def _reply(self, ws: ServerConnection, frame: str | bytes) -> None:
         try:
             reply = await envelope.handle(self.dataplane, frame, "ws")
             await ws.send(reply, text=True)
         except ConnectionClosed:
             log.debug("client left before its reply", remote=str(ws.remote_address))
-        finally:
-            slots.release()
 
 
-async def serve_ws(ctx: TransportContext, *, task_status: TaskStatus[None]) -> None:
-    settings: WebSocketSettings = ctx.settings
-    connections = Connections(ctx.dataplane, settings)
-    async with serve(connections.serve, settings.host, settings.port, max_size=settings.max_message_bytes,
-                     ping_interval=settings.ping_interval_s, ping_timeout=settings.ping_timeout_s) as server:
+async def serve_ws(ctx: TransportContext[WebSocketSettings], *, task_status: TaskStatus[None]) -> None:
+    settings = ctx.settings
+    connections = Connections(ctx.dataplane, settings, ctx.stop)
+    with ctx.binding("port", f"{settings.host}:{settings.port}"):
+        server = await serve(connections.serve, settings.host, settings.port, max_size=settings.max_message_bytes,
+                             ping_interval=settings.ping_interval_s, ping_timeout=settings.ping_timeout_s)
+    async with server:
         task_status.started()
         await ctx.stop.wait()
         server.close(close_connections=False)  # stop accepting; connections finish below
         connections.stop_reading()
-        with anyio.move_on_after(ctx.host.shutdown_grace_s):
+        with ctx.stop.until_deadline():
             await server.wait_closed()
-        # Past the grace period: a client that stopped reading would block its close handshake
+        # Past the deadline: a client that stopped reading would block its close handshake
         # (and the process exit) forever, so drop what is left.
         for connection in server.connections:
             connection.transport.abort()
 
 
 @hookimpl
-def register_transports(register):  # type: ignore[no-untyped-def]
+def register_transports(register: RegisterTransport) -> None:
     register(Transport(name="ws", settings=WebSocketSettings, serve=serve_ws))

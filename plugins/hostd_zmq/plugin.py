@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from functools import partial
-
 import anyio
+import zmq
 from anyio.abc import TaskStatus
 from pydantic import BaseModel, ConfigDict, Field
 
-from hostd.hookspecs import hookimpl
+from hostd.hookspecs import RegisterTransport, hookimpl
 from hostd.transports import Transport, TransportContext
 from hostd_zmq import envelope_router, zerorpc
-from hostd_zmq.router import serve_router
+from hostd_zmq.router import Respond, router_socket, serve_router
 
 
 class ZmqSettings(BaseModel):
@@ -25,24 +24,27 @@ class ZmqSettings(BaseModel):
     high_water_mark: int = Field(default=1_000, ge=1)
 
 
-async def serve_zmq(ctx: TransportContext, *, task_status: TaskStatus[None]) -> None:
-    settings: ZmqSettings = ctx.settings
-    serve = partial(serve_router, stop=ctx.stop, max_in_flight=settings.max_in_flight,
-                    high_water_mark=settings.high_water_mark, max_message_bytes=settings.max_message_bytes,
-                    grace_s=ctx.host.shutdown_grace_s)
-    endpoints = [(settings.bind, envelope_router.responder(ctx.dataplane, settings.max_message_bytes))]
+async def serve_zmq(ctx: TransportContext[ZmqSettings], *, task_status: TaskStatus[None]) -> None:
+    settings = ctx.settings
+    endpoints = [("bind", settings.bind, envelope_router.responder(ctx.dataplane, settings.max_message_bytes))]
     if settings.zerorpc_bind:
-        endpoints.append((settings.zerorpc_bind, zerorpc.responder(ctx.dataplane)))
+        endpoints.append(("zerorpc_bind", settings.zerorpc_bind, zerorpc.responder(ctx.dataplane)))
     async with anyio.create_task_group() as tg:
-        for bind, respond in endpoints:
-            await tg.start(_serve_one, serve, bind, respond)
+        for key, bind, respond in endpoints:
+            await tg.start(_serve_one, ctx, key, bind, respond)
         task_status.started()
 
 
-async def _serve_one(serve, bind, respond, *, task_status: TaskStatus[None]) -> None:  # type: ignore[no-untyped-def]
-    await serve(bind, respond, started=task_status.started)
+async def _serve_one(ctx: TransportContext[ZmqSettings], key: str, bind: str, respond: Respond, *,
+                     task_status: TaskStatus[None]) -> None:
+    settings = ctx.settings
+    with router_socket(high_water_mark=settings.high_water_mark, max_message_bytes=settings.max_message_bytes) as sock:
+        with ctx.binding(key, bind, errors=(zmq.ZMQError,)):
+            sock.bind(bind)
+        task_status.started()
+        await serve_router(sock, respond, ctx.stop, max_in_flight=settings.max_in_flight, bind=bind)
 
 
 @hookimpl
-def register_transports(register):  # type: ignore[no-untyped-def]
+def register_transports(register: RegisterTransport) -> None:
     register(Transport(name="zmq", settings=ZmqSettings, serve=serve_zmq))

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 
 import anyio
 import structlog
 import zmq
 import zmq.asyncio
+
+from hostd.tasks import BoundedTasks
+from hostd.transports import Shutdown
 
 log = structlog.get_logger("hostd.zmq")
 
@@ -18,9 +21,9 @@ Send = Callable[[list[bytes]], Awaitable[object]]
 Respond = Callable[[list[bytes], Send], Awaitable[list[bytes] | None]]
 
 
-async def serve_router(bind: str, respond: Respond, stop: anyio.Event, *, max_in_flight: int,
-                       high_water_mark: int, max_message_bytes: int, grace_s: float,
-                       started: Callable[[], None]) -> None:
+@contextmanager
+def router_socket(*, high_water_mark: int, max_message_bytes: int) -> Iterator[zmq.asyncio.Socket]:
+    """A ROUTER socket (not yet bound), closed without lingering on exit."""
     context = zmq.asyncio.Context()
     sock = context.socket(zmq.ROUTER)
     # Replies to a peer that has gone are dropped (ROUTER_MANDATORY off), so nothing accumulates;
@@ -32,44 +35,31 @@ async def serve_router(bind: str, respond: Respond, stop: anyio.Event, *, max_in
     # peer before buffering the whole message.
     sock.setsockopt(zmq.MAXMSGSIZE, 4 * max_message_bytes)
     try:
-        sock.bind(bind)
-        started()
-        # One asyncio task per request (not anyio's task group and semaphore: on this per-message
-        # path they cost ~15% of the loop, looking up the async backend on every call).
-        slots = asyncio.Semaphore(max_in_flight)
-        replies: set[asyncio.Task[None]] = set()
-
-        async def answer(frames: list[bytes]) -> None:
-            try:
-                reply = await respond(frames, sock.send_multipart)
-                if reply is not None:
-                    await sock.send_multipart(reply)
-            except Exception:
-                log.exception("zmq reply failed", bind=bind)
-            finally:
-                slots.release()
-
-        try:
-            async with anyio.create_task_group() as tg:
-                with anyio.CancelScope() as reading:
-                    tg.start_soon(_cancel_on, stop, reading)
-                    while True:
-                        frames = await sock.recv_multipart()
-                        await slots.acquire()
-                        reply = asyncio.create_task(answer(frames))
-                        replies.add(reply)
-                        reply.add_done_callback(replies.discard)
-                # Stopped reading: wait for what was accepted (bounded by the grace period).
-                with anyio.move_on_after(grace_s):
-                    await asyncio.gather(*replies)
-        finally:
-            for reply in replies:
-                reply.cancel()
+        yield sock
     finally:
         sock.close(linger=0)
         context.destroy(linger=0)  # term() would block the loop
 
 
-async def _cancel_on(stop: anyio.Event, scope: anyio.CancelScope) -> None:
+async def serve_router(sock: zmq.asyncio.Socket, respond: Respond, stop: Shutdown, *, max_in_flight: int,
+                       bind: str) -> None:
+    """Answer what ``sock`` receives until ``stop``, then what was accepted by the drain deadline."""
+
+    async def answer(frames: list[bytes]) -> None:
+        try:
+            reply = await respond(frames, sock.send_multipart)
+            if reply is not None:
+                await sock.send_multipart(reply)
+        except Exception:
+            log.exception("zmq reply failed", bind=bind)
+
+    async with BoundedTasks(max_in_flight, stop) as replies, anyio.create_task_group() as tg:
+        with anyio.CancelScope() as reading:
+            tg.start_soon(_cancel_on, stop, reading)
+            while True:
+                await replies.spawn(answer(await sock.recv_multipart()))
+
+
+async def _cancel_on(stop: Shutdown, scope: anyio.CancelScope) -> None:
     await stop.wait()
     scope.cancel()

@@ -2,7 +2,8 @@
 
 Each model is a zerorpc method named after it. An event is one msgpack frame
 ``[{"message_id", "v": 3, "response_to"?}, name, args]`` after the routing envelope; the reply is
-``"OK", [result]`` or ``"ERR", [error_name, message, traceback]``. While a call runs, a ``_zpc_hb``
+``"OK", [result]`` or ``"ERR", [error_name, message, traceback]``, the error name being hostd's code
+(``INVALID_INPUT``, ``MODEL_NOT_FOUND`` ...). While a call runs, a ``_zpc_hb``
 heartbeat goes out every ``HEARTBEAT_S`` so the client does not give up (zerorpc's LostRemote).
 """
 
@@ -15,7 +16,7 @@ import anyio
 import msgpack
 
 from hostd.dataplane import DataPlane
-from hostd.errors import HostdError
+from hostd.errors import HostdError, InvalidInput
 from hostd_zmq.router import Respond, Send
 
 HEARTBEAT_S = 5.0
@@ -48,11 +49,11 @@ async def _call(dataplane: DataPlane, name: str, args: Any) -> tuple[str, list[A
         return "OK", [sorted({served.name for served in dataplane.models()})]
     if name == "_zerorpc_ping":
         return "OK", [["pong", "hostd"]]
-    if not isinstance(args, list) or len(args) != 1:
-        return "ERR", ["InvalidInput", f"call {name}(data) with one argument, the model's input", ""]
     try:
+        if not isinstance(args, list) or len(args) != 1:
+            raise InvalidInput(f"call {name}(data) with one argument, the model's input")
         result = await dataplane.predict(name, args[0], transport="zerorpc")
-    except HostdError as exc:
+    except HostdError as exc:  # zerorpc.RemoteError's name is the error code, as in every transport
         return "ERR", [exc.code.value, exc.message, ""]
     return "OK", [result.output]
 

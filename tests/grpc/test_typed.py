@@ -9,7 +9,6 @@ import anyio
 import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import Message
-from hostd_grpc.status import InFlight
 from hostd_grpc.typed import ModelProto, ProtoError, TypedService, describe, fill, render, to_dict
 from sklearn.datasets import load_digits
 
@@ -17,6 +16,7 @@ from hostd.dataplane import DataPlane
 from hostd.errors import InvalidInput
 from hostd.registry import Registry, ServedModel, build_model
 from hostd.settings import ModelSettings
+from hostd.tasks import InFlight
 from tests.support.protoc import import_generated
 from tests.support.toy_grpc import Kind, ProfileInput
 

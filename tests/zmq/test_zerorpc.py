@@ -1,0 +1,63 @@
+"""hostd_zmq.zerorpc in-process: zerorpc events in, zerorpc events out, over a real DataPlane."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+import pytest
+from hostd_zmq import zerorpc
+
+from hostd.dataplane import DataPlane
+from hostd.registry import Registry
+from hostd.settings import HostSettings
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def dataplane() -> DataPlane:
+    plane = DataPlane(Registry.from_settings(HostSettings.model_validate(
+        {"models": [{"class_path": "tests.support.toy:EchoModel"}]})))
+    plane.set_ready()
+    return plane
+
+
+async def call(dataplane: DataPlane, name: str, args: Any) -> tuple[str, list[Any]]:
+    async def send(frames: list[bytes]) -> None:
+        raise AssertionError("no heartbeat expected from a quick call")
+
+    event = msgpack.packb([{"message_id": b"m-1", "v": 3}, name, args], use_bin_type=True)
+    reply = await zerorpc.responder(dataplane)([b"peer", b"", event], send)
+    assert reply is not None and reply[:2] == [b"peer", b""]
+    header, status, result = msgpack.unpackb(reply[-1], raw=False)
+    assert header["response_to"] == b"m-1"
+    return status, result
+
+
+async def test_a_call_returns_the_prediction(dataplane: DataPlane) -> None:
+    assert await call(dataplane, "echo", [{"x": 2}]) == ("OK", [{"y": 4.0, "text": ""}])
+
+
+@pytest.mark.parametrize(("args", "code", "words"), [
+    ([], "INVALID_INPUT", "one argument"),
+    ([{"x": 1}, {"x": 2}], "INVALID_INPUT", "one argument"),
+    ("not a list", "INVALID_INPUT", "one argument"),
+    ([{"x": "lots"}], "INVALID_INPUT", "invalid input for model 'echo'"),
+    ([{"x": 1, "fail": True}], "MODEL_ERROR", "asked to fail"),
+], ids=["no-argument", "two-arguments", "arguments-not-a-list", "schema", "model-raises"])
+async def test_every_error_is_named_by_its_code_as_the_readme_says(dataplane: DataPlane, args: Any, code: str,
+                                                                   words: str) -> None:
+    status, (name, message, _traceback) = await call(dataplane, "echo", args)
+    assert (status, name) == ("ERR", code)
+    assert words in message
+
+
+async def test_an_unknown_model_is_model_not_found(dataplane: DataPlane) -> None:
+    status, (name, message, _) = await call(dataplane, "lily_model", [{"x": 1}])
+    assert (status, name) == ("ERR", "MODEL_NOT_FOUND") and "lily_model" in message
