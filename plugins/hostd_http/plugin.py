@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from functools import partial
 from typing import Literal
 
@@ -45,8 +46,9 @@ async def serve_http(ctx: TransportContext[HttpSettings], *, task_status: TaskSt
         config.bind = [f"fd://{sock.detach()}" for sock in config.create_sockets().insecure_sockets]
     config.keep_alive_timeout = settings.keep_alive_timeout_s
     config.keep_alive_max_requests = settings.keep_alive_max_requests
-    config.accesslog = "-" if settings.access_log else None
-    config.errorlog = None
+    # Hypercorn's own lines go through stdlib logging, so they come out in hostd's format.
+    config.accesslog = logging.getLogger("hypercorn.access") if settings.access_log else None
+    config.errorlog = logging.getLogger("hypercorn.error")
 
     listening = anyio.Event()
 
