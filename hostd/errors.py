@@ -45,10 +45,6 @@ class PayloadTooLarge(HostdError):
 class Overloaded(HostdError):
     code = ErrorCode.OVERLOADED
 
-    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
-
 
 class NotReady(HostdError):
     code = ErrorCode.NOT_READY

@@ -61,9 +61,14 @@ async def _execute(run: Run, units: list[list[Any]], positions: list[int], outco
             return
         outcomes[positions[0]] = exc if isinstance(exc, HostdError) else model_failure(model, exc)
         return
+    outputs = outputs if isinstance(outputs, list) else list(outputs)
+    if len(rows) == len(units) and all(len(unit) == 1 for unit in units):  # a row per unit: no slicing
+        for position, output in zip(positions, outputs, strict=True):
+            outcomes[position] = [output]
+        return
     offset = 0
     for position, unit in zip(positions, units, strict=True):
-        outcomes[position] = list(outputs[offset:offset + len(unit)])
+        outcomes[position] = outputs[offset:offset + len(unit)]
         offset += len(unit)
 
 

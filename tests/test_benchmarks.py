@@ -19,5 +19,8 @@ def test_the_suite_runs_and_writes_its_results(tmp_path: Path) -> None:
     report = json.loads(path.read_text())
     runs = {(r["transport"], r["concurrency"]): r for r in report["results"]}
     assert set(runs) == {("ws", 1), ("ws", 20), ("zmq", 1), ("zmq", 20)}
-    assert all(r["rps"] > 0 and r["errors"] == 0 and r["p99_ms"] >= r["p50_ms"] for r in runs.values())
+    for run in runs.values():
+        assert run["rps"] > 0 and run["errors"] == 0, run
+        # Latencies were measured (a run that timed nothing has none); no bound on them: not a benchmark.
+        assert run["p50_ms"] is not None and run["p99_ms"] is not None and run["p50_ms"] > 0, run
     assert "requests/s" in out.stdout and str(path) in out.stdout

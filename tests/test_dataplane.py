@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -144,19 +145,29 @@ async def test_not_ready_while_draining() -> None:
         await plane.predict("echo", {"x": 1})
 
 
-async def test_wait_idle_returns_only_after_in_flight_requests_finish() -> None:
-    plane = dataplane()
+async def test_wait_idle_returns_only_after_in_flight_requests_finish(gates: Callable[[], Path]) -> None:
+    plane = dataplane(echo("GatedEcho"))
+    gate = gates()
     results: list[Prediction] = []
+    idle = anyio.Event()
 
-    async def slow() -> None:
-        results.append(await plane.predict("echo", {"x": 1, "delay_ms": 200}))
+    async def held() -> None:
+        results.append(await plane.predict("echo", {"x": 1, "gate": str(gate)}))
+
+    async def waiter() -> None:
+        await plane.wait_idle()
+        idle.set()
 
     async with anyio.create_task_group() as tg:
-        tg.start_soon(slow)
+        tg.start_soon(held)
         await wait_until(lambda: plane.model("echo").pending == 1)
         plane.start_draining()
+        tg.start_soon(waiter)
+        await anyio.wait_all_tasks_blocked()
+        assert not idle.is_set(), "wait_idle returned while a request was in the model"
+        gate.touch()
         with anyio.fail_after(5):
-            await plane.wait_idle()
+            await idle.wait()
         assert [result.output["y"] for result in results] == [2]  # answered, not dropped
 
 
@@ -170,29 +181,27 @@ async def test_wait_idle_returns_at_once_when_nothing_is_in_flight() -> None:
 # --- time limits ----------------------------------------------------------------------------------
 
 
-async def test_a_slow_model_times_out_within_about_timeout_ms() -> None:
-    plane = dataplane(echo(timeout_ms=100))
+async def test_a_slow_model_times_out_within_about_timeout_ms(gates: Callable[[], Path]) -> None:
+    plane = dataplane(echo("GatedEcho", timeout_ms=100))
     started = time.monotonic()
+    # The call waits in the model for a gate that stays shut: only the timeout can end it.
     with pytest.raises(Timeout, match=r"model 'echo' did not answer within 100 ms"):
-        await plane.predict("echo", {"x": 1, "delay_ms": 1000})
-    assert 0.09 <= time.monotonic() - started < 0.5
+        await plane.predict("echo", {"x": 1, "gate": str(gates())})
+    assert time.monotonic() - started >= 0.09  # not before timeout_ms
     assert plane.model("echo").pending == 0
 
 
 async def test_a_slow_async_model_times_out() -> None:
     plane = dataplane(echo("AsyncEchoModel", timeout_ms=100))
-    started = time.monotonic()
-    with pytest.raises(Timeout):
-        await plane.predict("echo", {"x": 1, "delay_ms": 5000})
-    assert time.monotonic() - started < 0.5
+    with anyio.fail_after(10), pytest.raises(Timeout):  # a hang guard: the model would take 60 s
+        await plane.predict("echo", {"x": 1, "delay_ms": 60_000})
 
 
-async def test_a_client_deadline_shorter_than_timeout_ms_wins() -> None:
-    plane = dataplane(echo(timeout_ms=5000))
-    started = time.monotonic()
+async def test_a_client_deadline_shorter_than_timeout_ms_wins(gates: Callable[[], Path]) -> None:
+    plane = dataplane(echo("GatedEcho", timeout_ms=5000))
+    # The message names the limit that struck: the client's 100 ms, not timeout_ms.
     with pytest.raises(Timeout, match=r"within 100 ms"):
-        await plane.predict("echo", {"x": 1, "delay_ms": 1000}, deadline_s=0.1)
-    assert time.monotonic() - started < 0.5
+        await plane.predict("echo", {"x": 1, "gate": str(gates())}, deadline_s=0.1)
 
 
 async def test_a_client_deadline_longer_than_timeout_ms_does_not_extend_it() -> None:
@@ -204,21 +213,22 @@ async def test_a_client_deadline_longer_than_timeout_ms_does_not_extend_it() -> 
 # --- overload -------------------------------------------------------------------------------------
 
 
-async def test_max_pending_exceeded_is_overloaded_while_the_others_complete() -> None:
-    plane = dataplane(echo(max_pending=2, workers={"count": 2}))
+async def test_max_pending_exceeded_is_overloaded_while_the_others_complete(gates: Callable[[], Path]) -> None:
+    plane = dataplane(echo("GatedEcho", max_pending=2, workers={"count": 2}))
     served = plane.model("echo")
+    gate = gates()
     results: list[float] = []
 
-    async def slow() -> None:
-        results.append((await plane.predict("echo", {"x": 1, "delay_ms": 300})).output["y"])
+    async def held() -> None:
+        results.append((await plane.predict("echo", {"x": 1, "gate": str(gate)})).output["y"])
 
     async with anyio.create_task_group() as tg:
-        tg.start_soon(slow)
-        tg.start_soon(slow)
+        tg.start_soon(held)
+        tg.start_soon(held)
         await wait_until(lambda: served.pending == 2)
-        with pytest.raises(Overloaded, match=r"max_pending: 2") as raised:
+        with pytest.raises(Overloaded, match=r"max_pending: 2"):
             await plane.predict("echo", {"x": 1})
-        assert raised.value.retry_after_s > 0
+        gate.touch()
     assert results == [2, 2]
     # Once the queue drains, the model takes requests again.
     assert (await plane.predict("echo", {"x": 1})).output["y"] == 2
@@ -249,26 +259,15 @@ async def test_a_model_returning_too_few_outputs_is_a_model_error() -> None:
 # --- the event loop stays free --------------------------------------------------------------------
 
 
-async def test_a_sleeping_model_does_not_block_the_event_loop() -> None:
-    plane = dataplane()
-    ticks = 0
-    done = anyio.Event()
-
-    async def tick() -> None:
-        nonlocal ticks
-        while not done.is_set() and ticks < 1000:
-            await anyio.sleep(0.01)
-            ticks += 1
-
-    async def predict() -> None:
-        await plane.predict("echo", {"x": 1, "delay_ms": 300})
-        done.set()
-
+async def test_a_model_in_its_worker_does_not_block_the_event_loop(gates: Callable[[], Path]) -> None:
+    # The call ends only when this loop opens the gate while the model is in it; a model run on the
+    # loop itself would block it, and fail when the gate stays shut (open_within_s).
+    plane = dataplane(echo("GatedEcho", configuration={"open_within_s": 10}))
+    gate = gates()
     async with anyio.create_task_group() as tg:
-        tg.start_soon(tick)
-        tg.start_soon(predict)
-    # 300 ms of 10 ms sleeps is ~30 ticks; a blocked loop would manage one or two.
-    assert ticks >= 10
+        tg.start_soon(plane.predict, "echo", {"x": 1, "gate": str(gate)})
+        await wait_until(lambda: plane.model("echo").model.running == 1)
+        gate.touch()
 
 
 # --- metrics --------------------------------------------------------------------------------------
@@ -303,19 +302,22 @@ async def test_metrics_are_labelled_by_transport() -> None:
     assert requests(plane, "OK") is None
 
 
-async def test_metrics_count_timeouts_and_overloads() -> None:
-    plane = dataplane(echo(timeout_ms=300, max_pending=1))
+async def test_metrics_count_timeouts_and_overloads(gates: Callable[[], Path]) -> None:
+    plane = dataplane(echo("GatedEcho", max_pending=1))
     served = plane.model("echo")
+    held = gates()
 
-    async def too_slow() -> None:
-        with pytest.raises(Timeout):
-            await plane.predict("echo", {"x": 1, "delay_ms": 1000})
+    async def answered() -> None:
+        await plane.predict("echo", {"x": 1, "gate": str(held)})
 
     async with anyio.create_task_group() as tg:
-        tg.start_soon(too_slow)
+        tg.start_soon(answered)
         await wait_until(lambda: served.pending == 1)
         with pytest.raises(Overloaded):
             await plane.predict("echo", {"x": 1})
+        held.touch()
+    with pytest.raises(Timeout):  # waits for a gate that stays shut
+        await plane.predict("echo", {"x": 1, "gate": str(gates())}, deadline_s=0.1)
     assert requests(plane, "TIMEOUT") == 1
     assert requests(plane, "OVERLOADED") == 1
     assert plane.metrics.registry.get_sample_value("hostd_pending", {"model": "echo"}) == 0

@@ -152,3 +152,8 @@ def test_dump_output_checks_the_output_schema() -> None:
     assert kernel.dump_output("m", EchoOutput, {"y": 1}) == {"y": 1.0, "text": ""}
     with pytest.raises(ModelError, match="does not match its output schema"):
         kernel.dump_output("m", EchoOutput, {"nope": 1})
+
+
+async def test_units_of_several_rows_and_none_get_their_own_rows_back() -> None:
+    outcomes = await kernel.execute(Model(), [[EchoInput(x=1), EchoInput(x=2)], [], [EchoInput(x=3)]], model="m")
+    assert [ys(outcome) for outcome in outcomes] == [[2, 4], [], [6]]

@@ -6,7 +6,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,53 +20,43 @@ import tritonclient.grpc as triton
 from google.protobuf import descriptor_pb2
 from grpclib.health.v1 import health_pb2
 from grpclib.reflection.v1alpha import reflection_pb2
-from sklearn.datasets import load_diabetes, load_digits, load_iris
+from sklearn.datasets import load_diabetes, load_digits
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from tests.conftest import HostdProcess, free_port
-from tests.support.e2e import REAL_MODELS
+from tests.conftest import HOSTD, ROOT, HostdProcess
+from tests.support.e2e import IRIS_FIELDS, REAL_MODELS, Start, echo, iris_rows, metric, pending, wait_for
 from tests.support.protoc import import_generated, protoc
 
 pytestmark = pytest.mark.e2e
 
-ROOT = Path(__file__).resolve().parents[2]
-HOSTD = str(Path(sys.executable).with_name("hostd"))
 OIP_PROTO = ROOT / "plugins" / "hostd_grpc" / "proto" / "grpc_predict_v2.proto"
 SERVICE = "inference.GRPCInferenceService"
 TOY_MODELS = [
-    # echo: y = 2x, text upper-cased; sleeps delay_ms in a worker thread; raises when fail is true.
-    {"class_path": "tests.support.toy:EchoModel", "workers": {"count": 16}, "timeout_ms": 5000},
-    {"class_path": "tests.support.toy:EchoModel", "configuration": {"name": "slow"}, "timeout_ms": 5000},
+    echo(workers=16),  # y = 2x, text upper-cased; waits for the file `gate` names; raises when fail is true
+    # One worker: a call to slow runs only once the one before it has left the model.
+    echo(workers=1, configuration={"name": "slow"}),
     {"class_path": "tests.support.toy_grpc:UntypeableDict"},  # no typed service: weights is a dict
     {"class_path": "tests.support.toy_grpc:ProfileModel"},  # nested messages in its typed service
 ]
-IRIS_FIELDS = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
-IRIS_ROWS = [0, 50, 100, 4, 101]  # rows of Fisher's data the model classifies as the data says
-SPECIES = ["Iris setosa", "Iris versicolor", "Iris virginica"]
 
 
 @dataclass
 class GrpcHostd:
     process: HostdProcess
-    port: int
 
     @property
     def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"127.0.0.1:{self.process.transports['grpc']['port']}"
 
     def metric(self, line_prefix: str) -> float:
-        for line in httpx.get(f"{self.process.url}/metrics", timeout=5).text.splitlines():
-            if line.startswith(line_prefix):
-                return float(line.rsplit(" ", 1)[1])
-        return 0.0
+        return metric(self.process.url, line_prefix)
 
 
 @pytest.fixture
-def start_grpc(start_hostd: Callable[..., HostdProcess]) -> Callable[..., GrpcHostd]:
+def start_grpc(start_hostd: Start) -> Callable[..., GrpcHostd]:
     def start(models: list[dict[str, Any]]) -> GrpcHostd:
-        port = free_port()
-        return GrpcHostd(start_hostd({"models": models, "transports": {"http": {}, "grpc": {"port": port}}}), port)
+        return GrpcHostd(start_hostd({"models": models, "transports": {"http": {}, "grpc": {}}}))
 
     return start
 
@@ -111,11 +100,6 @@ def channel(target: str) -> Iterator[grpc.Channel]:
         chan.close()
 
 
-def iris_data() -> tuple[np.ndarray, list[str]]:
-    data = load_iris()
-    return data.data[IRIS_ROWS], [SPECIES[data.target[i]] for i in IRIS_ROWS]
-
-
 def tensor(name: str, data: np.ndarray, datatype: str) -> triton.InferInput:
     infer_input = triton.InferInput(name, list(data.shape), datatype)
     infer_input.set_data_from_numpy(data)
@@ -156,7 +140,7 @@ def test_tritonclient_is_model_ready_is_false_for_an_unknown_model(toy_client: t
 
 @pytest.mark.parametrize("datatype", ["FP32", "FP64"])
 def test_tritonclient_infers_a_batch_of_iris_rows(client: triton.InferenceServerClient, datatype: str) -> None:
-    data, species = iris_data()
+    data, species = iris_rows()
     dtype = np.float32 if datatype == "FP32" else np.float64
     inputs = [tensor(name, data[:, i].astype(dtype), datatype) for i, name in enumerate(IRIS_FIELDS)]
     result = client.infer("iris_model", inputs, request_id="batch-5")
@@ -165,7 +149,7 @@ def test_tritonclient_infers_a_batch_of_iris_rows(client: triton.InferenceServer
 
 
 def test_tritonclient_infers_iris_from_one_rows_by_columns_tensor(client: triton.InferenceServerClient) -> None:
-    data, species = iris_data()
+    data, species = iris_rows()
     result = client.infer("iris_model", [tensor("input__0", data.astype(np.float32), "FP32")])
     assert [value.decode() for value in result.as_numpy("species")] == species
 
@@ -261,38 +245,44 @@ def test_garbage_bytes_are_invalid_argument(toys: GrpcHostd, toy_client: triton.
     assert echo_works(toy_client)
 
 
-def slow_inputs(delay_ms: float) -> list[triton.InferInput]:
-    return [tensor("x", np.array([1.0]), "FP64"), tensor("delay_ms", np.array([delay_ms], dtype=np.float64), "FP64")]
+def held_inputs(gate: Path) -> list[triton.InferInput]:
+    """x, and a gate (see GatedEcho): the call stays in the model until the file exists."""
+    return [tensor("x", np.array([1.0]), "FP64"), tensor("gate", np.array([str(gate).encode()], dtype=np.object_),
+                                                      "BYTES")]
 
 
-def test_a_client_deadline_shorter_than_timeout_ms(toys: GrpcHostd,
-                                                   toy_client: triton.InferenceServerClient) -> None:
-    inputs = slow_inputs(3000)
-    started = time.monotonic()
-    with pytest.raises(InferenceServerException) as caught:
-        toy_client.infer("slow", inputs, client_timeout=0.5)  # slow's timeout_ms is 5000
-    assert caught.value.status() == "StatusCode.DEADLINE_EXCEEDED", repr(caught.value.message())
-    assert time.monotonic() - started < 2
-    # The server gave up at the client's deadline too: the request is no longer pending, well before
-    # the model's 3 s are up.
-    while toys.metric('hostd_pending{model="slow"}') > 0:
-        assert time.monotonic() - started < 1.5, "the server kept waiting after the client's deadline"
-        time.sleep(0.05)
+def test_a_client_deadline_shorter_than_timeout_ms(toys: GrpcHostd, toy_client: triton.InferenceServerClient,
+                                                   tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    try:
+        with pytest.raises(InferenceServerException) as caught:
+            toy_client.infer("slow", held_inputs(gate), client_timeout=1)  # slow's timeout_ms is 40 s
+        assert caught.value.status() == "StatusCode.DEADLINE_EXCEEDED", repr(caught.value.message())
+        # The server gave up at the client's deadline too: the request is no longer pending, while
+        # the model still holds it (and would until the gate opens or timeout_ms, 40 s, is up).
+        wait_for(lambda: toys.metric('hostd_pending{model="slow"}') == 0,
+                 "the server kept waiting after the client's deadline", timeout=20)
+    finally:
+        gate.touch()
     assert echo_works(toy_client)
 
 
-def test_a_missed_client_deadline_is_counted_as_a_timeout(toys: GrpcHostd,
-                                                         toy_client: triton.InferenceServerClient) -> None:
-    inputs = slow_inputs(1500)
+def test_a_missed_client_deadline_is_counted_as_a_timeout(toys: GrpcHostd, toy_client: triton.InferenceServerClient,
+                                                         tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    # hostd counts TIMEOUT when its own timer (set from grpc-timeout) fires first; if the client's
+    # cancel (RST_STREAM) arrives first it counts CANCELLED, as it does here with client_timeout=2.
     with pytest.raises(InferenceServerException) as caught:
-        toy_client.infer("slow", inputs, client_timeout=0.3)
+        toy_client.infer("slow", held_inputs(gate), client_timeout=1)
     assert caught.value.status() == "StatusCode.DEADLINE_EXCEEDED"
     timeouts = 'hostd_requests_total{code="TIMEOUT",model="slow",transport="grpc"}'
     successes = 'hostd_requests_total{code="OK",model="slow",transport="grpc"}'
-    deadline = time.monotonic() + 5
-    while toys.metric(timeouts) < 1 and toys.metric(successes) < 1 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert (toys.metric(timeouts), toys.metric(successes)) == (1, 0)
+    wait_for(lambda: toys.metric(timeouts) >= 1, "the missed deadline was never counted")
+    gate.touch()
+    # slow has one worker: this call runs after the held one has finished in the model, so by its
+    # reply a late success of the held one would have been counted.
+    assert toy_client.infer("slow", one_x()).as_numpy("y").tolist() == [2.0]
+    assert (toys.metric(timeouts), toys.metric(successes)) == (1, 1)
 
 
 # -- a plain grpcio client compiled from the shipped OIP proto ------------------------------------------
@@ -349,7 +339,7 @@ def plain_client(tmp_path: Path) -> Callable[..., dict[str, Any]]:
 
 def test_plain_grpcio_client_sends_and_gets_typed_contents(real: GrpcHostd,
                                                            plain_client: Callable[..., dict[str, Any]]) -> None:
-    data, species = iris_data()
+    data, species = iris_rows()
     inputs = [{"name": name, "datatype": "FP64", "shape": [len(data)], "field": "fp64_contents",
                "values": data[:, i].tolist()} for i, name in enumerate(IRIS_FIELDS)]
     reply = plain_client(real.target, "iris_model", inputs)
@@ -399,7 +389,7 @@ def test_hostd_proto_writes_files_stock_protoc_compiles_and_predict_answers(real
     profile_pb, profile_grpc = import_generated(tmp_path / "protos" / "profile.proto", tmp_path / "gen")
     protoc(tmp_path / "protos" / "diabetes_model.proto", tmp_path / "gen")
 
-    data, species = iris_data()
+    data, species = iris_rows()
     digits = load_digits()
     with channel(real.target) as chan:
         iris = iris_grpc.IrisModelStub(chan)
@@ -487,23 +477,24 @@ def test_reflection_lists_the_oip_and_typed_services(real: GrpcHostd) -> None:
 # -- graceful shutdown -------------------------------------------------------------------------------------
 
 
-def test_sigterm_lets_every_in_flight_call_finish(toys: GrpcHostd) -> None:
+def test_sigterm_lets_every_in_flight_call_finish(toys: GrpcHostd, tmp_path: Path) -> None:
     Tensor = service_pb2.ModelInferRequest.InferInputTensor
+    gate = tmp_path / "gate"  # the calls stay in the model until the test creates it
 
     def request(x: float) -> service_pb2.ModelInferRequest:
-        contents = [("x", [x]), ("delay_ms", [800.0])]
         return service_pb2.ModelInferRequest(model_name="echo", inputs=[
-            Tensor(name=name, datatype="FP64", shape=[1], contents=service_pb2.InferTensorContents(fp64_contents=v))
-            for name, v in contents])
+            Tensor(name="x", datatype="FP64", shape=[1], contents=service_pb2.InferTensorContents(fp64_contents=[x])),
+            Tensor(name="gate", datatype="BYTES", shape=[1],
+                   contents=service_pb2.InferTensorContents(bytes_contents=[str(gate).encode()]))])
 
     with channel(toys.target) as chan:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(chan)
-        futures = [stub.ModelInfer.future(request(float(i)), timeout=20) for i in range(10)]
-        deadline = time.monotonic() + 10
-        while toys.metric('hostd_pending{model="echo"}') < 10:
-            assert time.monotonic() < deadline, "the ten calls were never all in flight"
-            time.sleep(0.02)
+        futures = [stub.ModelInfer.future(request(float(i)), timeout=60) for i in range(10)]
+        wait_for(lambda: pending(toys.process.url) >= 10, "the ten calls were never all in flight")
         toys.process.proc.send_signal(signal.SIGTERM)
-        replies = [future.result(timeout=20) for future in futures]
+        wait_for(lambda: "draining" in toys.process.output(), "hostd never began to drain")
+        assert not any(future.done() for future in futures)
+        gate.touch()
+        replies = [future.result(timeout=60) for future in futures]
     assert [list(reply.outputs[0].contents.fp64_contents) for reply in replies] == [[2.0 * i] for i in range(10)]
     assert toys.process.proc.wait(timeout=15) == 0, toys.process.output()

@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,40 +13,34 @@ import numpy as np
 import orjson
 import pytest
 import tritonclient.http as triton
-from sklearn.datasets import load_diabetes, load_digits, load_iris
+from sklearn.datasets import load_diabetes, load_digits
 from tritonclient.utils import InferenceServerException
 
-from tests.support.e2e import IRIS_FIELDS, REAL_MODELS, diabetes_payload, iris_payload, metric, refused
+from tests.conftest import HostdProcess
+from tests.support.e2e import (
+    IRIS_FIELDS,
+    REAL_MODELS,
+    Start,
+    diabetes_payload,
+    echo,
+    iris_payload,
+    iris_rows,
+    pending,
+    post_held,
+    refused,
+    wait_for,
+)
 
 pytestmark = pytest.mark.e2e
 
-ROOT = Path(__file__).resolve().parents[2]
-HOSTD = str(Path(sys.executable).with_name("hostd"))
-# Rows of Fisher's data that the model classifies as the data says: (index, species).
-IRIS_ROWS = [(0, "Iris setosa"), (50, "Iris versicolor"), (100, "Iris virginica"), (4, "Iris setosa"),
-             (101, "Iris virginica")]
-Start = Callable[..., Any]
-
-
-def iris_rows() -> tuple[np.ndarray, list[str]]:
-    data = load_iris().data
-    return data[[index for index, _ in IRIS_ROWS]], [species for _, species in IRIS_ROWS]
-
-
-def wait_for_pending(url: str, model: str, count: int, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while metric(url, f'hostd_pending{{model="{model}"}}') < count:
-        assert time.monotonic() < deadline, f"{model} never had {count} requests pending"
-        time.sleep(0.02)
-
 
 @pytest.fixture
-def real(start_hostd: Start) -> Any:
+def real(start_hostd: Start) -> HostdProcess:
     return start_hostd({"models": REAL_MODELS})
 
 
 @pytest.fixture
-def client(real: Any) -> Iterator[triton.InferenceServerClient]:
+def client(real: HostdProcess) -> Iterator[triton.InferenceServerClient]:
     with triton.InferenceServerClient(url=f"127.0.0.1:{real.port}") as tc:
         yield tc
 
@@ -60,10 +48,9 @@ def client(real: Any) -> Iterator[triton.InferenceServerClient]:
 # -- the three real models ----------------------------------------------------------------------------
 
 
-def test_real_models_are_ready_within_seconds(start_hostd: Start) -> None:
-    started = time.monotonic()
+def test_real_models_are_listed_once_ready(start_hostd: Start) -> None:
+    # How fast they load is for benchmarks/, not for a test on a shared machine.
     server = start_hostd({"models": REAL_MODELS})
-    assert time.monotonic() - started < 8
     names = [(m["qualified_name"], m["deterministic"]) for m in httpx.get(f"{server.url}/api/models").json()["models"]]
     assert names == [("diabetes_model", False), ("digits_model", True), ("iris_model", True)]
 
@@ -200,7 +187,7 @@ def test_tritonclient_sees_errors_with_status_and_message(client: triton.Inferen
 
 
 def test_bad_requests_get_the_right_status_and_the_server_keeps_serving(start_hostd: Start) -> None:
-    server = start_hostd({"models": [*REAL_MODELS[:1], {"class_path": "tests.support.toy:EchoModel"}]})
+    server = start_hostd({"models": [*REAL_MODELS[:1], echo()]})
     url = server.url
     good = iris_payload(0)
     big = orjson.dumps({**good, "padding": "x" * (1 << 20)})
@@ -241,7 +228,7 @@ def test_bad_requests_get_the_right_status_and_the_server_keeps_serving(start_ho
 
 
 def test_bad_v2_requests_get_the_right_status(start_hostd: Start) -> None:
-    server = start_hostd({"models": [*REAL_MODELS[:1], {"class_path": "tests.support.toy:EchoModel"}]})
+    server = start_hostd({"models": [*REAL_MODELS[:1], echo()]})
     columns = [{"name": name, "datatype": "FP64", "shape": [1], "data": [value]}
                for name, value in iris_payload(0).items()]
     cases: list[tuple[str, str, dict[str, Any], int, list[str]]] = [
@@ -278,40 +265,6 @@ def test_bad_v2_requests_get_the_right_status(start_hostd: Start) -> None:
 # -- rest-model-service configurations and ml_base models -----------------------------------------------
 
 
-@contextmanager
-def hostd_without_transports(tmp_path: Path, text: str) -> Iterator[str]:
-    """``hostd run`` on a config file with no transports section; the port comes from the environment
-    (the start_hostd fixture always writes a transports section, so it cannot check this)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    config = tmp_path / "rest_config.yaml"
-    config.write_text(text)
-    log = tmp_path / "hostd.log"
-    env = {**os.environ, "HOSTD_TRANSPORTS__HTTP__PORT": str(port)}
-    with log.open("wb") as out:
-        proc = subprocess.Popen([HOSTD, "run", str(config)], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            assert proc.poll() is None, f"hostd exited with {proc.returncode}:\n{log.read_text()}"
-            assert time.monotonic() < deadline, f"hostd not ready:\n{log.read_text()}"
-            try:
-                if httpx.get(f"{url}/api/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        yield url
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(15) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-
 REST_MODEL_SERVICE_CONFIG = """\
 service_title: Iris Model Service
 description: "Service hosting the Iris Model"
@@ -331,19 +284,22 @@ models:
 """
 
 
-def test_rest_model_service_config_is_served_on_http(tmp_path: Path) -> None:
-    with hostd_without_transports(tmp_path, REST_MODEL_SERVICE_CONFIG) as url:
-        models = httpx.get(f"{url}/api/models").json()["models"]
-        assert [m["qualified_name"] for m in models] == ["echo", "iris_model"]
-        response = httpx.post(f"{url}/api/models/iris_model/prediction", json=iris_payload(100))
-        assert response.status_code == 200 and response.json() == {"species": "Iris virginica"}
-        # create_endpoint: false loads the model (it is listed) but serves no predictions.
-        hidden = httpx.post(f"{url}/api/models/echo/prediction", json={"x": 1})
-        assert hidden.status_code == 404 and hidden.json()["type"] == "MODEL_NOT_FOUND"
-        assert httpx.get(f"{url}/openapi.json").json()["info"]["title"] == "Iris Model Service"
+def test_rest_model_service_config_is_served_on_http(start_hostd: Start) -> None:
+    # No transports section: the port comes from the environment (HOSTD_TRANSPORTS__HTTP__PORT).
+    server = start_hostd(REST_MODEL_SERVICE_CONFIG)
+    url = server.url
+    models = httpx.get(f"{url}/api/models").json()["models"]
+    assert [m["qualified_name"] for m in models] == ["echo", "iris_model"]
+    response = httpx.post(f"{url}/api/models/iris_model/prediction", json=iris_payload(100))
+    assert response.status_code == 200 and response.json() == {"species": "Iris virginica"}
+    # create_endpoint: false loads the model (it is listed) but serves no predictions.
+    hidden = httpx.post(f"{url}/api/models/echo/prediction", json={"x": 1})
+    assert hidden.status_code == 404 and hidden.json()["type"] == "MODEL_NOT_FOUND"
+    assert httpx.get(f"{url}/openapi.json").json()["info"]["title"] == "Iris Model Service"
+    assert server.stop() == 0
 
 
-def test_config_as_the_rest_model_service_readme_writes_it_loads(tmp_path: Path) -> None:
+def test_config_as_the_rest_model_service_readme_writes_it_loads(start_hostd: Start) -> None:
     # Every rest-model-service README example names each model's qualified_name.
     text = """\
 service_title: REST Model Service With Decorators
@@ -353,9 +309,10 @@ models:
     create_endpoint: true
     decorators: []
 """
-    with hostd_without_transports(tmp_path, text) as url:
-        response = httpx.post(f"{url}/api/models/iris_model/prediction", json=iris_payload(0))
-        assert response.status_code == 200 and response.json() == {"species": "Iris setosa"}
+    server = start_hostd(text)
+    response = httpx.post(f"{server.url}/api/models/iris_model/prediction", json=iris_payload(0))
+    assert response.status_code == 200 and response.json() == {"species": "Iris setosa"}
+    assert server.stop() == 0
 
 
 def test_ml_base_model_with_ml_base_decorator_is_served(start_hostd: Start) -> None:
@@ -380,29 +337,20 @@ def test_ml_base_model_with_ml_base_decorator_is_served(start_hostd: Start) -> N
 # -- shutdown and concurrency -------------------------------------------------------------------------
 
 
-def test_sigterm_answers_every_request_in_flight_then_exits_0(start_hostd: Start) -> None:
-    server = start_hostd({
-        "models": [{"class_path": "tests.support.toy:EchoModel", "workers": {"count": 32}, "timeout_ms": 10_000}],
-        "shutdown_grace_s": 10,
-    })
+def test_sigterm_answers_every_request_in_flight_then_exits_0(start_hostd: Start, tmp_path: Path) -> None:
+    server = start_hostd({"models": [echo(workers=32)], "shutdown_grace_s": 10})
     count = 20
-
-    def slow(i: int) -> tuple[int, Any]:
-        response = httpx.post(f"{server.url}/api/models/echo/prediction", json={"x": i, "delay_ms": 800},
-                              timeout=20)
-        return response.status_code, response.json()
+    gate = tmp_path / "gate"  # the requests stay in the model until the test creates it
 
     with ThreadPoolExecutor(count) as pool:
-        futures = [pool.submit(slow, i) for i in range(count)]
-        wait_for_pending(server.url, "echo", count)
+        futures = [pool.submit(post_held, server.url, gate, i) for i in range(count)]
+        wait_for(lambda: pending(server.url) >= count, f"the {count} requests never reached the model")
         server.proc.send_signal(signal.SIGTERM)
-        # Draining: the listening socket closes at once, while the accepted requests still run.
-        deadline = time.monotonic() + 0.5
-        while not refused(server.port):
-            assert time.monotonic() < deadline, "still accepting connections after SIGTERM"
-            time.sleep(0.01)
-        assert not all(future.done() for future in futures)
-        results = [future.result(timeout=20) for future in futures]
+        # Draining: the listening socket closes while the accepted requests are still in the model.
+        wait_for(lambda: refused(server.port), "still accepting connections after SIGTERM")
+        assert not any(future.done() for future in futures)
+        gate.touch()
+        results = [future.result(timeout=60) for future in futures]
     assert results == [(200, {"y": 2.0 * i, "text": ""}) for i in range(count)]
     assert server.proc.wait(15) == 0
     assert refused(server.port)
@@ -410,19 +358,17 @@ def test_sigterm_answers_every_request_in_flight_then_exits_0(start_hostd: Start
         httpx.get(f"{server.url}/api/health", timeout=2)
 
 
-def test_cpu_heavy_request_does_not_block_health(start_hostd: Start) -> None:
-    server = start_hostd({"models": [{"class_path": "tests.support.toy_http:SpinModel", "timeout_ms": 10_000}]})
-    with ThreadPoolExecutor(1) as pool, httpx.Client(timeout=5) as http:
-        slow = pool.submit(httpx.post, f"{server.url}/api/models/echo/prediction",
-                           json={"x": 1, "delay_ms": 2000}, timeout=20)
-        wait_for_pending(server.url, "echo", 1)
-        latencies = []
+def test_cpu_heavy_request_does_not_block_health(start_hostd: Start, tmp_path: Path) -> None:
+    server = start_hostd({"models": [{"class_path": "tests.support.toy_http:GatedSpin", "timeout_ms": 40_000}]})
+    gate = tmp_path / "gate"  # the model burns CPU, holding the GIL most of the time, until it exists
+    with ThreadPoolExecutor(1) as pool, httpx.Client(timeout=10) as http:
+        spinning = pool.submit(httpx.post, f"{server.url}/api/models/echo/prediction",
+                               json={"x": 1, "gate": str(gate)}, timeout=60)
+        wait_for(lambda: pending(server.url) >= 1, "the CPU-heavy request never reached the model")
+        # Were the event loop blocked by the model, health would not answer until the gate opens.
         for _ in range(5):
-            started = time.perf_counter()
             response = http.get(f"{server.url}/api/health")
-            latencies.append(time.perf_counter() - started)
             assert response.status_code == 200 and response.json() == {"health_status": "HEALTHY"}
-        assert not slow.done(), "the slow request finished before health was measured"
-        # Blocked, health would wait out the 2 s predict; the bound is loose on purpose (not a benchmark).
-        assert max(latencies) < 1.0, latencies
-        assert slow.result(timeout=20).json() == {"y": 2.0, "text": "True"}
+        assert not spinning.done()
+        gate.touch()
+        assert spinning.result(timeout=60).json() == {"y": 2.0, "text": "True"}

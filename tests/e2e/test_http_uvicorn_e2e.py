@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import signal
-import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -14,18 +12,14 @@ import pytest
 import tritonclient.http as triton
 
 from tests.conftest import HostdProcess
+from tests.support.e2e import REAL_MODELS, Start, echo, iris_payload, pending, post_held, wait_for
 
-Start = Callable[..., HostdProcess]
-IRIS = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
+IRIS = iris_payload(0)
 
 
 def uvicorn_hostd(start_hostd: Start) -> HostdProcess:
-    return start_hostd({
-        "models": [{"class_path": "iris_model.model:IrisModel"},
-                   {"class_path": "tests.support.toy:EchoModel", "workers": {"count": 16}, "timeout_ms": 10_000}],
-        "transports": {"http": {"server": "uvicorn"}},
-        "shutdown_grace_s": 10,
-    })
+    return start_hostd({"models": [REAL_MODELS[0], echo(workers=16)], "transports": {"http": {"server": "uvicorn"}},
+                        "shutdown_grace_s": 10})
 
 
 @pytest.mark.e2e
@@ -48,21 +42,17 @@ def test_uvicorn_serves_rest_v2_and_tritonclient(start_hostd: Start) -> None:
 
 
 @pytest.mark.e2e
-def test_uvicorn_answers_requests_in_flight_at_sigterm_then_exits_0(start_hostd: Start) -> None:
+def test_uvicorn_answers_requests_in_flight_at_sigterm_then_exits_0(start_hostd: Start, tmp_path: Path) -> None:
     server = uvicorn_hostd(start_hostd)
-
-    def slow(i: int) -> tuple[int, Any]:
-        response = httpx.post(f"{server.url}/api/models/echo/prediction", json={"x": i, "delay_ms": 800},
-                              timeout=20)
-        return response.status_code, response.json()
+    gate = tmp_path / "gate"  # the requests stay in the model until the test creates it
 
     with ThreadPoolExecutor(8) as pool:
-        futures = [pool.submit(slow, i) for i in range(8)]
-        for _ in range(250):  # wait (bounded, ~5 s) until all 8 are admitted
-            if 'hostd_pending{model="echo"} 8.0' in httpx.get(f"{server.url}/metrics").text:
-                break
-            time.sleep(0.02)
+        futures = [pool.submit(post_held, server.url, gate, i) for i in range(8)]
+        wait_for(lambda: pending(server.url) >= 8, "the 8 requests never reached the model")
         server.proc.send_signal(signal.SIGTERM)
-        results = [future.result(timeout=20) for future in futures]
+        wait_for(lambda: "draining" in server.output(), "hostd never began to drain")
+        assert not any(future.done() for future in futures)
+        gate.touch()
+        results = [future.result(timeout=60) for future in futures]
     assert results == [(200, {"y": 2.0 * i, "text": ""}) for i in range(8)]
     assert server.proc.wait(20) == 0

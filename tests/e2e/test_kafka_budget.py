@@ -8,28 +8,19 @@ were dead-lettered whole.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
-from typing import Any
 
 import orjson
 import pytest
 
-from tests.e2e.test_kafka_e2e import Reader, echo, produce, request, serve
+from tests.e2e.brokers import Reader, Topics, produce, request
+from tests.e2e.test_kafka_e2e import serve
+from tests.support.e2e import Start, echo
 
 pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
-
-Start = Callable[..., Any]
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 async def test_a_poll_of_slow_rows_is_predicted_when_each_row_is_within_timeout_ms(start_tansu: Start,
                                                                                      start_hostd: Start) -> None:
-    from tests.e2e.brokers import Topics
-
     broker = start_tansu()
     topics = Topics.named("slow-rows")
     await topics.create(broker.bootstrap)

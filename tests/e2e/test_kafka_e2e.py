@@ -8,106 +8,36 @@ import os
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
-from typing import Any, TypeAlias
+from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
-from aiokafka.structs import RecordMetadata
+from aiokafka import AIOKafkaProducer
 from sklearn.datasets import load_digits
 
-from tests.e2e.brokers import Tansu, Topics
-from tests.support.e2e import REAL_MODELS, SPECIES, every_model_requests, iris_payload
+from tests.conftest import HostdProcess
+from tests.e2e.brokers import Reader, StartTansu, Tansu, Topics, produce, request
+from tests.support.e2e import (
+    REAL_MODELS,
+    SPECIES,
+    Start,
+    echo,
+    every_model_requests,
+    iris_payload,
+    logged,
+    pending,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 
-Start = Callable[..., Any]
-Record: TypeAlias = ConsumerRecord[bytes, bytes]
 MAX_BATCH = 500  # the transport's default: the most a consumer can have in flight uncommitted
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-def echo(workers: int = 4, **settings: Any) -> dict[str, Any]:
-    return {"class_path": "tests.support.toy:EchoModel", "workers": {"count": workers}, "timeout_ms": 20_000,
-            **settings}
-
-
-def request(request_id: str, model: str, data: dict[str, Any]) -> bytes:
-    return orjson.dumps({"id": request_id, "model": model, "data": data})
-
-
-async def produce(bootstrap: str, topic: str, messages: Iterable[tuple[bytes | None, bytes | None]],
-                  timeout: float = 30) -> list[RecordMetadata]:
-    """Send every (key, value) with acks=all; the broker's metadata (partition, offset) of each."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
-    await producer.start()
-    try:
-        with anyio.fail_after(timeout):
-            futures = [await producer.send(topic, value, key=key) for key, value in messages]
-            return [await future for future in futures]
-    finally:
-        await producer.stop()
-
-
-class Reader:
-    """Reads topics from their beginning (no group, nothing committed) until a condition holds."""
-
-    def __init__(self, bootstrap: str, *topics: str) -> None:
-        self.consumer = AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap, group_id=None,
-                                         auto_offset_reset="earliest", enable_auto_commit=False)
-        self.records: list[Record] = []
-        self.answered: set[str] = set()  # request ids with a reply or a dead letter
-
-    async def __aenter__(self) -> Reader:
-        await self.consumer.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.consumer.stop()
-
-    async def poll(self) -> None:
-        batches = await self.consumer.getmany(timeout_ms=200)
-        for records in batches.values():
-            self.records.extend(records)
-            self.answered.update(str(orjson.loads(record.value)["id"]) for record in records)
-
-    async def until(self, done: Callable[[], bool], timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while not done():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout}s waiting for {what}; "
-                                     f"read {len(self.records)} records")
-            await self.poll()
-
-    async def settle(self, seconds: float) -> None:
-        """Keep reading a little: anything late (a duplicate, a second dead letter) shows up."""
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            await self.poll()
-
-    def on(self, topic: str) -> list[Record]:
-        return [record for record in self.records if record.topic == topic]
-
-    def ids(self) -> Counter[str]:
-        return Counter(str(orjson.loads(record.value)["id"]) for record in self.records)
-
-
-async def wait_logged(server: Any, text: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while text not in server.output():
-        assert server.proc.poll() is None, f"hostd exited:\n{server.output()}"
-        assert time.monotonic() < deadline, f"hostd never logged {text!r}:\n{server.output()}"
-        await anyio.sleep(0.1)
-
-
-async def rows_predicted(server: Any, model: str) -> int:
+async def rows_predicted(server: HostdProcess, model: str) -> int:
     """Rows the model predicted in this hostd, from its Prometheus /metrics."""
     async with httpx.AsyncClient(base_url=server.url, timeout=5) as http:
         text = (await http.get("/metrics")).text
@@ -117,13 +47,13 @@ async def rows_predicted(server: Any, model: str) -> int:
 
 
 async def serve(start_hostd: Start, broker: Tansu, topics: Topics, models: list[dict[str, Any]],
-                **kafka: Any) -> Any:
+                **kafka: Any) -> HostdProcess:
     config = {"models": models, "transports": {"http": {}, "kafka": topics.transport(broker.bootstrap, **kafka)},
               "shutdown_grace_s": 10}
     return await anyio.to_thread.run_sync(lambda: start_hostd(config))
 
 
-async def test_every_model_replies_on_the_output_topic_with_the_same_key(start_tansu: Start,
+async def test_every_model_replies_on_the_output_topic_with_the_same_key(start_tansu: StartTansu,
                                                                           start_hostd: Start) -> None:
     broker = start_tansu()
     topics = Topics.named("roundtrip")
@@ -138,7 +68,7 @@ async def test_every_model_replies_on_the_output_topic_with_the_same_key(start_t
                   [(f"key-{rid}".encode(), request(rid, model, data)) for rid, (model, data) in requests.items()])
     async with Reader(broker.bootstrap, topics.output, topics.dead_letter) as reader:
         await reader.until(lambda: reader.answered >= set(requests), 30, "a reply to every request")
-        await reader.settle(1)
+        await reader.past(topics.input)
 
     assert reader.on(topics.dead_letter) == []
     assert reader.ids() == Counter(set(requests)), "exactly one reply per request"
@@ -177,7 +107,7 @@ MALFORMED: dict[str, tuple[bytes | None, str, str]] = {
 
 
 async def test_each_malformed_message_gives_exactly_one_dead_letter_with_the_original(
-        start_tansu: Start, start_hostd: Start) -> None:
+        start_tansu: StartTansu, start_hostd: Start) -> None:
     broker = start_tansu()
     topics = Topics.named("malformed")
     await topics.create(broker.bootstrap)
@@ -191,7 +121,7 @@ async def test_each_malformed_message_gives_exactly_one_dead_letter_with_the_ori
         # The stream carries on after failures: a good message sent afterwards is answered.
         await produce(broker.bootstrap, topics.input, [(b"good", request("g1", "echo", {"x": 21}))])
         await reader.until(lambda: bool(reader.on(topics.output)), 30, "the good message's reply")
-        await reader.settle(1)
+        await reader.past(topics.input)
 
     [good] = reader.on(topics.output)
     assert (good.key, orjson.loads(good.value)) == (b"good", {"id": "g1", "model": "echo", "version": "1.0.0",
@@ -215,7 +145,7 @@ async def test_each_malformed_message_gives_exactly_one_dead_letter_with_the_ori
     assert [by_key[key]["id"] for key in ("unknown-model", "schema-error", "model-raises")] == ["u1", "s1", "r1"]
 
 
-async def test_a_dead_letter_carries_the_request_id(start_tansu: Start, start_hostd: Start) -> None:
+async def test_a_dead_letter_carries_the_request_id(start_tansu: StartTansu, start_hostd: Start) -> None:
     """Like every envelope error reply: a parsed request's id comes back, whatever was wrong with it."""
     broker = start_tansu()
     topics = Topics.named("ids")
@@ -235,7 +165,7 @@ async def test_a_dead_letter_carries_the_request_id(start_tansu: Start, start_ho
     assert {r.key.decode(): orjson.loads(r.value)["id"] for r in reader.records} == {rid: rid for rid in bad}
 
 
-async def test_a_model_that_raises_fails_only_its_own_message(start_tansu: Start, start_hostd: Start) -> None:
+async def test_a_model_that_raises_fails_only_its_own_message(start_tansu: StartTansu, start_hostd: Start) -> None:
     """One bad row in a poll must not dead-letter the good rows fetched with it."""
     broker = start_tansu()
     topics = Topics.named("isolation")
@@ -246,14 +176,14 @@ async def test_a_model_that_raises_fails_only_its_own_message(start_tansu: Start
     await serve(start_hostd, broker, topics, [echo()])
     async with Reader(broker.bootstrap, topics.output, topics.dead_letter) as reader:
         await reader.until(lambda: len(reader.records) >= 10, 30, "ten outcomes")
-        await reader.settle(1)
+        await reader.past(topics.input)
 
     assert [orjson.loads(r.value)["id"] for r in reader.on(topics.dead_letter)] == ["r5"]
     assert [orjson.loads(r.value)["prediction"]["y"] for r in reader.on(topics.output)] == \
         [2.0 * i for i in range(10) if i != 5]
 
 
-async def test_timeout_ms_applies_to_each_message_not_to_the_whole_poll(start_tansu: Start,
+async def test_timeout_ms_applies_to_each_message_not_to_the_whole_poll(start_tansu: StartTansu,
                                                                         start_hostd: Start) -> None:
     """400 messages of 5 ms each, with timeout_ms 1000: each is well within its limit."""
     broker = start_tansu()
@@ -270,7 +200,8 @@ async def test_timeout_ms_applies_to_each_message_not_to_the_whole_poll(start_ta
     assert len(reader.on(topics.output)) == count
 
 
-async def until_all_consume(broker: Tansu, topics: Topics, servers: list[Any], keys: int, timeout: float = 60) -> None:
+async def until_all_consume(broker: Tansu, topics: Topics, servers: list[HostdProcess], keys: int,
+                            timeout: float = 60) -> None:
     """Warm up until every hostd has predicted rows: the group has settled and each owns partitions."""
     deadline = time.monotonic() + timeout
     for round_ in itertools.count():
@@ -281,11 +212,11 @@ async def until_all_consume(broker: Tansu, topics: Topics, servers: list[Any], k
         await produce(broker.bootstrap, topics.input,
                       [(f"k{key}".encode(), request(f"warm-{round_}-{key}", "iris_model", iris_payload(0)))
                        for key in range(keys)])
-        await anyio.sleep(0.5)
+        await anyio.sleep(0.5)  # between rounds of warm-up messages, while the group settles
 
 
 @pytest.mark.timeout(180)
-async def test_ten_thousand_messages_two_consumers_none_lost_in_key_order(start_tansu: Start,
+async def test_ten_thousand_messages_two_consumers_none_lost_in_key_order(start_tansu: StartTansu,
                                                                           start_hostd: Start) -> None:
     total, keys = 10_000, 40
     broker = start_tansu()
@@ -307,7 +238,7 @@ async def test_ten_thousand_messages_two_consumers_none_lost_in_key_order(start_
     async with Reader(broker.bootstrap, topics.output, topics.dead_letter) as reader:
         await reader.until(lambda: reader.answered >= wanted, 120, f"{total} outcomes")
         elapsed = time.monotonic() - started
-        await reader.settle(2)
+        await reader.past(topics.input)
 
     ids = Counter({rid: count for rid, count in reader.ids().items() if not rid.startswith("warm-")})
     assert set(ids) == wanted, "every message answered"
@@ -334,7 +265,7 @@ async def test_ten_thousand_messages_two_consumers_none_lost_in_key_order(start_
 async def ids_answered(bootstrap: str, topics: Topics, wanted: set[str], timeout: float) -> Counter[str]:
     async with Reader(bootstrap, topics.output, topics.dead_letter) as reader:
         await reader.until(lambda: reader.answered >= wanted, timeout, f"{len(wanted)} answers")
-        await reader.settle(1)
+        await reader.past(topics.input)
         codes = Counter(orjson.loads(r.value)["error"]["code"] for r in reader.on(topics.dead_letter))
         assert not codes, f"every message was valid, yet dead letters came out: {dict(codes)}"
         return reader.ids()
@@ -346,21 +277,30 @@ async def count_outputs(bootstrap: str, topic: str, at_least: int, timeout: floa
         return len(reader.records)
 
 
+def held_back(start: int, count: int, held_from: int, gate: Path) -> list[tuple[bytes, bytes]]:
+    """Echo messages on eight keys; from id ``held_from`` on they wait in the model for ``gate``."""
+    def data(i: int) -> dict[str, Any]:
+        return {"x": i % 500, "gate": str(gate) if i >= held_from else ""}
+
+    return [(f"k{i % 8}".encode(), request(str(i), "echo", data(i))) for i in range(start, start + count)]
+
+
 @pytest.mark.timeout(180)
-async def test_a_consumer_killed_mid_stream_loses_nothing(start_tansu: Start, start_hostd: Start) -> None:
+async def test_a_consumer_killed_mid_stream_loses_nothing(start_tansu: StartTansu, start_hostd: Start,
+                                                          tmp_path: Path) -> None:
     total = 4000
     broker = start_tansu()
     topics = Topics.named("kill")
     await topics.create(broker.bootstrap)
     first = await serve(start_hostd, broker, topics, [echo()])
-    # ~1 ms of model time per message: the stream takes seconds, so the kill lands mid-way.
-    await produce(broker.bootstrap, topics.input,
-                  [(f"k{i % 8}".encode(), request(str(i), "echo", {"x": i % 500, "delay_ms": 1}))
-                   for i in range(total)])
+    # The last thousand wait for a gate that opens only after the kill: it lands mid-stream.
+    gate = tmp_path / "gate"
+    await produce(broker.bootstrap, topics.input, held_back(0, total, 3000, gate))
     answered_before = await count_outputs(broker.bootstrap, topics.output, 600, 60)
+    await anyio.to_thread.run_sync(wait_for, lambda: pending(first.url) > 0, "nothing reached the model")
     os.kill(first.proc.pid, signal.SIGKILL)
     first.proc.wait(10)
-    assert answered_before < total, "the kill must land mid-stream"
+    gate.touch()
 
     await serve(start_hostd, broker, topics, [echo()])
     ids = await ids_answered(broker.bootstrap, topics, {str(i) for i in range(total)}, 120)
@@ -371,7 +311,7 @@ async def test_a_consumer_killed_mid_stream_loses_nothing(start_tansu: Start, st
 
 
 @pytest.mark.timeout(120)
-async def test_a_consumer_stopped_with_sigterm_leaves_the_rest_to_the_next(start_tansu: Start,
+async def test_a_consumer_stopped_with_sigterm_leaves_the_rest_to_the_next(start_tansu: StartTansu,
                                                                            start_hostd: Start) -> None:
     """A clean shutdown answers what it took and leaves the rest unanswered and uncommitted:
     nothing is dead-lettered as NOT_READY while the daemon drains."""
@@ -383,7 +323,8 @@ async def test_a_consumer_stopped_with_sigterm_leaves_the_rest_to_the_next(start
     producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, acks="all")
     await producer.start()
     try:
-        # A trickle, as in production: the consumer is often waiting in a poll when the signal comes.
+        # A trickle, as in production (the pace is the behaviour under test): the consumer is often
+        # waiting in a poll when the signal comes.
         for i in range(total):
             if i == 50:  # mid-stream: the first 50 are answered, the rest keep coming
                 await count_outputs(broker.bootstrap, topics.output, 50, 30)
@@ -400,34 +341,34 @@ async def test_a_consumer_stopped_with_sigterm_leaves_the_rest_to_the_next(start
 
 
 @pytest.mark.timeout(180)
-async def test_a_broker_restart_mid_stream_loses_nothing(start_tansu: Start, start_hostd: Start) -> None:
+async def test_a_broker_restart_mid_stream_loses_nothing(start_tansu: StartTansu, start_hostd: Start,
+                                                         tmp_path: Path) -> None:
     half = 2000
     broker = start_tansu("s3")  # durable: topics, messages and offsets survive the restart
     topics = Topics.named("restart")
     await topics.create(broker.bootstrap)
-    await serve(start_hostd, broker, topics, [echo()])
-
-    def batch(start: int) -> list[tuple[bytes, bytes]]:
-        return [(f"k{i % 8}".encode(), request(str(i), "echo", {"x": i % 500, "delay_ms": 1}))
-                for i in range(start, start + half)]
-
-    await produce(broker.bootstrap, topics.input, batch(0))
+    server = await serve(start_hostd, broker, topics, [echo()])
+    # The second thousand wait for a gate that opens only once the broker is back: mid-stream.
+    gate = tmp_path / "gate"
+    await produce(broker.bootstrap, topics.input, held_back(0, half, 1000, gate))
     answered_before = await count_outputs(broker.bootstrap, topics.output, 300, 60)
-    assert answered_before < half, "the restart must land mid-stream"
-    await anyio.to_thread.run_sync(lambda: broker.restart(down_s=2))
-    await produce(broker.bootstrap, topics.input, batch(half), timeout=60)
+    await anyio.to_thread.run_sync(wait_for, lambda: pending(server.url) > 0, "nothing reached the model")
+    await anyio.to_thread.run_sync(lambda: broker.restart(down_s=2))  # an outage of 2 s, the behaviour under test
+    gate.touch()
+    await produce(broker.bootstrap, topics.input, held_back(half, half, 2 * half, gate), timeout=60)
 
     ids = await ids_answered(broker.bootstrap, topics, {str(i) for i in range(2 * half)}, 120)
     print(f"\nkafka broker restart: {answered_before} answered before; duplicates: {sum(ids.values()) - 2 * half}")
 
 
-async def test_ready_while_the_broker_is_down_then_consumes_once_it_is_up(start_tansu: Start,
+async def test_ready_while_the_broker_is_down_then_consumes_once_it_is_up(start_tansu: StartTansu,
                                                                           start_hostd: Start) -> None:
     broker = start_tansu(start=False)
     topics = Topics.named("late")
     server = await serve(start_hostd, broker, topics, [echo()])  # waits for /api/health/ready
-    async with httpx.AsyncClient(base_url=server.url, timeout=5) as http:
-        await anyio.sleep(2)  # a few failed connection attempts
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+        await anyio.to_thread.run_sync(wait_for, lambda: logged(server, "kafka unavailable; retrying") >= 2,
+                                       "hostd never retried the broker")  # a few failed connection attempts
         assert server.proc.poll() is None
         assert (await http.get("/api/health/ready")).status_code == 200
         response = await http.post("/api/models/echo/prediction", json={"x": 4})

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -17,55 +18,69 @@ from sklearn.datasets import load_digits
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK
 
-from tests.conftest import free_port
+from tests.conftest import HostdProcess
 from tests.support.e2e import (
     IRIS_FIELDS,
+    PATIENCE_S,
     REAL_MODELS,
     SPECIES,
+    Start,
     diabetes_payload,
+    echo,
     iris_payload,
     metric,
+    pending,
     problems_logged,
     refused,
     rss_kb,
+    wait_for,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
-
-Start = Callable[..., Any]
-
-
-def echo(workers: int = 8, **settings: Any) -> dict[str, Any]:
-    return {"class_path": "tests.support.toy:EchoModel", "workers": {"count": workers}, "timeout_ms": 20_000,
-            **settings}
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 class Served:
     """A running hostd with a WebSocket endpoint."""
 
-    def __init__(self, server: Any, ws_port: int) -> None:
-        self.server, self.ws_port = server, ws_port
-        self.ws_url = f"ws://127.0.0.1:{ws_port}"
+    def __init__(self, server: HostdProcess) -> None:
+        self.server = server
+        self.ws_port = int(server.transports["ws"]["port"])
+        self.ws_url = f"ws://127.0.0.1:{self.ws_port}"
 
     @property
     def pid(self) -> int:
         return int(self.server.proc.pid)
 
     def connect(self, **options: Any) -> connect:
-        options = {"open_timeout": 5, "close_timeout": 2, "proxy": None, **options}
+        options = {"open_timeout": 10, "close_timeout": 2, "proxy": None, **options}
         return connect(self.ws_url, **options)
 
+    def pending(self) -> float:
+        return pending(self.server.url)
 
-def serve(start_hostd: Start, models: list[dict[str, Any]], **ws: Any) -> Served:
-    port = free_port()
-    server = start_hostd({"models": models, "transports": {"http": {}, "ws": {"port": port, **ws}},
-                          "shutdown_grace_s": 10})
-    return Served(server, port)
+
+def serve(start_hostd: Start, models: list[dict[str, Any]], grace_s: float = 10, **ws: Any) -> Served:
+    return Served(start_hostd({"models": models, "transports": {"http": {}, "ws": ws}, "shutdown_grace_s": grace_s}))
+
+
+async def wait_until(condition: Callable[[], bool], what: str) -> None:
+    """wait_for, off the event loop (the condition asks /metrics, blocking)."""
+    await anyio.to_thread.run_sync(wait_for, condition, what)
+
+
+def predicted(served: Served) -> float:
+    """Predictions the echo model has made for WebSocket clients."""
+    return metric(served.server.url, 'hostd_requests_total{code="OK",model="echo",transport="ws"}')
+
+
+async def steady(read: Callable[[], float], what: str) -> None:
+    """Wait until ``read()`` gives the same value twice in a row, a quarter of a second apart."""
+    previous = None
+    deadline = time.monotonic() + PATIENCE_S
+    while (current := await anyio.to_thread.run_sync(read)) != previous:
+        assert time.monotonic() < deadline, what
+        previous = current
+        await anyio.sleep(0.25)
 
 
 async def recv_json(ws: ClientConnection, timeout: float = 10) -> dict[str, Any]:
@@ -89,17 +104,6 @@ async def closed_with(ws: ClientConnection, timeout: float = 10) -> ConnectionCl
                 await ws.recv()
         except ConnectionClosed as closed:
             return closed
-
-
-def pending(served: Served, model: str = "echo") -> float:
-    return metric(served.server.url, f'hostd_pending{{model="{model}"}}')
-
-
-async def wait_for(condition: Callable[[], bool], what: str, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not await anyio.to_thread.run_sync(condition):
-        assert time.monotonic() < deadline, what
-        await anyio.sleep(0.02)
 
 
 # -- predictions and ops ---------------------------------------------------------------------------------
@@ -159,25 +163,25 @@ async def test_a_request_without_an_id_gets_one(start_hostd: Start) -> None:
     assert (first["prediction"]["y"], second["prediction"]["y"]) == (2.0, 4.0)
 
 
-async def test_200_requests_in_flight_on_one_connection_are_all_answered_by_id(start_hostd: Start) -> None:
-    # Batching off: a batch lasts as long as its slowest row, and this test is about replies
-    # overtaking a slow request, matched by id.
-    served = serve(start_hostd, [echo(workers=16, batching={"max_batch_size": 1})])
-    count = 200
+async def test_200_requests_in_flight_on_one_connection_are_all_answered_by_id(start_hostd: Start,
+                                                                                tmp_path: Path) -> None:
+    # Batching off (a batch lasts as long as its slowest row), and more workers than held requests:
+    # this test is about replies overtaking requests held in the model, matched by id.
+    served = serve(start_hostd, [echo(workers=32, batching={"max_batch_size": 1})])
+    count, gate = 200, tmp_path / "gate"
+    held = {f"r{i}" for i in range(0, count, 10)}  # every tenth waits for the gate
     async with served.connect() as ws:
-        # Every tenth request is slow, so replies overtake it: they must be matched by id, not order.
         for i in range(count):
-            delay = 300 if i % 10 == 0 else 0
-            await ws.send(orjson.dumps({"id": f"r{i}", "model": "echo", "data": {"x": i, "delay_ms": delay,
-                                                                                  "text": f"t{i}"}}).decode())
-        replies = [await recv_json(ws, timeout=20) for _ in range(count)]
-    order = [reply["id"] for reply in replies]
-    assert sorted(order) == sorted(f"r{i}" for i in range(count)), "every request answered exactly once"
-    for reply in replies:
+            data = {"x": i, "text": f"t{i}", "gate": str(gate) if f"r{i}" in held else ""}
+            await ws.send(orjson.dumps({"id": f"r{i}", "model": "echo", "data": data}).decode())
+        overtaking = [await recv_json(ws, timeout=30) for _ in range(count - len(held))]
+        gate.touch()
+        released = [await recv_json(ws, timeout=30) for _ in held]
+    assert {reply["id"] for reply in overtaking} == {f"r{i}" for i in range(count)} - held
+    assert {reply["id"] for reply in released} == held, "every request answered exactly once"
+    for reply in overtaking + released:
         i = int(reply["id"][1:])
         assert reply["prediction"] == {"y": 2.0 * i, "text": f"T{i}"}, reply
-    assert order != [f"r{i}" for i in range(count)], "replies came back in send order: nothing ran concurrently"
-    assert order.index("r1") < order.index("r0")
 
 
 async def test_200_pipelined_predictions_of_the_real_models_are_matched_by_id(start_hostd: Start) -> None:
@@ -280,38 +284,57 @@ async def test_a_frame_over_the_limit_closes_the_connection_with_1009(start_host
 # -- keepalive and idle timeout --------------------------------------------------------------------------
 
 
-async def test_an_idle_connection_is_closed_after_idle_timeout(start_hostd: Start) -> None:
-    served = serve(start_hostd, [echo()], idle_timeout_s=0.5)
-    async with served.connect() as idle, served.connect() as busy:
-        started = time.monotonic()
-        # The busy client sends a frame every 0.2 s for 1.5 s: never idle for 0.5 s, so never closed.
+async def test_an_idle_connection_is_closed_after_idle_timeout(start_hostd: Start, tmp_path: Path) -> None:
+    idle_timeout = 1.0
+    served = serve(start_hostd, [echo()], idle_timeout_s=idle_timeout)
+    idle_closed: list[tuple[float, ConnectionClosed]] = []
+    idle_gone = anyio.Event()
+    started = time.monotonic()  # before the server's clock for `idle` starts
+
+    async def watch(ws: ClientConnection) -> None:
+        closed = await closed_with(ws, timeout=30)
+        idle_closed.append((time.monotonic() - started, closed))
+        idle_gone.set()
+
+    async with served.connect() as idle, served.connect() as busy, anyio.create_task_group() as tg:
+        tg.start_soon(watch, idle)
+        # The busy client sends a frame every 0.2 s, for longer than the timeout: never idle for as
+        # long as the timeout, so never closed (the pauses are the client's behaviour under test).
         for i in range(8):
             assert (await ask(busy, {"id": i, "model": "echo", "data": {"x": i}}))["prediction"]["y"] == 2 * i
             await anyio.sleep(0.2)
-        closed = await closed_with(idle, timeout=5)
+        with anyio.fail_after(30):  # a hang guard
+            await idle_gone.wait()
+        [(after, closed)] = idle_closed
         assert isinstance(closed, ConnectionClosedOK)
         assert closed.rcvd is not None and (closed.rcvd.code, closed.rcvd.reason) == (1000, "idle timeout")
-        assert time.monotonic() - started > 0.4
-        # A reply still on its way when the timeout strikes is delivered before the close.
-        await busy.send(orjson.dumps({"id": "slow", "model": "echo", "data": {"x": 3, "delay_ms": 1200}}).decode())
-        reply = await recv_json(busy, timeout=5)
-        assert (reply["id"], reply["prediction"]["y"]) == ("slow", 6)
-        closed = await closed_with(busy, timeout=5)
+        assert after >= idle_timeout, "closed before the idle timeout"
+        # A reply still in the model when the timeout strikes is delivered before the close: the
+        # client stays silent for longer than the timeout (the behaviour under test), then the gate opens.
+        gate = tmp_path / "gate"
+        await busy.send(orjson.dumps({"id": "held", "model": "echo", "data": {"x": 3, "gate": str(gate)}}).decode())
+        await anyio.sleep(2 * idle_timeout)
+        gate.touch()
+        reply = await recv_json(busy, timeout=30)
+        assert (reply["id"], reply["prediction"]["y"]) == ("held", 6)
+        closed = await closed_with(busy, timeout=30)
         assert closed.rcvd is not None and (closed.rcvd.code, closed.rcvd.reason) == (1000, "idle timeout")
 
 
 async def test_keepalive_pings_drop_a_dead_peer_and_keep_a_live_one(start_hostd: Start) -> None:
-    served = serve(start_hostd, [echo()], ping_interval_s=0.3, ping_timeout_s=0.3)
+    # A pong is due within 1 s of each ping (every 0.3 s): room for a loaded machine's live client.
+    served = serve(start_hostd, [echo()], ping_interval_s=0.3, ping_timeout_s=1.0)
     # The client sends no pings of its own: only the server's pings are in play.
     async with served.connect(ping_interval=None) as live, served.connect(ping_interval=None) as dead:
-        with anyio.fail_after(2):
+        with anyio.fail_after(10):
             await (await live.ping())  # the server answers a client's ping with a pong
-        # A peer that stops reading never answers the server's pings: the server drops it.
+        # A peer that stops reading never answers the server's pings: the server drops it. It stays
+        # silent for well over ping_interval + ping_timeout (that silence is the behaviour under test).
         dead.transport.pause_reading()
-        await anyio.sleep(2)
+        await anyio.sleep(3)
         assert (await ask(live, {"id": 1, "model": "echo", "data": {"x": 1}}))["prediction"]["y"] == 2
         dead.transport.resume_reading()
-        closed = await closed_with(dead, timeout=5)
+        closed = await closed_with(dead, timeout=10)
         assert isinstance(closed, ConnectionClosedError)
         assert closed.rcvd is not None and closed.rcvd.code == 1011 and "ping" in closed.rcvd.reason, closed
 
@@ -345,7 +368,7 @@ async def test_a_client_that_stops_reading_does_not_make_the_daemon_buffer_witho
                 sent.append(i)
                 if i % 100 == 0:
                     peak = max(peak, rss_kb(served.pid))
-        await anyio.sleep(1)  # let the daemon read (and buffer) whatever it is going to
+        await steady(lambda: predicted(served), "the daemon never stopped taking the stalled client's requests")
         peak = max(peak, rss_kb(served.pid))
         growth_mb = (peak - baseline) / 1024
         record_property("ws_rss", {"baseline_mb": baseline / 1024, "peak_mb": peak / 1024, "sent": len(sent),
@@ -355,11 +378,9 @@ async def test_a_client_that_stops_reading_does_not_make_the_daemon_buffer_witho
         assert len(sent) < 5000, "the daemon read all 160 MB of requests from a client that reads nothing"
         assert growth_mb < 100, f"hostd grew by {growth_mb:.0f} MB for one client that stopped reading"
 
-        async with served.connect() as other:
-            started = time.monotonic()
-            reply = await ask(other, {"id": "other", "model": "echo", "data": {"x": 21}}, timeout=5)
+        async with served.connect() as other:  # served while the stalled client still holds its replies up
+            reply = await ask(other, {"id": "other", "model": "echo", "data": {"x": 21}}, timeout=30)
             assert reply["prediction"]["y"] == 42
-            assert time.monotonic() - started < 2
 
         # Nothing the stalled client sent was lost: once it reads, every request is answered by id.
         answered: set[int] = set()
@@ -373,48 +394,50 @@ async def test_a_client_that_stops_reading_does_not_make_the_daemon_buffer_witho
 
 
 @pytest.mark.parametrize("how", ["close", "abort"])
-async def test_a_client_leaving_mid_request_does_not_disturb_the_others(start_hostd: Start, how: str) -> None:
+async def test_a_client_leaving_mid_request_does_not_disturb_the_others(start_hostd: Start, tmp_path: Path,
+                                                                        how: str) -> None:
     served = serve(start_hostd, [echo(workers=16)])
+    gate = tmp_path / "gate"  # the leaver's requests stay in the model until the test creates it
     async with served.connect() as other, served.connect() as leaver:
         for i in range(10):
-            await leaver.send(orjson.dumps({"id": i, "model": "echo", "data": {"x": i, "delay_ms": 500}}).decode())
-        await wait_for(lambda: pending(served) >= 10, "the leaver's requests never reached the model")
+            await leaver.send(orjson.dumps({"id": i, "model": "echo", "data": {"x": i, "gate": str(gate)}}).decode())
+        await wait_until(lambda: served.pending() >= 10, "the leaver's requests never reached the model")
         if how == "close":
             await leaver.close()
         else:
             leaver.transport.abort()
-        # The others are served while the leaver's requests finish with no one to answer.
+        # The others are served while the leaver's requests are still in the model.
         for i in range(20):
             assert (await ask(other, {"id": i, "model": "echo", "data": {"x": i}}))["prediction"]["y"] == 2 * i
-        await wait_for(lambda: pending(served) == 0, "the leaver's requests never finished")
+        assert served.pending() == 10
+        gate.touch()  # now they finish, with no one to answer
+        await wait_until(lambda: served.pending() == 0, "the leaver's requests never finished")
         assert (await ask(other, {"id": "after", "model": "echo", "data": {"x": 1}}))["prediction"]["y"] == 2
     async with served.connect() as fresh:
         assert (await ask(fresh, {"model": "echo", "data": {"x": 3}}))["prediction"]["y"] == 6
-    ok = metric(served.server.url, 'hostd_requests_total{code="OK",model="echo",transport="ws"}')
-    assert ok == 32, "the leaver's requests ran to completion too"
+    assert predicted(served) == 32, "the leaver's requests ran to completion too"
     assert served.server.proc.poll() is None
     assert problems_logged(served.server.output()) == []
 
 
 async def test_sigterm_answers_every_request_in_flight_then_closes_with_1001_and_exits_0(
-        start_hostd: Start) -> None:
+        start_hostd: Start, tmp_path: Path) -> None:
     served = serve(start_hostd, [echo(workers=32)])
     count = 20
+    gate = tmp_path / "gate"  # the requests stay in the model until the test creates it
     async with served.connect() as ws, served.connect() as idle:
         for i in range(count):
-            await ws.send(orjson.dumps({"id": f"s{i}", "model": "echo", "data": {"x": i, "delay_ms": 800}}).decode())
-        await wait_for(lambda: pending(served) >= count, "the slow requests never reached the model")
+            await ws.send(orjson.dumps({"id": f"s{i}", "model": "echo", "data": {"x": i, "gate": str(gate)}}).decode())
+        await wait_until(lambda: served.pending() >= count, "the requests never reached the model")
         served.server.proc.send_signal(signal.SIGTERM)
-        # Draining: new connections are refused at once while the accepted requests still run.
-        deadline = time.monotonic() + 1
-        while not refused(served.ws_port):
-            assert time.monotonic() < deadline, "still accepting WebSocket connections after SIGTERM"
-            await anyio.sleep(0.01)
-        replies = [await recv_json(ws, timeout=15) for _ in range(count)]
+        # Draining: new connections are refused while the accepted requests are still in the model.
+        await wait_until(lambda: refused(served.ws_port), "still accepting WebSocket connections after SIGTERM")
+        gate.touch()
+        replies = [await recv_json(ws, timeout=30) for _ in range(count)]
         assert sorted((r["id"], r["prediction"]["y"]) for r in replies) == sorted(
             (f"s{i}", 2.0 * i) for i in range(count))
         for connection in (ws, idle):
-            closed = await closed_with(connection, timeout=10)
+            closed = await closed_with(connection, timeout=30)
             assert isinstance(closed, ConnectionClosedOK)
             assert closed.rcvd is not None and closed.rcvd.code == 1001, closed
     assert await anyio.to_thread.run_sync(served.server.proc.wait, 15) == 0
@@ -423,10 +446,8 @@ async def test_sigterm_answers_every_request_in_flight_then_closes_with_1001_and
 
 async def test_sigterm_with_a_client_that_stopped_reading_still_exits_after_the_grace_period(
         start_hostd: Start) -> None:
-    port = free_port()
-    server = start_hostd({"models": [echo(workers=4)], "shutdown_grace_s": 2,
-                          "transports": {"http": {}, "ws": {"port": port}}})
-    served = Served(server, port)
+    served = serve(start_hostd, [echo(workers=4)], grace_s=2)
+    server = served.server
     text = os.urandom(16_000).hex()
     async with served.connect(max_queue=4, compression=None) as stuck:
         try:
@@ -439,16 +460,15 @@ async def test_sigterm_with_a_client_that_stopped_reading_still_exits_after_the_
                     if stalled.cancelled_caught:
                         break
             assert i < 4999, "sending never stalled"
-            started = time.monotonic()
             server.proc.send_signal(signal.SIGTERM)
-            # Its replies cannot be delivered; past shutdown_grace_s the daemon gives up on them and exits.
+            # Its replies cannot be delivered; past shutdown_grace_s the daemon gives up on them and
+            # exits (within 30 s: a hang guard, not a measure).
             try:
-                code = await anyio.to_thread.run_sync(server.proc.wait, 10)
+                code = await anyio.to_thread.run_sync(server.proc.wait, 30)
             except subprocess.TimeoutExpired:
                 code = None
-            assert code == 0, ("hostd still running 10 s after SIGTERM (shutdown_grace_s: 2); last log lines:\n"
+            assert code == 0, ("hostd still running 30 s after SIGTERM (shutdown_grace_s: 2); last log lines:\n"
                                + "\n".join(server.output().splitlines()[-3:]))
-            assert time.monotonic() - started < 10
         finally:
             stuck.transport.abort()
 

@@ -22,8 +22,7 @@ from hostd_grpc import inference, oip
 from hostd_grpc._proto import inference as pb
 from hostd_grpc.inference import SERVICE
 from hostd_grpc.plugin import GrpcSettings, build_services
-from hostd_grpc.status import InFlight, grpc_errors
-from hostd_grpc.unary import StrictProtoCodec
+from hostd_grpc.status import grpc_errors
 from sklearn.datasets import load_iris
 
 from hostd.dataplane import DataPlane
@@ -40,6 +39,7 @@ from hostd.errors import (
 )
 from hostd.registry import Registry
 from hostd.settings import HostSettings
+from hostd.tasks import InFlight
 from hostd.tensors import output_arrays, tensor_specs
 
 pytestmark = pytest.mark.anyio
@@ -71,8 +71,8 @@ def dataplane() -> DataPlane:
 
 @pytest.fixture
 async def channel(dataplane: DataPlane) -> AsyncIterator[Channel]:
-    # The codec the transport's Server uses (StrictProtoCodec), as a client would meet it.
-    async with ChannelFor(build_services(dataplane, GrpcSettings(), InFlight()), codec=StrictProtoCodec()) as chan:
+    # grpclib's own codec, as the transport's Server uses it.
+    async with ChannelFor(build_services(dataplane, GrpcSettings(), InFlight())) as chan:
         yield chan
 
 
@@ -321,7 +321,8 @@ async def test_a_model_without_a_typed_service_is_served_over_oip(channel: Chann
     (pb.ModelInferRequest(model_name="echo", inputs=[fp64("x", [1.0]), Tensor(name="fail", datatype="BOOL", shape=[1],
                           contents=pb.InferTensorContents(bool_contents=[True]))]), Status.INTERNAL,
      "MODEL_ERROR: model 'echo' failed: RuntimeError: asked to fail"),
-    (pb.ModelInferRequest(model_name="slow", inputs=[fp64("x", [1.0]), fp64("delay_ms", [500.0])]),
+    # 2 s in the model against a 100 ms timeout_ms: the timeout strikes first however busy the machine.
+    (pb.ModelInferRequest(model_name="slow", inputs=[fp64("x", [1.0]), fp64("delay_ms", [2000.0])]),
      Status.DEADLINE_EXCEEDED, "TIMEOUT: model 'slow' did not answer within 100 ms"),
 ], ids=["unknown-model", "unknown-version", "bytes-for-a-number", "wrong-shape", "out-of-range", "model-raises",
         "timeout_ms"])
@@ -398,7 +399,7 @@ async def test_health_check_follows_readiness(channel: Channel, dataplane: DataP
         assert await health(channel, service) == health_pb2.HealthCheckResponse.SERVING, service
 
     dataplane.start_draining()
-    with anyio.fail_after(3):  # the check result is cached for half a second
+    with anyio.fail_after(10):  # a hang guard; the check result is cached for half a second
         while await health(channel, "") != health_pb2.HealthCheckResponse.NOT_SERVING:
             await anyio.sleep(0.1)
 
@@ -426,24 +427,3 @@ def test_the_status_table_covers_every_error_code() -> None:
     from hostd_grpc.status import STATUS
 
     assert set(STATUS) == set(ErrorCode)
-
-
-async def test_in_flight_waits_for_every_tracked_call() -> None:
-    in_flight = InFlight()
-    with anyio.fail_after(1):
-        await in_flight.wait_idle()  # idle to begin with
-    finished: list[str] = []
-
-    async def tracked(name: str, delay: float) -> None:
-        with in_flight.track():
-            await anyio.sleep(delay)
-            finished.append(name)
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(tracked, "slow", 0.2)
-        tg.start_soon(tracked, "fast", 0.05)
-        await anyio.sleep(0.01)
-        assert in_flight.count == 2
-        with anyio.fail_after(2):
-            await in_flight.wait_idle()
-        assert finished == ["fast", "slow"] and in_flight.count == 0

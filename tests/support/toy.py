@@ -1,8 +1,9 @@
-"""Small models for tests: fast, slow, failing, async, and one written against ml_base."""
+"""Small models for tests: fast, slow, gated, failing, async, and one written against ml_base."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from typing import Any
@@ -87,3 +88,35 @@ class PlusOne(MLModelDecorator):
     def predict(self, data: EchoInput) -> EchoOutput:
         result = self._model.predict(data)
         return EchoOutput(y=result.y + self._configuration.get("amount", 1), text=result.text)
+
+
+class GatedInput(EchoInput):
+    gate: str = ""  # a file path: the call waits until the file exists ("" : no wait)
+
+
+class GatedEcho(EchoModel):
+    """EchoModel whose calls wait until the file named by ``gate`` exists (at most ``open_within_s``).
+
+    A test keeps requests in the model for exactly as long as it needs, in this process or in a hostd
+    it started, and lets them go by creating the file: no delay to outlast, however busy the machine.
+    """
+
+    input_schema = GatedInput
+
+    def __init__(self, name: str = "echo", version: str = "1.0.0", open_within_s: float = 30) -> None:
+        super().__init__(name, version)
+        self.open_within_s = open_within_s
+
+    def predict(self, data: GatedInput) -> EchoOutput:  # type: ignore[override]
+        wait_for_gate(data.gate, self.open_within_s)
+        return super().predict(data)
+
+
+def wait_for_gate(gate: str, open_within_s: float) -> None:
+    if not gate:
+        return
+    deadline = time.monotonic() + open_within_s
+    while not os.path.exists(gate):
+        if time.monotonic() > deadline:  # a test that never opens it must not hold a worker forever
+            raise RuntimeError(f"gate {gate} was not opened within {open_within_s} s")
+        time.sleep(0.005)

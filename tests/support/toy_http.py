@@ -1,9 +1,10 @@
-"""Toy models for the HTTP tests: a tensor-shaped model, a CPU-bound model, and ml_base code."""
+"""Toy models for the HTTP tests: a tensor-shaped model, CPU-bound models, and ml_base code."""
 
 from __future__ import annotations
 
 import time
 from enum import Enum
+from pathlib import Path
 from typing import Annotated
 
 import ml_base
@@ -11,7 +12,7 @@ from ml_base.decorator import MLModelDecorator as MLBaseDecorator
 from pydantic import BaseModel, Field
 
 from hostd import MLModel
-from tests.support.toy import EchoInput, EchoModel, EchoOutput
+from tests.support.toy import EchoInput, EchoModel, EchoOutput, GatedInput
 
 
 class Colour(str, Enum):
@@ -62,6 +63,22 @@ class SpinModel(EchoModel):
         spins = 0
         while time.perf_counter() < deadline:
             spins += 1
+        return EchoOutput(y=data.x * self.factor, text=str(spins > 0))
+
+
+class GatedSpin(SpinModel):
+    """SpinModel that burns CPU until the file ``gate`` exists (looking for it every ~10k spins, so
+    the call is pure-Python work nearly all the time), for at most 30 s."""
+
+    input_schema = GatedInput
+
+    def predict(self, data: GatedInput) -> EchoOutput:  # type: ignore[override]
+        deadline = time.perf_counter() + 30
+        spins = 0
+        while not (spins % 10_000 == 0 and Path(data.gate).exists()):
+            spins += 1
+            if time.perf_counter() > deadline:
+                raise RuntimeError(f"gate {data.gate} was not opened within 30 s")
         return EchoOutput(y=data.x * self.factor, text=str(spins > 0))
 
 
