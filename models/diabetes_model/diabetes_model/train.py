@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import argparse
-import logging
 from pathlib import Path
 
 import numpy as np
 from sklearn.datasets import load_diabetes
 from sklearn.linear_model import BayesianRidge
-from sklearn.model_selection import cross_val_score
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from diabetes_model.model import FEATURES, PARAMETERS_FILE, TRUSTED_TYPES
-from hostd.artifacts import save_skops
+from hostd.artifacts import train_command
 
-logger = logging.getLogger(__name__)
 DEFAULT_OUTPUT = Path(__file__).parent / PARAMETERS_FILE
 
 
@@ -34,14 +30,8 @@ def make_estimator() -> Pipeline:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="where to write model.skops")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    x, y = load_training_data()
-    logger.info("5-fold cross-validated R²: %.3f", cross_val_score(make_estimator(), x, y, cv=5).mean())
-    size = save_skops(make_estimator().fit(x, y), args.output, TRUSTED_TYPES)
-    logger.info("wrote %s (%d bytes)", args.output, size)
+    train_command(argv, description=__doc__ or "", output=DEFAULT_OUTPUT, trusted=TRUSTED_TYPES,
+                  load_training_data=load_training_data, make_estimator=make_estimator, score="R²")
 
 
 if __name__ == "__main__":

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import argparse
-import logging
 from pathlib import Path
 
 import numpy as np
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import cross_val_score
 
-from hostd.artifacts import save_skops
+from hostd.artifacts import train_command
 from iris_model.model import FEATURES, PARAMETERS_FILE, TRUSTED_TYPES
 from iris_model.schemas import Species
 
-logger = logging.getLogger(__name__)
 DEFAULT_OUTPUT = Path(__file__).parent / PARAMETERS_FILE
 
 
@@ -36,14 +32,8 @@ def make_estimator() -> LogisticRegression:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="where to write model.skops")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    x, y = load_training_data()
-    logger.info("5-fold cross-validated accuracy: %.3f", cross_val_score(make_estimator(), x, y, cv=5).mean())
-    size = save_skops(make_estimator().fit(x, y), args.output, TRUSTED_TYPES)
-    logger.info("wrote %s (%d bytes)", args.output, size)
+    train_command(argv, description=__doc__ or "", output=DEFAULT_OUTPUT, trusted=TRUSTED_TYPES,
+                  load_training_data=load_training_data, make_estimator=make_estimator, score="accuracy")
 
 
 if __name__ == "__main__":
