@@ -5,8 +5,10 @@ from __future__ import annotations
 import errno
 import math
 import textwrap
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -43,7 +45,7 @@ class ToyTransport:
     events: list[str] = field(default_factory=list)
     contexts: list[TransportContext[ToySettings]] = field(default_factory=list)
     fail_on_start: bool = False
-    left_at_stop: list[float] = field(default_factory=list)  # seconds to the drain deadline, seen at the stop
+    deadlines_at_stop: list[float] = field(default_factory=list)  # the drain deadline, as seen at the stop
 
     @hookimpl
     def register_transports(self, register: RegisterTransport) -> None:
@@ -56,18 +58,19 @@ class ToyTransport:
         self.events.append("started")
         task_status.started()
         await ctx.stop.wait()
-        self.left_at_stop.append(ctx.stop.deadline - anyio.current_time())
+        self.deadlines_at_stop.append(ctx.stop.deadline)
         self.events.append("stopped")
 
 
-def host_settings(transports: str = "toy: {greeting: hi}", grace_s: float = 5) -> HostSettings:
+def host_settings(transports: str = "toy: {greeting: hi}", grace_s: float = 5, gated: bool = False) -> HostSettings:
     text = textwrap.dedent(f"""\
         shutdown_grace_s: {grace_s}
         models:
           - class_path: tests.support.toy_extra:ClosableEcho
-        transports:
-          {transports}
         """)
+    if gated:  # a second model, whose requests stay in it until the test opens their gate
+        text += "  - {class_path: 'tests.support.toy:GatedEcho', configuration: {name: gated}}\n"
+    text += f"transports:\n  {transports}\n"
     return parse_settings(text, "host.yaml", {"toy": ToySettings})
 
 
@@ -114,29 +117,30 @@ async def test_serve_returns_after_stop_and_closes_the_models() -> None:
     assert model.closed == 1
 
 
-async def test_a_request_in_flight_at_stop_is_answered_and_new_ones_are_refused() -> None:
-    transport, stop = ToyTransport(), anyio.Event()
+async def test_a_request_in_flight_at_stop_is_answered_and_new_ones_are_refused(gates: Callable[[], Path]) -> None:
+    transport, stop, gate = ToyTransport(), anyio.Event(), gates()
     results: list[Prediction] = []
     with anyio.fail_after(10):
         async with anyio.create_task_group() as tg:
-            dataplane: DataPlane = await tg.start(start(host_settings(), transport, stop))
-            [served] = dataplane.models()
+            dataplane: DataPlane = await tg.start(start(host_settings(gated=True), transport, stop))
+            echo, gated = dataplane.model("echo"), dataplane.model("gated")
 
-            async def slow() -> None:
-                results.append(await dataplane.predict("echo", {"x": 1, "delay_ms": 300}))
+            async def held() -> None:
+                results.append(await dataplane.predict("gated", {"x": 1, "gate": str(gate)}))
                 # Models are closed only after accepted requests are answered.
-                assert served.model.closed == 0
+                assert echo.model.closed == 0
 
-            tg.start_soon(slow)
-            with anyio.fail_after(5):
-                while served.pending == 0:
-                    await anyio.sleep(0.001)
+            tg.start_soon(held)
+            while gated.pending == 0:
+                await anyio.sleep(0.001)
             stop.set()
-            await anyio.sleep(0)
+            await anyio.wait_all_tasks_blocked()  # the daemon has seen the stop: it drains
             with pytest.raises(NotReady, match="draining"):
                 await dataplane.predict("echo", {"x": 1})
+            assert results == []
+            gate.touch()
     assert [result.output["y"] for result in results] == [2]
-    assert served.model.closed == 1
+    assert echo.model.closed == 1
 
 
 async def test_a_transport_that_fails_to_start_fails_serve_and_the_models_are_still_closed() -> None:
@@ -160,24 +164,26 @@ async def test_the_drain_deadline_is_set_once_by_the_daemon_before_a_transport_s
             assert ctx.stop.deadline == math.inf  # no deadline while serving
             before = anyio.current_time()
             stop.set()
-    [left] = transport.left_at_stop
-    assert 2.5 < left <= 3  # the grace period, counted once, from the stop
-    assert before + 3 <= ctx.stop.deadline <= anyio.current_time() + 3
+    after = anyio.current_time()
+    [seen] = transport.deadlines_at_stop
+    assert before + 3 <= seen <= after + 3  # the grace period, counted from the stop
+    assert ctx.stop.deadline == seen  # set once: the deadline the transport saw is the one that held
 
 
-async def test_the_daemon_waits_for_work_in_flight_only_until_the_drain_deadline() -> None:
+async def test_the_daemon_waits_for_work_in_flight_only_until_the_drain_deadline(
+        gates: Callable[[], Path]) -> None:
     transport, stop = ToyTransport(), anyio.Event()
+    # The request waits for a gate opened only at teardown: only the grace period can end the drain.
     with anyio.fail_after(10):
         async with anyio.create_task_group() as tg:
-            dataplane: DataPlane = await tg.start(start(host_settings(grace_s=0.2), transport, stop))
-            [served] = dataplane.models()
-            tg.start_soon(partial(dataplane.predict, "echo", {"x": 1, "delay_ms": 3000}))
-            while served.pending == 0:
+            dataplane: DataPlane = await tg.start(start(host_settings(grace_s=0.2, gated=True), transport, stop))
+            echo, gated = dataplane.model("echo"), dataplane.model("gated")
+            tg.start_soon(partial(dataplane.predict, "gated", {"x": 1, "gate": str(gates())}))
+            while gated.pending == 0:
                 await anyio.sleep(0.001)
             stop.set()
-            with anyio.fail_after(2):  # the grace period, not the model's 3 s
-                while served.model.closed == 0:
-                    await anyio.sleep(0.01)
+            while echo.model.closed == 0:
+                await anyio.sleep(0.01)
             tg.cancel_scope.cancel()
 
 

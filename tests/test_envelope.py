@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -263,9 +265,10 @@ async def test_a_model_that_raises_is_a_model_error_reply_and_the_next_request_w
     assert (await roundtrip(plane, {"id": "g", "model": "echo", "data": {"x": 1}}))["prediction"]["y"] == 2.0
 
 
-async def test_a_slow_model_is_a_timeout_reply() -> None:
-    plane = dataplane({"class_path": f"{TOY}:EchoModel", "timeout_ms": 50})
-    error = error_of(await roundtrip(plane, {"id": "t", "model": "echo", "data": {"x": 1, "delay_ms": 400}}))
+async def test_a_slow_model_is_a_timeout_reply(gates: Callable[[], Path]) -> None:
+    plane = dataplane({"class_path": f"{TOY}:GatedEcho", "timeout_ms": 50})
+    # The gate stays shut until teardown: only timeout_ms can end the call.
+    error = error_of(await roundtrip(plane, {"id": "t", "model": "echo", "data": {"x": 1, "gate": str(gates())}}))
     assert error["code"] == "TIMEOUT" and "50 ms" in error["message"]
 
 

@@ -78,22 +78,25 @@ async def test_failures_back_off_doubling_up_to_the_maximum() -> None:
     broker = Broker(["down"] * 5)
     with capture_logs() as logs:
         await run(broker, lambda: len(broker.starts) == 6)
-    gaps = broker.gaps()
-    for gap, delay in zip(gaps, [0.05, 0.1, 0.2, 0.4, 0.4], strict=True):
-        assert delay <= gap < delay + 0.3, gaps
+    # The schedule is the delays reconnect says it waits (retry_in_s); the clock can only show that
+    # it waited at least that long: how much longer depends on how busy the machine is.
     warnings = [line for line in logs if line["event"] == "fake unavailable; retrying"]
     assert [line["retry_in_s"] for line in warnings] == [0.05, 0.1, 0.2, 0.4, 0.4]
+    gaps = broker.gaps()
+    assert all(gap >= delay for gap, delay in zip(gaps, [0.05, 0.1, 0.2, 0.4, 0.4], strict=True)), gaps
     assert warnings[0]["error"] == "ConnectionRefusedError: connection refused"
     assert broker.closed == 6, "every session is closed, the failed ones too"
 
 
 async def test_the_backoff_starts_again_once_a_session_has_connected() -> None:
     # Down four times (the delay grows to 0.4 s), then connected a while and dropped: the broker was
-    # reachable, so the next attempt comes after the first delay, not after the grown one.
+    # reachable, so the next attempt comes after the first delay, not after the grown one (0.8 s).
     broker = Broker(["down", "down", "down", "down", "drop"])
     with capture_logs() as logs:
         await run(broker, lambda: len(broker.starts) == 6, backoff_max_s=5)
-    assert broker.gaps()[-1] < 0.3, broker.gaps()
+    warnings = [line for line in logs if line["event"] == "fake unavailable; retrying"]
+    assert [line["retry_in_s"] for line in warnings] == [0.05, 0.1, 0.2, 0.4, 0.05]
+    assert broker.gaps()[-1] >= 0.05, broker.gaps()
     assert [line["event"] for line in logs].count("fake connected") == 2
 
 
@@ -105,27 +108,20 @@ async def test_a_session_that_ends_without_a_stop_is_retried_after_the_delay_not
 
 async def test_a_stop_during_the_backoff_returns_at_once() -> None:
     broker = Broker(["down"])
-    with anyio.fail_after(5):
+    # The backoff is an hour: returning at all, within the hang guard, means the stop cut it short.
+    with anyio.fail_after(10):
         async with anyio.create_task_group() as tg:
-            tg.start_soon(lambda: reconnect(broker.session, broker.stop, RetrySettings(retry_backoff_s=30),
+            tg.start_soon(lambda: reconnect(broker.session, broker.stop, RetrySettings(retry_backoff_s=3600),
                                             service="fake", log=log))
             while not broker.starts:
                 await anyio.sleep(0.005)
-            stopped = anyio.current_time()
             broker.stop.begin(1)
-    assert anyio.current_time() - stopped < 1
     assert len(broker.starts) == 1
 
 
 async def test_a_close_that_hangs_does_not_hold_up_the_shutdown(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(reconnecting, "CLOSE_TIMEOUT_S", 0.2)
     broker = Broker(["hang-close"])
-    stopped = 0.0
-
-    def stop_once_serving() -> bool:
-        nonlocal stopped
-        stopped = anyio.current_time()
-        return bool(broker.starts)
-
-    await run(broker, stop_once_serving)
-    assert anyio.current_time() - stopped < 2
+    # The close never returns: that run() returns at all, within its hang guard, is the close timeout.
+    await run(broker, lambda: bool(broker.starts))
+    assert broker.closed == 0 and len(broker.starts) == 1

@@ -71,11 +71,12 @@ async def test_past_the_drain_deadline_the_tasks_left_are_cancelled() -> None:
     work, drain = Work(), Shutdown()
     with anyio.fail_after(5):
         async with BoundedTasks(10, drain) as tasks:
-            await tasks.spawn(work.item(1, 0.01))
-            await tasks.spawn(work.item(2))  # never released
+            # 0 s: item 1 ends on the loop's next turns, ahead of the deadline's timer however late they run
+            await tasks.spawn(work.item(1, 0))
+            await tasks.spawn(work.item(2))  # never released: only the deadline (or fail_after) ends it
             drain.begin(0.2)
             started = anyio.current_time()
-    assert 0.15 < anyio.current_time() - started < 1
+    assert anyio.current_time() - started >= 0.15  # not cancelled before the deadline
     assert work.done == [1] and work.running == 0
 
 
@@ -115,20 +116,32 @@ async def test_in_flight_is_idle_at_once_when_nothing_is_tracked() -> None:
 async def test_wait_idle_returns_when_the_last_tracked_work_ends() -> None:
     in_flight = InFlight()
     finished: list[str] = []
+    release = {"first": anyio.Event(), "last": anyio.Event()}
+    idle = anyio.Event()
 
-    async def tracked(name: str, seconds: float) -> None:
+    async def tracked(name: str) -> None:
         with in_flight.track():
-            await anyio.sleep(seconds)
+            await release[name].wait()
             finished.append(name)
 
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(tracked, "slow", 0.2)
-        tg.start_soon(tracked, "fast", 0.05)
-        await anyio.sleep(0.01)
-        assert in_flight.count == 2
-        with anyio.fail_after(2):
-            await in_flight.wait_idle()
-        assert finished == ["fast", "slow"] and in_flight.count == 0
+    async def waiter() -> None:
+        await in_flight.wait_idle()
+        idle.set()
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(tracked, "last")
+            tg.start_soon(tracked, "first")
+            await anyio.wait_all_tasks_blocked()
+            assert in_flight.count == 2
+            tg.start_soon(waiter)
+            release["first"].set()
+            await anyio.wait_all_tasks_blocked()
+            assert not idle.is_set(), "wait_idle returned while work was still tracked"
+            assert finished == ["first"] and in_flight.count == 1
+            release["last"].set()
+            await idle.wait()
+            assert finished == ["first", "last"] and in_flight.count == 0
 
 
 async def test_wait_idle_works_again_after_the_count_rises_from_zero() -> None:
@@ -136,7 +149,7 @@ async def test_wait_idle_works_again_after_the_count_rises_from_zero() -> None:
     for _ in range(3):  # busy, idle, busy again: each wait sees the current work
         in_flight.enter()
         waiters = [asyncio.create_task(in_flight.wait_idle()) for _ in range(2)]
-        await asyncio.sleep(0.01)
+        await anyio.wait_all_tasks_blocked()
         assert not any(waiter.done() for waiter in waiters)
         in_flight.leave()
         with anyio.fail_after(1):

@@ -6,6 +6,7 @@ import re
 import struct
 from collections.abc import AsyncIterator, Callable
 from html.parser import HTMLParser
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -29,8 +30,11 @@ SETTINGS = {
     "models": [
         {"class_path": "tests.support.toy:EchoModel"},  # echo 1.0.0: y = 2x
         {"class_path": "tests.support.toy:EchoModel", "configuration": {"version": "2.0.0", "factor": 3}},
-        {"class_path": "tests.support.toy:EchoModel", "configuration": {"name": "slow"}, "timeout_ms": 100},
-        {"class_path": "tests.support.toy:EchoModel", "configuration": {"name": "busy"}, "max_pending": 1,
+        # slow and busy hold a request until its gate opens (GatedEcho); slow's second worker answers
+        # while the first is still held by a gate opened only at teardown.
+        {"class_path": "tests.support.toy:GatedEcho", "configuration": {"name": "slow"}, "timeout_ms": 100,
+         "workers": {"count": 2}},
+        {"class_path": "tests.support.toy:GatedEcho", "configuration": {"name": "busy"}, "max_pending": 1,
          "timeout_ms": 5000},
         {"class_path": "tests.support.toy:EchoModel", "configuration": {"name": "hidden"},
          "create_endpoint": False},
@@ -83,6 +87,10 @@ def v2_error(response: httpx.Response, status: int) -> str:
 
 def x_input(*values: float, datatype: str = "FP64") -> dict[str, Any]:
     return {"name": "x", "datatype": datatype, "shape": [len(values)], "data": list(values)}
+
+
+def gate_input(gate: Path) -> dict[str, Any]:
+    return {"name": "gate", "datatype": "BYTES", "shape": [1], "data": [str(gate)]}
 
 
 def split_binary(response: httpx.Response) -> tuple[dict[str, Any], dict[str, bytes]]:
@@ -260,8 +268,9 @@ async def test_model_that_raises_is_500_and_others_carry_on(client: httpx.AsyncC
     assert after.status_code == 200 and after.json()["y"] == 3.0
 
 
-async def test_timeout_is_504(client: httpx.AsyncClient) -> None:
-    response = await client.post("/api/models/slow/prediction", json={"x": 1, "delay_ms": 400})
+async def test_timeout_is_504(client: httpx.AsyncClient, gates: Callable[[], Path]) -> None:
+    # The gate stays shut until teardown: only the model's timeout_ms can end the call.
+    response = await client.post("/api/models/slow/prediction", json={"x": 1, "gate": str(gates())})
     message = rest_error(response, 504, "TIMEOUT")
     assert "'slow'" in message and "100 ms" in message
 
@@ -272,19 +281,22 @@ async def wait_pending(dataplane: DataPlane, name: str, count: int) -> None:
             await anyio.sleep(0.005)
 
 
-async def test_over_max_pending_is_503_with_retry_after(client: httpx.AsyncClient, dataplane: DataPlane) -> None:
+async def test_over_max_pending_is_503_with_retry_after(client: httpx.AsyncClient, dataplane: DataPlane,
+                                                       gates: Callable[[], Path]) -> None:
     first: list[httpx.Response] = []
+    gate = gates()
 
-    async def slow_request() -> None:
-        first.append(await client.post("/api/models/busy/prediction", json={"x": 1, "delay_ms": 300}))
+    async def held_request() -> None:
+        first.append(await client.post("/api/models/busy/prediction", json={"x": 1, "gate": str(gate)}))
 
     async with anyio.create_task_group() as tg:
-        tg.start_soon(slow_request)
+        tg.start_soon(held_request)
         await wait_pending(dataplane, "busy", 1)
         response = await client.post("/api/models/busy/prediction", json={"x": 2})
         message = rest_error(response, 503, "OVERLOADED")
         assert "'busy'" in message
         assert int(response.headers["retry-after"]) >= 1
+        gate.touch()
     assert first[0].status_code == 200 and first[0].json()["y"] == 2.0
     again = await client.post("/api/models/busy/prediction", json={"x": 2})
     assert again.status_code == 200
@@ -489,17 +501,17 @@ async def test_v2_body_over_max_body_is_413(client: httpx.AsyncClient) -> None:
     assert str(MAX_BODY) in v2_error(await client.post("/v2/models/echo/infer", json=request), 413)
 
 
-async def test_v2_model_error_and_timeouts(client: httpx.AsyncClient) -> None:
+async def test_v2_model_error_and_timeouts(client: httpx.AsyncClient, gates: Callable[[], Path]) -> None:
     fail = {"inputs": [x_input(1.0), {"name": "fail", "datatype": "BOOL", "shape": [1], "data": [True]}]}
     assert "asked to fail" in v2_error(await client.post("/v2/models/echo/infer", json=fail), 500)
-    slow = {"inputs": [x_input(1.0), {"name": "delay_ms", "datatype": "FP64", "shape": [1], "data": [400]}]}
-    assert "'slow'" in v2_error(await client.post("/v2/models/slow/infer", json=slow), 504)
-    # The client's deadline (parameters.timeout, in microseconds) is shorter than the model's timeout_ms.
-    deadline = {**slow, "parameters": {"timeout": 50_000}}
-    started = anyio.current_time()
-    response = await client.post("/v2/models/echo/infer", json=deadline)
-    assert "50 ms" in v2_error(response, 504)
-    assert anyio.current_time() - started < 0.35
+    # Each call waits for a gate that stays shut until teardown: only a time limit can end it.
+    held = {"inputs": [x_input(1.0), gate_input(gates())]}
+    message = v2_error(await client.post("/v2/models/slow/infer", json=held), 504)
+    assert "'slow'" in message and "100 ms" in message
+    # The client's deadline (parameters.timeout, in microseconds) is shorter than the model's timeout_ms
+    # (100 ms), and the limit the message names is the one that struck.
+    deadline = {"inputs": [x_input(1.0), gate_input(gates())], "parameters": {"timeout": 50_000}}
+    assert "50 ms" in v2_error(await client.post("/v2/models/slow/infer", json=deadline), 504)
 
 
 # -- /metrics, /openapi.json, /docs -----------------------------------------------------------------------
@@ -540,7 +552,8 @@ async def test_openapi_has_a_path_per_model_with_its_input_schema(client: httpx.
     spec = response.json()
     assert spec["openapi"].startswith("3.")
     assert spec["info"]["title"] == "Toy service"
-    for name, fields in [("echo", {"x", "delay_ms", "fail", "text"}), ("slow", {"x", "delay_ms", "fail", "text"}),
+    for name, fields in [("echo", {"x", "delay_ms", "fail", "text"}),
+                         ("slow", {"x", "delay_ms", "fail", "text", "gate"}),
                          ("grid", {"scale", "count", "flag", "label", "colour", "grid"})]:
         post = spec["paths"][f"/api/models/{name}/prediction"]["post"]
         schema = post["requestBody"]["content"]["application/json"]["schema"]
