@@ -2,6 +2,9 @@
 
 Each request yields exactly one message: the envelope reply on ``output_topic`` (same key) or, on
 any error, a dead letter on ``dead_letter_topic`` with the original value and where it came from.
+No output is bigger than ``max_message_bytes``: a dead letter cuts the original short (with
+``value_truncated``, ``value_bytes`` and ``value_sha256``) and a reply too big to send becomes a
+dead letter, so no single message can fail a batch and stall its partition.
 Offsets are committed only after every output before them is acknowledged (acks=all): after a
 crash messages may be processed twice, never lost. A broker that is down (at start or later) is
 retried with backoff while the daemon's other transports keep serving.

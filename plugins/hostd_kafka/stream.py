@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 from collections import defaultdict
 from collections.abc import Callable
 from contextlib import suppress
@@ -15,7 +16,7 @@ from aiokafka.abc import ConsumerRebalanceListener
 
 from hostd import envelope
 from hostd.dataplane import DataPlane, Prediction
-from hostd.errors import HostdError, NotReady
+from hostd.errors import HostdError, NotReady, PayloadTooLarge
 from hostd.transports import Shutdown
 
 if TYPE_CHECKING:
@@ -106,20 +107,51 @@ class Stream:
     def reply(self, record: ConsumerRecord[bytes, bytes], reply: dict[str, Any]) -> Output:
         if "error" in reply:
             return (self.settings.dead_letter_topic, record.key, self._dead_letter_value(record, reply))
-        return (self.settings.output_topic, record.key, envelope.encode(reply))
+        value = envelope.encode(reply)
+        if len(value) > self._room(record.key):  # the producer would refuse it and fail the whole batch
+            too_big = PayloadTooLarge(f"the reply is {len(value)} bytes; the limit is {self._room(record.key)}")
+            return self.dead_letter(record, reply.get("id"), too_big)
+        return (self.settings.output_topic, record.key, value)
 
     def dead_letter(self, record: ConsumerRecord[bytes, bytes], request_id: Any, exc: HostdError) -> Output:
         reply = envelope.error_reply(request_id, exc)
         return (self.settings.dead_letter_topic, record.key, self._dead_letter_value(record, reply))
 
+    def _room(self, key: bytes | None) -> int:
+        # Outputs are held to the input limit (a consumer sized for the inputs reads them); the
+        # producer's max_request_size leaves room for the record's own overhead on top.
+        return self.settings.max_message_bytes - len(key or b"")
+
     def _dead_letter_value(self, record: ConsumerRecord[bytes, bytes], reply: dict[str, Any]) -> bytes:
-        value = record.value or b""
-        try:
-            original: dict[str, str] = {"value": value.decode()}
-        except UnicodeDecodeError:
-            original = {"value_base64": base64.b64encode(value).decode()}
-        return orjson.dumps({**reply, **original, "topic": record.topic, "partition": record.partition,
-                             "offset": record.offset})
+        where = {"topic": record.topic, "partition": record.partition, "offset": record.offset}
+        return bounded_dead_letter({**reply, **where}, record.value or b"", self._room(record.key))
+
+
+def bounded_dead_letter(letter: dict[str, Any], value: bytes, room: int) -> bytes:
+    """The dead letter with the original ``value``, cut short (and saying so) to fit in ``room`` bytes."""
+    encoded = orjson.dumps({**letter, **_original(value, len(value))})
+    if len(encoded) <= room:
+        return encoded
+    facts = {"value_truncated": True, "value_bytes": len(value), "value_sha256": hashlib.sha256(value).hexdigest()}
+    empty = len(orjson.dumps({**letter, **_original(value, 0), **facts}))
+    if empty > room:  # the error itself is too big (a huge id or message): keep its code only
+        error = {**letter["error"], "message": letter["error"]["message"][:1000], "details": []}
+        return orjson.dumps({**letter, "id": None, "error": error, **_original(value, 0), **facts})
+    kept = len(value)
+    while len(encoded) > room:
+        # Keep the share of the value that fits (escaping makes some bytes cost more than others).
+        kept = min(kept - 1, kept * (room - empty) // (len(encoded) - empty))
+        encoded = orjson.dumps({**letter, **_original(value, kept), **facts})
+    return encoded
+
+
+def _original(value: bytes, kept: int) -> dict[str, str]:
+    """The first ``kept`` bytes of ``value``: as text if all of it is UTF-8, else as base64."""
+    try:
+        value.decode()
+    except UnicodeDecodeError:
+        return {"value_base64": base64.b64encode(value[:kept]).decode()}
+    return {"value": value[:kept].decode(errors="ignore")}  # a cut may split the last character
 
 
 class _FinishBatchFirst(ConsumerRebalanceListener):  # type: ignore[misc]
