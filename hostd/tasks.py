@@ -8,13 +8,11 @@ event loop under load, measured with py-spy).
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-import anyio
 import structlog
 
 if TYPE_CHECKING:
@@ -58,12 +56,16 @@ class BoundedTasks:
                         tb: TracebackType | None) -> None:
         try:
             if kind is None and self._tasks:
-                deadline = self._drain.deadline if self._drain is not None else math.inf
-                with anyio.CancelScope(deadline=deadline):
-                    await asyncio.gather(*self._tasks, return_exceptions=True)  # failures: logged in _done
+                # asyncio.wait, not a cancel scope around gather: it returns at the timeout instead of
+                # being cancelled there, so no cancellation escapes into the caller (one did, under load)
+                remaining = self._drain.remaining() if self._drain is not None else None
+                await asyncio.wait(set(self._tasks), timeout=remaining)  # failures: logged in _done
         finally:
-            for task in self._tasks:
+            late = set(self._tasks)
+            for task in late:
                 task.cancel()
+        if late:
+            await asyncio.wait(late)  # left normally: their cleanup runs before we return
 
 
 class InFlight:
