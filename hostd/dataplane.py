@@ -12,8 +12,10 @@ from typing import Any
 import structlog
 
 from hostd import kernel
+from hostd.clients import Client
 from hostd.errors import ErrorCode, HostdError, InvalidInput, ModelError, ModelNotFound, NotReady, Overloaded, Timeout
 from hostd.observability import Metrics
+from hostd.ratelimitedlog import RateLimitedLog
 from hostd.registry import Registry, ServedModel
 from hostd.tasks import InFlight
 
@@ -46,6 +48,7 @@ class DataPlane:
         self.metrics = metrics or Metrics()
         self.state = State.STARTING
         self._in_flight = InFlight()
+        self._failures = RateLimitedLog(log)  # clients cause these: a line per kind per interval, not per request
         self.metrics.models_loaded.set(len(registry))
 
     @property
@@ -70,12 +73,14 @@ class DataPlane:
         return self.registry.get(name, version)
 
     async def predict(self, model: str, data: Any, version: str | None = None, *, transport: str = "inproc",
-                      deadline_s: float | None = None) -> Prediction:
+                      deadline_s: float | None = None, client: Client | None = None) -> Prediction:
         """Predict one input (a dict, or an instance of the model's input schema)."""
-        return await self.predict_many(model, [data], version, transport=transport, deadline_s=deadline_s)
+        return await self.predict_many(model, [data], version, transport=transport, deadline_s=deadline_s,
+                                       client=client)
 
     async def predict_many(self, model: str, rows: Sequence[Any], version: str | None = None, *,
-                           transport: str = "inproc", deadline_s: float | None = None) -> Prediction:
+                           transport: str = "inproc", deadline_s: float | None = None,
+                           client: Client | None = None) -> Prediction:
         """Predict many rows in one call to the model; any invalid row fails the whole request."""
         started = time.perf_counter()
         try:
@@ -88,13 +93,13 @@ class DataPlane:
         timeout = served.settings.timeout_ms / 1000
         if deadline_s is not None:
             timeout = min(timeout, max(deadline_s, 0.0))
-        (outcome,) = await self._call(served, [inputs], transport, timeout, started)
+        (outcome,) = await self._call(served, [inputs], transport, timeout, started, client)
         if isinstance(outcome, HostdError):
             raise outcome
         return Prediction(served.name, served.version, outcome)
 
     async def predict_each(self, model: str, rows: Sequence[Any], version: str | None = None, *,
-                           transport: str = "inproc") -> list[Prediction | HostdError]:
+                           transport: str = "inproc", client: Client | None = None) -> list[Prediction | HostdError]:
         """Predict many independent rows (stream messages): each row gets its own outcome. Valid
         rows go to the model in chunks of ``EACH_CHUNK``, each row with its own ``timeout_ms``
         budget (a chunk may take ``timeout_ms`` x its rows); a row that makes the model fail, fails
@@ -116,7 +121,7 @@ class DataPlane:
                 if isinstance(item, InvalidInput):
                     self._refused(served.name, transport, item, started)
             answers = iter(await self._call(served, valid, transport, served.settings.timeout_ms / 1000 * len(valid),
-                                            time.perf_counter()) if valid else [])
+                                            time.perf_counter(), client) if valid else [])
             for item in chunk:
                 outcome = item if isinstance(item, InvalidInput) else next(answers)
                 outcomes.append(outcome if isinstance(outcome, HostdError)
@@ -124,30 +129,31 @@ class DataPlane:
         return outcomes
 
     async def _call(self, served: ServedModel, units: list[list[Any]], transport: str, timeout: float,
-                    started: float) -> list[list[dict[str, Any]] | HostdError]:
+                    started: float, client: Client | None) -> list[list[dict[str, Any]] | HostdError]:
         """Admit ``units`` of validated rows, run them (through the batcher, if the model has one)
         within ``timeout``, dump each unit's outputs, count and log each outcome."""
         self._in_flight.enter()
         codes: list[str] = ["CANCELLED"] * len(units)
         try:
-            outcomes = await self._execute(served, units, timeout)
+            outcomes = await self._execute(served, units, timeout, client)
             answers = [_dump(served, outcome) for outcome in outcomes]
             codes = ["OK" if not isinstance(answer, HostdError) else answer.code.value for answer in answers]
             for answer in answers:
                 if isinstance(answer, HostdError):
-                    _log_failure(served.name, transport, answer)
+                    self._log_failure(served.name, transport, answer)
             log.debug("predicted", model=served.name, transport=transport, units=len(units),
                       ms=round((time.perf_counter() - started) * 1000, 3))
             return answers
         except HostdError as exc:  # the whole call: overloaded, timed out
             codes = [exc.code.value] * len(units)
-            _log_failure(served.name, transport, exc)
+            self._log_failure(served.name, transport, exc)
             raise
         except asyncio.CancelledError:
             # The transport gave up: its client's deadline passed (gRPC cancels the handler) or it left.
             code = "TIMEOUT" if time.perf_counter() - started >= timeout else "CANCELLED"
             codes = [code] * len(units)
-            log.warning("prediction cancelled", model=served.name, transport=transport, code=code)
+            self._failures.warning((served.name, transport, code), "prediction cancelled", model=served.name,
+                                   transport=transport, code=code)
             raise
         finally:
             self._in_flight.leave()
@@ -155,12 +161,14 @@ class DataPlane:
             for code in codes:
                 self.metrics.answered(served.name, transport, code, elapsed)
 
-    async def _execute(self, served: ServedModel, units: list[list[Any]], timeout: float) -> list[kernel.Outcome]:
-        if served.pending >= served.settings.max_pending:
-            raise Overloaded(f"model '{served.name}' has {served.pending} requests pending "
-                             f"(max_pending: {served.settings.max_pending}); retry later")
+    async def _execute(self, served: ServedModel, units: list[list[Any]], timeout: float,
+                       client: Client | None) -> list[kernel.Outcome]:
+        if (overloaded := _overloaded(served, client)) is not None:
+            raise overloaded
         pending, rows = self.metrics.model(served.name)
         served.pending += 1
+        if client is not None:
+            client.pending[served.name] = client.pending.get(served.name, 0) + 1
         pending.set(served.pending)
         rows.observe(sum(len(unit) for unit in units))
         loop = asyncio.get_running_loop()
@@ -175,6 +183,25 @@ class DataPlane:
         finally:
             served.pending -= 1
             pending.set(served.pending)
+            if client is not None:
+                client.pending[served.name] -= 1
+
+    def refusal(self, model: str, version: str | None = None, *, transport: str,
+                client: Client | None = None) -> HostdError | None:
+        """The error a prediction for ``model`` would be refused with now (not ready, no such model,
+        overloaded), counted and logged as a refusal; None if it would be admitted. No parsing: a
+        transport asks before it reads or decodes a request body, so refusing costs next to nothing."""
+        started = time.perf_counter()
+        try:
+            self._check_ready()
+            served = self._servable(model, version)
+        except HostdError as exc:
+            self._refused(model, transport, exc, started)
+            return exc
+        if (overloaded := _overloaded(served, client)) is not None:
+            self._refused(served.name, transport, overloaded, started)
+            return overloaded
+        return None
 
     def _servable(self, name: str, version: str | None) -> ServedModel:
         served = self.registry.get(name, version)
@@ -188,10 +215,32 @@ class DataPlane:
 
     def _refused(self, model: str, transport: str, exc: HostdError, started: float) -> None:
         """Count and log a request answered before it reached the model."""
-        _log_failure(model, transport, exc)
+        # The name of a model that is not served came from the client: not a label (unbounded).
         label = model if exc.code is not ErrorCode.MODEL_NOT_FOUND and exc.code is not ErrorCode.NOT_READY \
             else "<unknown>"
+        self._log_failure(label, transport, exc)
         self.metrics.answered(label, transport, exc.code.value, time.perf_counter() - started)
+
+    def _log_failure(self, model: str, transport: str, exc: HostdError) -> None:
+        kind = (model, transport, exc.code)
+        self._failures.warning(kind, "prediction failed", model=model, transport=transport, code=exc.code.value,
+                               error=exc.message)
+        if isinstance(exc, ModelError) and exc.__cause__ is not None:
+            self._failures.error((*kind, "raised"), "model raised", model=model, exc_info=exc.__cause__)
+
+
+def _overloaded(served: ServedModel, client: Client | None) -> Overloaded | None:
+    """Why ``client`` may not add a request to the model now: the model's queue is full, or this
+    client already holds its share of it."""
+    if served.pending >= served.settings.max_pending:
+        return Overloaded(f"model '{served.name}' has {served.pending} requests pending "
+                          f"(max_pending: {served.settings.max_pending}); retry later")
+    if client is not None:
+        share = served.settings.max_pending_per_client or served.settings.max_pending
+        if client.pending.get(served.name, 0) >= share:
+            return Overloaded(f"this client already has {share} requests pending for model '{served.name}' "
+                              f"(max_pending_per_client: {share}); wait for their answers before sending more")
+    return None
 
 
 def _dump(served: ServedModel, outcome: kernel.Outcome) -> list[dict[str, Any]] | HostdError:
@@ -201,9 +250,3 @@ def _dump(served: ServedModel, outcome: kernel.Outcome) -> list[dict[str, Any]] 
         return [kernel.dump_output(served.name, served.model.output_schema, output) for output in outcome]
     except ModelError as exc:
         return exc
-
-
-def _log_failure(model: str, transport: str, exc: HostdError) -> None:
-    log.warning("prediction failed", model=model, transport=transport, code=exc.code.value, error=exc.message)
-    if isinstance(exc, ModelError) and exc.__cause__ is not None:
-        log.error("model raised", model=model, exc_info=exc.__cause__)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from hostd.errors import ConfigError
 
@@ -61,10 +61,22 @@ class ModelSettings(ComponentSettings):
     batching: BatchingSettings = Field(default_factory=BatchingSettings)
     timeout_ms: int = Field(default=2000, gt=0)
     max_pending: int = Field(default=1024, ge=1)
+    # The most one client (a connection, a ZeroMQ peer) may have pending, so no one client can fill
+    # max_pending alone. Default: a quarter of max_pending.
+    max_pending_per_client: int | None = Field(default=None, ge=1)
     # rest-model-service: false loads the model (it is listed) but serves no predictions.
     create_endpoint: bool = True
     # rest-model-service (before 0.5) named each model here; if given, it must match the model.
     qualified_name: str | None = None
+
+    @model_validator(mode="after")
+    def _per_client_within_max_pending(self) -> ModelSettings:
+        if self.max_pending_per_client is None:
+            self.max_pending_per_client = max(1, self.max_pending // 4)
+        elif self.max_pending_per_client > self.max_pending:
+            raise ValueError(f"max_pending_per_client ({self.max_pending_per_client}) cannot exceed "
+                             f"max_pending ({self.max_pending})")
+        return self
 
 
 class HostSettings(Strict):

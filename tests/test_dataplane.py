@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
+from structlog.testing import capture_logs
 
+from hostd.clients import Client
 from hostd.dataplane import DataPlane, Prediction
 from hostd.errors import InvalidInput, ModelError, ModelNotFound, NotReady, Overloaded, Timeout
 from hostd.registry import Registry
@@ -232,6 +235,67 @@ async def test_max_pending_exceeded_is_overloaded_while_the_others_complete(gate
     assert results == [2, 2]
     # Once the queue drains, the model takes requests again.
     assert (await plane.predict("echo", {"x": 1})).output["y"] == 2
+
+
+async def test_one_client_holds_at_most_its_share_and_others_still_get_in(gates: Callable[[], Path]) -> None:
+    # The adversarial run's unfair case: one client must not fill max_pending alone.
+    plane = dataplane(echo("GatedEcho", max_pending=8, max_pending_per_client=2, workers={"count": 4}))
+    served = plane.model("echo")
+    greedy, other = Client("greedy"), Client("other")
+    gate = gates()
+    results: list[float] = []
+
+    async def held(client: Client) -> None:
+        results.append((await plane.predict("echo", {"x": 1, "gate": str(gate)}, client=client)).output["y"])
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(held, greedy)
+        tg.start_soon(held, greedy)
+        await wait_until(lambda: served.pending == 2)
+        with pytest.raises(Overloaded, match=r"this client already has 2 requests pending for model 'echo'"):
+            await plane.predict("echo", {"x": 1}, client=greedy)
+        tg.start_soon(held, other)  # the model still has room for everyone else
+        await wait_until(lambda: served.pending == 3)
+        gate.touch()
+    assert results == [2, 2, 2]
+    assert greedy.pending == {"echo": 0} and other.pending == {"echo": 0}
+    assert (await plane.predict("echo", {"x": 1}, client=greedy)).output["y"] == 2  # its share is free again
+
+
+def test_the_share_per_client_defaults_to_a_quarter_of_max_pending_and_cannot_exceed_it() -> None:
+    assert dataplane(echo(max_pending=1024)).model("echo").settings.max_pending_per_client == 256
+    assert dataplane(echo(max_pending=2)).model("echo").settings.max_pending_per_client == 1
+    with pytest.raises(ValueError, match=r"max_pending_per_client \(9\) cannot exceed max_pending \(8\)"):
+        dataplane(echo(max_pending=8, max_pending_per_client=9))
+
+
+async def test_refusal_answers_without_a_body_what_a_prediction_would_be_refused_with(
+        gates: Callable[[], Path]) -> None:
+    plane = dataplane(echo("GatedEcho", max_pending=1))
+    assert plane.refusal("echo", transport="inproc") is None
+    assert isinstance(plane.refusal("nope", transport="inproc"), ModelNotFound)
+    assert isinstance(plane.refusal("echo", "9.9.9", transport="inproc"), ModelNotFound)
+    gate = gates()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(partial(plane.predict, "echo", {"x": 1, "gate": str(gate)}))
+        await wait_until(lambda: plane.model("echo").pending == 1)
+        refused = plane.refusal("echo", transport="inproc")
+        assert isinstance(refused, Overloaded) and "max_pending: 1" in refused.message
+        gate.touch()
+    assert requests(plane, "OVERLOADED") == 1  # counted like any refused request
+    plane.start_draining()
+    assert isinstance(plane.refusal("echo", transport="inproc"), NotReady)
+
+
+async def test_a_flood_of_refusals_is_logged_as_one_line_then_a_count(gates: Callable[[], Path]) -> None:
+    plane = dataplane(echo(max_pending=1))
+    plane.start_draining()
+    with capture_logs() as logs:
+        for _ in range(500):
+            assert isinstance(plane.refusal("echo", transport="inproc"), NotReady)
+    failed = [line for line in logs if line["event"] == "prediction failed"]
+    assert len(failed) == 1 and failed[0]["code"] == "NOT_READY"
+    assert requests(plane, "NOT_READY", "<unknown>") == 500  # the metrics still count every one
 
 
 # --- model failures -------------------------------------------------------------------------------
