@@ -13,7 +13,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from hostd.clients import Client
-from hostd.dataplane import DataPlane, Prediction
+from hostd.dataplane import OFF_LOOP_ROWS, DataPlane, Prediction
 from hostd.errors import InvalidInput, ModelError, ModelNotFound, NotReady, Overloaded, Timeout
 from hostd.registry import Registry
 from hostd.settings import HostSettings
@@ -296,6 +296,28 @@ async def test_a_flood_of_refusals_is_logged_as_one_line_then_a_count(gates: Cal
     failed = [line for line in logs if line["event"] == "prediction failed"]
     assert len(failed) == 1 and failed[0]["code"] == "NOT_READY"
     assert requests(plane, "NOT_READY", "<unknown>") == 500  # the metrics still count every one
+
+
+async def test_a_big_request_validates_off_the_event_loop_so_others_are_answered_meanwhile(
+        gates: Callable[[], Path]) -> None:
+    # The adversarial run: one 65,000-row request (1 MB) held every transport for 254 ms. Here the big
+    # request's validation waits for a gate that only opens once a small request has been answered.
+    plane = dataplane(echo("CheckedEcho"))
+    gate = gates()
+    big = [{"x": 1}] * (OFF_LOOP_ROWS - 1) + [{"x": 1, "check_gate": str(gate)}]
+    answers: list[Prediction] = []
+
+    async def send_big() -> None:
+        answers.append(await plane.predict_many("echo", big))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(send_big)
+        await anyio.sleep(0)  # the big request starts validating
+        small = await plane.predict("echo", {"x": 2})
+        assert small.output["y"] == 4
+        gate.touch()
+    assert answers[0].outputs[-1]["text"] == "open"  # "shut": the loop was blocked until it timed out
+    assert len(answers[0].outputs) == OFF_LOOP_ROWS
 
 
 # --- model failures -------------------------------------------------------------------------------

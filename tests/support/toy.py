@@ -8,7 +8,7 @@ import threading
 import time
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from hostd import MLModel, MLModelDecorator
 
@@ -120,3 +120,29 @@ def wait_for_gate(gate: str, open_within_s: float) -> None:
         if time.monotonic() > deadline:  # a test that never opens it must not hold a worker forever
             raise RuntimeError(f"gate {gate} was not opened within {open_within_s} s")
         time.sleep(0.005)
+
+
+class CheckedInput(EchoInput):
+    # Validating this row waits until the file named here exists (at most 3 s), then the field holds
+    # "open" or "shut": a test can tell whether validation let the event loop run on meanwhile.
+    check_gate: str = ""
+
+    @field_validator("check_gate")
+    @classmethod
+    def _wait_for_gate(cls, gate: str) -> str:
+        if not gate:
+            return ""
+        try:
+            wait_for_gate(gate, 3)
+        except RuntimeError:
+            return "shut"
+        return "open"
+
+
+class CheckedEcho(EchoModel):
+    """EchoModel that answers each row's ``check_gate`` outcome as its text."""
+
+    input_schema = CheckedInput
+
+    def predict(self, data: CheckedInput) -> EchoOutput:  # type: ignore[override]
+        return EchoOutput(y=data.x * self.factor, text=data.check_gate)
