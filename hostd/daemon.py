@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import resource
 import signal
 import time
 from collections.abc import Iterable
@@ -29,6 +30,7 @@ async def serve(settings: HostSettings, pm: pluggy.PluginManager, stop: anyio.Ev
                 ) -> None:
     """Load the models, start every configured transport, serve until ``stop`` (or a signal)."""
     started = time.perf_counter()
+    _raise_file_limit()
     stop = stop or anyio.Event()
     available = plugins.transports(pm)
     selected = [available[name] for name in settings.transports]
@@ -80,6 +82,19 @@ async def _start_transports(tg: anyio.abc.TaskGroup, transports: Iterable[Transp
         except Exception as exc:
             raise StartupError(f"transport '{transport.name}' failed to start: {innermost(exc)}") from exc
         log.info("transport started", transport=transport.name)
+
+
+def _raise_file_limit() -> None:
+    """Raise the soft limit on open files to the hard one: every connection takes a descriptor, and
+    the usual soft default (1,024) is soon used up by clients, leaving none to accept others with."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as exc:  # e.g. macOS, whose hard limit is "unlimited"
+            log.warning("could not raise the open-file limit", soft=soft, hard=hard, error=str(exc))
+    log.info("open-file limit", open_files=soft if soft != resource.RLIM_INFINITY else "unlimited")
 
 
 async def _stop_on_signal(stop: anyio.Event, scope: anyio.CancelScope) -> None:

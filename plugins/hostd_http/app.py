@@ -16,7 +16,7 @@ from starlette.routing import BaseRoute, Mount, Route, Router
 from hostd.dataplane import DataPlane
 from hostd.settings import HostSettings
 from hostd_http import docs, rest, v2
-from hostd_http.responses import ErrorBody, error_handlers
+from hostd_http.responses import ErrorBody, Handler, error_handlers
 
 
 def create_app(dataplane: DataPlane, host: HostSettings, max_body: int = 1 << 20) -> Starlette:
@@ -54,8 +54,22 @@ def compose(api: Sequence[BaseRoute], oip: Sequence[BaseRoute], oip_root: Sequen
             Route("/v2", Router(routes=oip_root, middleware=oip_errors)),
             *other,
         ],
-        exception_handlers=error_handlers(rest.error_body),
+        exception_handlers=_top_level_handlers(),
     )
+
+
+def _top_level_handlers() -> dict[type[Exception], Handler]:
+    """What no route took, answered in the author's API format, or OIP v2's under /v2: a /v2 path the
+    Mount does not match (its ``.*`` stops at a newline in a parameter) still gets v2's error body."""
+    author, oip = error_handlers(rest.error_body), error_handlers(v2.error_body)
+
+    def by_path(kind: type[Exception]) -> Handler:
+        async def handle(request: Request, exc: Exception) -> Response:
+            path = request.url.path
+            return await (oip if path == "/v2" or path.startswith("/v2/") else author)[kind](request, exc)
+        return handle
+
+    return {kind: by_path(kind) for kind in author}
 
 
 def _errors_as(body: ErrorBody) -> list[Middleware]:

@@ -1,21 +1,23 @@
-"""The HTTP transport plugin: Starlette served by Hypercorn on the daemon's event loop."""
+"""The HTTP transport plugin: Starlette served by Hypercorn (or uvicorn) on the daemon's event loop."""
 
 from __future__ import annotations
 
-import logging
-from functools import partial
+import resource
 from typing import Literal
 
-import anyio
+import structlog
 from anyio.abc import TaskStatus
-from hypercorn.asyncio import serve
-from hypercorn.config import Config
 from pydantic import BaseModel, ConfigDict, Field
 
 from hostd.hookspecs import RegisterTransport, hookimpl
 from hostd.transports import Transport, TransportContext
 from hostd_http.app import create_app
+from hostd_http.connections import Connections
+from hostd_http.front import Front
+from hostd_http.hypercorn_server import serve_hypercorn
 from hostd_http.uvicorn_server import serve_uvicorn
+
+log = structlog.get_logger("hostd.http")
 
 
 class HttpSettings(BaseModel):
@@ -26,6 +28,12 @@ class HttpSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     max_request_bytes: int = Field(default=1 << 20, ge=1024)
+    # A request's whole body must arrive within this many seconds of its headers, else 408 and the
+    # connection closes (a stalled upload would hold a connection, and a file descriptor, for ever).
+    body_timeout_s: float = Field(default=10.0, gt=0)
+    # Connections open at once; one more is closed as soon as it is accepted, so those open keep
+    # working and other transports keep their descriptors. At most half the open-file limit.
+    max_connections: int = Field(default=1024, ge=1)
     keep_alive_timeout_s: float = Field(default=5.0, gt=0)
     # Hypercorn closes a connection after this many requests (its default, 1000, costs reconnects).
     keep_alive_max_requests: int = Field(default=1_000_000, ge=1)
@@ -35,33 +43,21 @@ class HttpSettings(BaseModel):
 async def serve_http(ctx: TransportContext[HttpSettings], *, task_status: TaskStatus[None]) -> None:
     settings = ctx.settings
     app = create_app(ctx.dataplane, ctx.daemon, settings.max_request_bytes)
-    if settings.server == "uvicorn":
-        await serve_uvicorn(app, ctx, task_status=task_status)
-        return
-    config = Config()  # explicit fields: Config.from_mapping would silently ignore a misspelt key
-    config.bind = [f"{settings.host}:{settings.port}"]
-    # Bind here, so a taken port fails before Hypercorn starts (it would leak its lifespan task),
-    # then hand Hypercorn the bound socket.
-    with ctx.binding("port", f"{settings.host}:{settings.port}"):
-        config.bind = [f"fd://{sock.detach()}" for sock in config.create_sockets().insecure_sockets]
-    config.keep_alive_timeout = settings.keep_alive_timeout_s
-    config.keep_alive_max_requests = settings.keep_alive_max_requests
-    # Hypercorn's own lines go through stdlib logging, so they come out in hostd's format.
-    config.accesslog = logging.getLogger("hypercorn.access") if settings.access_log else None
-    config.errorlog = logging.getLogger("hypercorn.error")
+    front = Front(app, ctx.dataplane, Connections(connection_limit(settings.max_connections)),
+                  body_timeout_s=settings.body_timeout_s)
+    serve = serve_uvicorn if settings.server == "uvicorn" else serve_hypercorn
+    await serve(front, ctx, task_status=task_status)
 
-    listening = anyio.Event()
 
-    async def serving() -> None:
-        # Hypercorn awaits the shutdown trigger only once its sockets listen.
-        listening.set()
-        await ctx.stop.wait()
-        config.graceful_timeout = ctx.stop.remaining()  # read by Hypercorn as it starts to drain
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(partial(serve, app, config, shutdown_trigger=serving, mode="asgi"))  # type: ignore[arg-type]
-        await listening.wait()
-        task_status.started()
+def connection_limit(max_connections: int) -> int:
+    """``max_connections``, lowered to half the open-file limit if that is lower: the rest is for
+    the other transports, the models' files and the connections over the cap, closed on arrival."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or max_connections <= soft // 2:
+        return max_connections
+    log.warning("max_connections lowered to half the open-file limit", max_connections=max_connections,
+                open_file_limit=soft, limit=soft // 2)
+    return max(1, soft // 2)
 
 
 @hookimpl

@@ -46,8 +46,7 @@ def error_handlers(body: ErrorBody) -> Mapping[type[Exception], Handler]:
 
     async def hostd_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HostdError)
-        headers = {"Retry-After": RETRY_AFTER_S} if isinstance(exc, Overloaded) else None
-        return ORJSONResponse(body(exc.code.value, exc.message, exc.details), STATUS[exc.code], headers)
+        return error_response(body, exc)
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
@@ -63,6 +62,12 @@ def error_handlers(body: ErrorBody) -> Mapping[type[Exception], Handler]:
         return ORJSONResponse(body(HTTPStatus.INTERNAL_SERVER_ERROR.name, message, []), 500)
 
     return {HostdError: hostd_error, HTTPException: http_error, Exception: bug}
+
+
+def error_response(body: ErrorBody, exc: HostdError) -> Response:
+    """``exc`` as JSON in ``body``'s format, with its HTTP status (and Retry-After if overloaded)."""
+    headers = {"Retry-After": RETRY_AFTER_S} if isinstance(exc, Overloaded) else None
+    return ORJSONResponse(body(exc.code.value, exc.message, exc.details), STATUS[exc.code], headers)
 
 
 #: How much of an oversize body is read (and dropped) before the 413 goes out, as a multiple of the

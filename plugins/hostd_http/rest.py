@@ -10,6 +10,7 @@ from starlette.routing import Route
 
 from hostd.dataplane import DataPlane
 from hostd.errors import InvalidInput
+from hostd_http.connections import client_of
 from hostd_http.responses import ORJSONResponse, parse_json, read_body
 
 
@@ -45,7 +46,7 @@ def routes(dataplane: DataPlane, max_body: int) -> list[Route]:
         if not isinstance(data, dict):
             raise InvalidInput("the request body must be a JSON object of the model's input fields")
         result = await dataplane.predict(request.path_params["name"], data, request.query_params.get("version"),
-                                         transport="http")
+                                         transport="http", client=client_of(request))
         return ORJSONResponse(result.output)
 
     return [  # prediction first: the router tries routes in order

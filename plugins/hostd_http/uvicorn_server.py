@@ -1,23 +1,32 @@
-"""The opt-in uvicorn server (``server: uvicorn``): raw HTTP/1.1 speed with httptools and uvloop."""
+"""The opt-in uvicorn server (``server: uvicorn``): raw HTTP/1.1 speed with httptools and uvloop.
+
+It caps and drains like the hypercorn server (hypercorn_server.py): its protocol counts each
+connection in (closing one over ``max_connections`` at once) and reports its client leaving; at the
+stop it accepts no more and leaves open connections be until they close (after a reply with
+``Connection: close``, or at the keep-alive timeout) or the drain deadline, only then telling
+uvicorn to shut down (which closes idle connections at once).
+"""
 
 from __future__ import annotations
 
-import math
+import asyncio
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio.abc import TaskStatus
-from starlette.applications import Starlette
+
+from hostd_http.connections import Connection, Connections, peer_of
+from hostd_http.front import Front
 
 if TYPE_CHECKING:
     from hostd.transports import TransportContext
     from hostd_http.plugin import HttpSettings
 
 
-async def serve_uvicorn(app: Starlette, ctx: TransportContext[HttpSettings], *,
+async def serve_uvicorn(front: Front, ctx: TransportContext[HttpSettings], *,
                         task_status: TaskStatus[None]) -> None:
     try:
         import uvicorn
@@ -30,8 +39,10 @@ async def serve_uvicorn(app: Starlette, ctx: TransportContext[HttpSettings], *,
             yield  # the daemon owns the signals
 
     settings = ctx.settings
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, lifespan="off", log_config=None,
-                            access_log=settings.access_log,
+    config = uvicorn.Config(front, host=settings.host, port=settings.port, lifespan="off", log_config=None,
+                            access_log=settings.access_log, http=_counted(front.connections),
+                            # scope["client"] stays the connection's peer, as the front looks it up
+                            proxy_headers=False,
                             timeout_keep_alive=max(1, int(settings.keep_alive_timeout_s)))
     # Bind here, so a taken port fails before anything else starts (uvicorn's own bind_socket
     # would sys.exit() with no word of which transport failed).
@@ -45,5 +56,36 @@ async def serve_uvicorn(app: Starlette, ctx: TransportContext[HttpSettings], *,
             await anyio.sleep(0.01)
         task_status.started()
         await ctx.stop.wait()
-        config.timeout_graceful_shutdown = max(1, math.ceil(ctx.stop.remaining()))  # read as it drains
-        server.should_exit = True  # stop accepting, finish in-flight requests, then return
+        front.drain()
+        for listener in server.servers:
+            listener.close()  # accept no more
+        with ctx.stop.until_deadline():
+            await front.connections.none_open()
+        config.timeout_graceful_shutdown = 1  # the deadline: a moment to write the last replies
+        server.should_exit = True
+
+
+def _counted(connections: Connections) -> type[asyncio.Protocol]:
+    """uvicorn's HTTP protocol, counting each connection in (or closing it at once, over the cap)
+    and reporting it closed, which is when uvicorn sees its client leave."""
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+    base: Any = AutoHTTPProtocol
+
+    class Counted(base):  # type: ignore[misc]
+        _connection: Connection | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:
+            self._connection = connections.open(peer_of(transport))
+            if self._connection is None:
+                transport.close()
+                return
+            super().connection_made(transport)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._connection is None:
+                return  # refused: uvicorn never saw it
+            super().connection_lost(exc)
+            connections.close(self._connection)
+
+    return Counted

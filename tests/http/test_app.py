@@ -652,6 +652,13 @@ async def test_an_unknown_path_is_404_json(client: httpx.AsyncClient, path: str,
     assert path in http_error(response, 404, "NOT_FOUND", fmt)
 
 
+async def test_a_v2_path_with_a_newline_in_a_parameter_is_404_in_v2s_format(client: httpx.AsyncClient) -> None:
+    # Found by schemathesis: the /v2 Mount's pattern stops at a newline, so this fell through to the top
+    # level and was answered in the author's API format.
+    response = await client.get("/v2/models/echo/versions/a%0Ab")
+    assert "/v2/models/echo/versions/" in http_error(response, 404, "NOT_FOUND", "v2")
+
+
 async def test_head_answers_get_routes_and_options_is_405(client: httpx.AsyncClient) -> None:
     head = await client.head("/api/models")
     assert head.status_code == 200 and head.content == b""

@@ -1,0 +1,166 @@
+"""The raw ASGI front of the HTTP app: what is decided before routing or reading a request body.
+
+- A prediction the data plane would refuse now (overloaded, not ready, no such model) is answered
+  at once, from the path alone: no routing, no body read, no JSON parsed. Under overload most
+  requests are refused, so a refusal must cost next to nothing.
+- The body must arrive within ``body_timeout_s`` of the headers, else 408 and the connection closes:
+  a client that stalls mid-body cannot hold a connection (and a file descriptor) for ever.
+- While the transport drains, every request gets 503 NOT_READY with ``Connection: close`` (so a
+  kept-alive client knows to stop, rather than find its next request dropped), and a body still
+  arriving is cut off at once instead of holding the drain.
+- Each request runs as its connection's (connections.py): admitted with its Client, cancelled if
+  the client leaves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from starlette.datastructures import QueryParams
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from hostd.dataplane import DataPlane
+from hostd.errors import HostdError, NotReady
+from hostd_http import rest, v2
+from hostd_http.connections import CLIENT, Connections
+from hostd_http.responses import ErrorBody, error_response
+
+
+class Front:
+    def __init__(self, app: ASGIApp, dataplane: DataPlane, connections: Connections, *,
+                 body_timeout_s: float) -> None:
+        self.app = app
+        self.dataplane = dataplane
+        self.connections = connections
+        self.body_timeout_s = body_timeout_s
+        self.draining = False
+        self.reading: set[asyncio.Timeout] = set()  # of the requests waiting for more of their body
+
+    def drain(self) -> None:
+        """From now on answer every request 503 NOT_READY, Connection: close; cut off bodies still arriving."""
+        self.draining = True
+        now = asyncio.get_running_loop().time()
+        for timeout in list(self.reading):
+            timeout.reschedule(now)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        connection = self.connections.get(scope.get("client"))
+        client = connection.client if connection is not None else None
+        scope[CLIENT] = client
+        target = _prediction(scope)
+        refusal: HostdError | None = None
+        if target is not None:
+            refusal = self.dataplane.refusal(*target, transport="http", client=client)
+        elif self.draining:
+            refusal = NotReady("hostd is shutting down; not accepting requests")
+        if refusal is not None:
+            await self._refuse(scope, receive, send, refusal)
+            return
+        exchange = _Exchange(self, scope, receive, send)
+        if connection is None:
+            await self.app(scope, exchange.receive, exchange.send)
+        else:
+            await connection.serve(self.app, scope, exchange.receive, exchange.send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, refusal: HostdError) -> None:
+        response = error_response(_error_body(scope["path"]), refusal)
+        if not _http1(scope):
+            # hypercorn (0.18) fails a whole HTTP/2 connection, every stream on it, when DATA comes for a
+            # stream it has answered (a KeyError in H2Protocol._handle_events): take the body first.
+            await _read_body(scope, receive, 0 if self.draining else self.body_timeout_s)
+        elif self.draining or not await _read_body(scope, receive, 0):
+            response.headers["connection"] = "close"
+        await response(scope, receive, send)
+
+
+class _Exchange:
+    """One request's receive and send as the app sees them: the body must arrive by a deadline (cut
+    short when the transport drains); the reply says Connection: close if the connection closes after it."""
+
+    __slots__ = ("_body_done", "_close", "_deadline", "_front", "_http1", "_receive", "_send")
+
+    def __init__(self, front: Front, scope: Scope, receive: Receive, send: Send) -> None:
+        self._front = front
+        self._receive = receive
+        self._send = send
+        self._http1 = _http1(scope)
+        self._deadline: float | None = None
+        self._body_done = False
+        self._close = False
+
+    async def receive(self) -> Message:
+        if self._body_done:
+            return await self._receive()
+        front = self._front
+        now = asyncio.get_running_loop().time()
+        if self._deadline is None:
+            self._deadline = now + front.body_timeout_s
+        try:
+            async with asyncio.timeout_at(now if front.draining else self._deadline) as timeout:
+                front.reading.add(timeout)
+                try:
+                    message = await self._receive()
+                finally:
+                    front.reading.discard(timeout)
+        except TimeoutError:
+            self._close = True
+            if front.draining:
+                raise NotReady("hostd is shutting down; the rest of the request body was not read") from None
+            raise HTTPException(408, f"the request body did not arrive within {front.body_timeout_s:g} s") from None
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            self._body_done = True
+        return message
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start" and self._http1 and (self._close or self._front.draining):
+            message = {**message, "headers": [*message.get("headers", ()), (b"connection", b"close")]}
+        await self._send(message)
+
+
+def _prediction(scope: Scope) -> tuple[str, str | None] | None:
+    """(model, version) if the request is a prediction: POST /api/models/{name}/prediction[?version=],
+    /v2/models/{name}/infer or /v2/models/{name}/versions/{version}/infer (the routes' own patterns)."""
+    if scope["method"] != "POST":
+        return None
+    parts = scope["path"].split("/")
+    if len(parts) == 5 and parts[2] == "models" and parts[3]:
+        if parts[1] == "api" and parts[4] == "prediction":
+            query = scope.get("query_string")
+            return parts[3], QueryParams(query).get("version") if query else None
+        if parts[1] == "v2" and parts[4] == "infer":
+            return parts[3], None
+    elif len(parts) == 7 and parts[1:3] == ["v2", "models"] and parts[4] == "versions" and parts[6] == "infer" \
+            and parts[3] and parts[5]:
+        return parts[3], parts[5]
+    return None
+
+
+def _error_body(path: str) -> ErrorBody:
+    """The error format of the route at ``path`` (as app.compose mounts them)."""
+    return v2.error_body if path == "/v2" or path.startswith("/v2/") else rest.error_body
+
+
+def _http1(scope: Scope) -> bool:
+    return scope.get("http_version") in ("1.1", "1.0")  # HTTP/2 forbids a Connection header
+
+
+async def _read_body(scope: Scope, receive: Receive, wait_s: float) -> bool:
+    """Read (and drop) the request body, waiting at most ``wait_s`` for it: True if all of it came.
+    With ``wait_s`` 0, only what has arrived is read: then False means more is to come, and the
+    connection must close after the reply (refusing costs no wait for a slow or stalled client)."""
+    if wait_s == 0 and any(name == b"expect" for name, _ in scope["headers"]):
+        return False  # 100-continue: reading would invite the body the client holds back
+    try:
+        async with asyncio.timeout(wait_s):  # a message already here is returned before this expires
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return False
+                if not message.get("more_body", False):
+                    return True
+    except TimeoutError:
+        return False
