@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from hostd.clients import Client
 from hostd.dataplane import DataPlane, Prediction
 from hostd.errors import HostdError, InvalidInput, PayloadTooLarge
 
@@ -38,25 +39,28 @@ def parse(raw: bytes | str, limit: int | None = None) -> dict[str, Any]:
     return request
 
 
-async def answer(dataplane: DataPlane, request: dict[str, Any], transport: str) -> dict[str, Any]:
-    """The reply to one parsed request; every error becomes an error reply."""
+async def answer(dataplane: DataPlane, request: dict[str, Any], transport: str,
+                 client: Client | None = None) -> dict[str, Any]:
+    """The reply to one parsed request (from ``client``, if the transport knows it: see
+    ``DataPlane.predict``); every error becomes an error reply."""
     try:
         call = prediction(request)
         if call is None:
             return {"id": request["id"], **_describe(dataplane, request)}
-        result = await dataplane.predict(call.model, call.data, call.version, transport=transport)
+        result = await dataplane.predict(call.model, call.data, call.version, transport=transport, client=client)
     except HostdError as exc:
         return error_reply(request.get("id"), exc)
     return prediction_reply(call.id, result)
 
 
-async def handle(dataplane: DataPlane, raw: bytes | str, transport: str, limit: int | None = None) -> bytes:
+async def handle(dataplane: DataPlane, raw: bytes | str, transport: str, limit: int | None = None,
+                 client: Client | None = None) -> bytes:
     """Parse, answer and encode: the whole envelope round trip for one message."""
     try:
         request = parse(raw, limit)
     except HostdError as exc:
         return encode(error_reply(None, exc))
-    return encode(await answer(dataplane, request, transport))
+    return encode(await answer(dataplane, request, transport, client))
 
 
 def _is_utf8(raw: bytes) -> bool:

@@ -2,11 +2,14 @@
 
 Replies carry the request's ``id`` and may arrive out of order. A connection reads a new frame only
 while it has fewer than ``max_in_flight`` requests unanswered, and a reply waits while the client's
-socket buffer is full, so a client that stops reading cannot make the daemon buffer without bound.
+socket buffer is full, so a client that stops reading cannot make the daemon buffer without bound; one
+that has not read for ``send_timeout_s`` while a reply waits is dropped. Each connection is one
+``Client`` to admission; when it closes, its requests still unanswered are cancelled.
 """
 
 from __future__ import annotations
 
+import asyncio
 from contextlib import nullcontext
 
 import anyio
@@ -15,8 +18,10 @@ from anyio.abc import TaskStatus
 from pydantic import BaseModel, ConfigDict, Field
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
 
 from hostd import envelope
+from hostd.clients import Client
 from hostd.dataplane import DataPlane
 from hostd.hookspecs import RegisterTransport, hookimpl
 from hostd.tasks import BoundedTasks
@@ -35,6 +40,13 @@ class WebSocketSettings(BaseModel):
     ping_interval_s: float | None = Field(default=20.0, gt=0)
     ping_timeout_s: float | None = Field(default=20.0, gt=0)
     idle_timeout_s: float | None = Field(default=None, gt=0)  # close after this long without a frame
+    # A reply that cannot be written for this long (the client stopped reading) drops the connection;
+    # also how long a closing handshake may take, so such a client cannot hold up the shutdown.
+    send_timeout_s: float = Field(default=5.0, gt=0)
+
+
+class _Left(Exception):
+    """The client closed the connection: its unanswered requests are cancelled."""
 
 
 class Connections:
@@ -54,18 +66,24 @@ class Connections:
 
     async def serve(self, ws: ServerConnection) -> None:
         reason = "server shutting down"
-        async with BoundedTasks(self.settings.max_in_flight, self.drain) as replies:
-            with anyio.CancelScope() as reader:
-                self.readers.add(reader)
-                if self.stopping:
-                    reader.cancel()
-                try:
-                    reason = await self._read(ws, replies)
-                finally:
-                    self.readers.discard(reader)
+        client = Client(":".join(map(str, ws.remote_address or ())))
+        try:
+            async with BoundedTasks(self.settings.max_in_flight, self.drain) as replies:
+                with anyio.CancelScope() as reader:
+                    self.readers.add(reader)
+                    if self.stopping:
+                        reader.cancel()
+                    try:
+                        reason = await self._read(ws, replies, client)
+                    finally:
+                        self.readers.discard(reader)
+                if reason == "closed":
+                    raise _Left  # cancels the replies no one can receive, before they reach the model
+        except _Left:
+            return
         await ws.close(1001 if self.stopping else 1000, reason)
 
-    async def _read(self, ws: ServerConnection, replies: BoundedTasks) -> str:
+    async def _read(self, ws: ServerConnection, replies: BoundedTasks, client: Client) -> str:
         idle = self.settings.idle_timeout_s
         while True:
             try:
@@ -75,14 +93,31 @@ class Connections:
                 return "idle timeout"
             except ConnectionClosed:
                 return "closed"
-            await replies.spawn(self._reply(ws, frame))
+            if ws.state is not State.OPEN:  # it said goodbye (a close frame): no reply can reach it
+                return "closed"
+            await replies.spawn(self._reply(ws, frame, client))
 
-    async def _reply(self, ws: ServerConnection, frame: str | bytes) -> None:
+    async def _reply(self, ws: ServerConnection, frame: str | bytes, client: Client) -> None:
         try:
-            reply = await envelope.handle(self.dataplane, frame, "ws")
-            await ws.send(reply, text=True)
+            reply = await envelope.handle(self.dataplane, frame, "ws", client=client)
+            if ws.state is not State.OPEN:  # closing: a send would wait for the close to finish
+                return
+            if ws.transport.get_write_buffer_size() + len(reply) <= ws.transport.get_write_buffer_limits()[1]:
+                await ws.send(reply, text=True)  # fits below the high-water mark: no wait (the common case)
+            else:
+                await self._send_or_drop(ws, reply, client)
         except ConnectionClosed:
-            log.debug("client left before its reply", remote=str(ws.remote_address))
+            log.debug("client left before its reply", client=client.label)
+
+    async def _send_or_drop(self, ws: ServerConnection, reply: bytes, client: Client) -> None:
+        """Send a reply that may wait for the client to read; drop the connection if it does not."""
+        try:
+            async with asyncio.timeout(self.settings.send_timeout_s):
+                await ws.send(reply, text=True)
+        except TimeoutError:
+            log.info("client stopped reading its replies; dropping the connection", client=client.label,
+                     send_timeout_s=self.settings.send_timeout_s)
+            ws.transport.abort()
 
 
 async def serve_ws(ctx: TransportContext[WebSocketSettings], *, task_status: TaskStatus[None]) -> None:
@@ -90,7 +125,8 @@ async def serve_ws(ctx: TransportContext[WebSocketSettings], *, task_status: Tas
     connections = Connections(ctx.dataplane, settings, ctx.stop)
     with ctx.binding("port", f"{settings.host}:{settings.port}"):
         server = await serve(connections.serve, settings.host, settings.port, max_size=settings.max_message_bytes,
-                             ping_interval=settings.ping_interval_s, ping_timeout=settings.ping_timeout_s)
+                             ping_interval=settings.ping_interval_s, ping_timeout=settings.ping_timeout_s,
+                             close_timeout=settings.send_timeout_s)
     async with server:
         task_status.started()
         await ctx.stop.wait()

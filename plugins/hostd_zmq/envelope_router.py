@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 from hostd import envelope
+from hostd.clients import Client
 from hostd.dataplane import DataPlane
 from hostd.errors import InvalidInput
 from hostd_zmq.router import Respond, Send
 
 
 def responder(dataplane: DataPlane, max_message_bytes: int) -> Respond:
-    async def respond(frames: list[bytes], send: Send) -> list[bytes]:
+    async def respond(frames: list[bytes], send: Send, client: Client) -> list[bytes]:
         # [identity, b"", payload] from REQ (and DEALERs that mimic it), [identity, payload] from DEALER.
         delimited = len(frames) >= 3 and frames[1] == b""
         route, payload = (frames[:2], frames[2:]) if delimited else (frames[:1], frames[1:])
         if len(payload) != 1:
             error = InvalidInput(f"expected one message frame after the routing envelope, got {len(payload)}")
             return [*route, envelope.encode(envelope.error_reply(None, error))]
-        return [*route, await envelope.handle(dataplane, payload[0], "zmq", max_message_bytes)]
+        return [*route, await envelope.handle(dataplane, payload[0], "zmq", max_message_bytes, client)]
 
     return respond

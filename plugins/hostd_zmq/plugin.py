@@ -26,9 +26,10 @@ class ZmqSettings(BaseModel):
 
 async def serve_zmq(ctx: TransportContext[ZmqSettings], *, task_status: TaskStatus[None]) -> None:
     settings = ctx.settings
-    endpoints = [("bind", settings.bind, envelope_router.responder(ctx.dataplane, settings.max_message_bytes))]
+    limit = settings.max_message_bytes
+    endpoints = [("bind", settings.bind, envelope_router.responder(ctx.dataplane, limit))]
     if settings.zerorpc_bind:
-        endpoints.append(("zerorpc_bind", settings.zerorpc_bind, zerorpc.responder(ctx.dataplane)))
+        endpoints.append(("zerorpc_bind", settings.zerorpc_bind, zerorpc.responder(ctx.dataplane, limit)))
     async with anyio.create_task_group() as tg:
         for key, bind, respond in endpoints:
             await tg.start(_serve_one, ctx, key, bind, respond)

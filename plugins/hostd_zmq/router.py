@@ -1,7 +1,14 @@
-"""A ROUTER socket served on the event loop: read, answer concurrently (bounded), drain on stop."""
+"""A ROUTER socket served on the event loop: read, answer concurrently (bounded), drain on stop.
+
+Each peer (routing identity) is one ``Client`` to admission, so one DEALER holds at most its share
+of a model. A peer that has gone is learned when a reply to it cannot be routed (ROUTER_MANDATORY's
+EHOSTUNREACH; libzmq's ROUTER_NOTIFY is a draft API, not in pyzmq's wheels); its outstanding
+requests are then cancelled, so what it left queued never reaches the model.
+"""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 
@@ -10,15 +17,18 @@ import structlog
 import zmq
 import zmq.asyncio
 
+from hostd.clients import Client
 from hostd.tasks import BoundedTasks
 from hostd.transports import Shutdown
 
 log = structlog.get_logger("hostd.zmq")
 
-Send = Callable[[list[bytes]], Awaitable[object]]
-#: Takes the received frames (routing identity first) and a way to send extra frames (heartbeats);
-#: returns the frames to send back, or None.
-Respond = Callable[[list[bytes], Send], Awaitable[list[bytes] | None]]
+Send = Callable[[list[bytes]], Awaitable[None]]
+#: Takes the received frames (routing identity first), a way to send extra frames (heartbeats) and
+#: the peer as admission sees it; returns the frames to send back, or None.
+Respond = Callable[[list[bytes], Send, Client], Awaitable[list[bytes] | None]]
+#: Departed peers remembered, so the requests they left unread in the socket are dropped unanswered.
+REMEMBERED_DEPARTURES = 4096
 
 
 @contextmanager
@@ -26,9 +36,11 @@ def router_socket(*, high_water_mark: int, max_message_bytes: int) -> Iterator[z
     """A ROUTER socket (not yet bound), closed without lingering on exit."""
     context = zmq.asyncio.Context()
     sock = context.socket(zmq.ROUTER)
-    # Replies to a peer that has gone are dropped (ROUTER_MANDATORY off), so nothing accumulates;
-    # the high-water marks bound what a slow peer can make us queue.
     sock.setsockopt(zmq.LINGER, 0)
+    # Replies are sent without waiting (see Peers.send): to a peer that has gone they fail at once
+    # (EHOSTUNREACH, which is how we learn it left), to a peer whose queue is full they are dropped;
+    # the high-water marks bound what a slow peer can make us queue.
+    sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
     sock.setsockopt(zmq.SNDHWM, high_water_mark)
     sock.setsockopt(zmq.RCVHWM, high_water_mark)
     # Messages a little over the limit get a PAYLOAD_TOO_LARGE reply; far over it, ZeroMQ drops the
@@ -41,23 +53,104 @@ def router_socket(*, high_water_mark: int, max_message_bytes: int) -> Iterator[z
         context.destroy(linger=0)  # term() would block the loop
 
 
+class Peer:
+    __slots__ = ("client", "gone", "outstanding", "tasks")
+
+    def __init__(self, identity: bytes) -> None:
+        self.client = Client(f"zmq:{identity.hex()}")
+        self.outstanding = 0  # requests read and not yet answered (some may not have started)
+        self.tasks: set[asyncio.Task[object]] = set()  # those of them running
+        self.gone = False
+
+
+class Peers:
+    """The peers with requests outstanding, by routing identity; a peer leaves the table when its
+    last request is answered, so the table is as big as the work in flight."""
+
+    def __init__(self, sock: zmq.asyncio.Socket, bind: str) -> None:
+        self.sock = sock
+        self.bind = bind
+        self.active: dict[bytes, Peer] = {}
+        # ZeroMQ-made identities (a zero byte first) are never reused, so their requests read after
+        # they left can be dropped; a peer that chose its identity may reconnect under it.
+        self.departed: dict[bytes, None] = {}
+
+    def admit(self, identity: bytes) -> Peer | None:
+        """The peer a request read from ``identity`` belongs to; None if that peer is known to be gone."""
+        peer = self.active.get(identity)
+        if peer is None:
+            if identity in self.departed:
+                return None
+            peer = self.active[identity] = Peer(identity)
+        peer.outstanding += 1
+        return peer
+
+    def done(self, identity: bytes, peer: Peer) -> None:
+        peer.outstanding -= 1
+        if not peer.outstanding and self.active.get(identity) is peer:
+            del self.active[identity]
+
+    async def send(self, frames: list[bytes]) -> None:
+        try:
+            await self.sock.send_multipart(frames, flags=zmq.DONTWAIT)
+        except zmq.Again:  # its queue is full (high_water_mark): it is not reading
+            log.debug("zmq reply dropped: the peer's queue is full", bind=self.bind)
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EHOSTUNREACH:
+                raise
+            self.departed_peer(frames[0])
+
+    def departed_peer(self, identity: bytes) -> None:
+        """Cancel what ``identity`` has outstanding: there is no one to answer."""
+        peer = self.active.pop(identity, None)
+        if identity[:1] == b"\x00":
+            self.departed[identity] = None
+            if len(self.departed) > REMEMBERED_DEPARTURES:
+                del self.departed[next(iter(self.departed))]
+        if peer is None:
+            return
+        peer.gone = True
+        current = asyncio.current_task()
+        for task in peer.tasks:
+            if task is not current:
+                task.cancel()
+        log.debug("zmq peer left; its requests are cancelled", bind=self.bind, client=peer.client.label,
+                  cancelled=len(peer.tasks))
+
+
 async def serve_router(sock: zmq.asyncio.Socket, respond: Respond, stop: Shutdown, *, max_in_flight: int,
                        bind: str) -> None:
     """Answer what ``sock`` receives until ``stop``, then what was accepted by the drain deadline."""
+    peers = Peers(sock, bind)
 
-    async def answer(frames: list[bytes]) -> None:
+    async def answer(frames: list[bytes], peer: Peer) -> None:
+        if peer.gone:  # left before this request started
+            peers.done(frames[0], peer)
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        peer.tasks.add(task)
         try:
-            reply = await respond(frames, sock.send_multipart)
+            reply = await respond(frames, peers.send, peer.client)
             if reply is not None:
-                await sock.send_multipart(reply)
+                await peers.send(reply)
         except Exception:
             log.exception("zmq reply failed", bind=bind)
+        finally:
+            peer.tasks.discard(task)
+            peers.done(frames[0], peer)
 
     async with BoundedTasks(max_in_flight, stop) as replies, anyio.create_task_group() as tg:
         with anyio.CancelScope() as reading:
             tg.start_soon(_cancel_on, stop, reading)
             while True:
-                await replies.spawn(answer(await sock.recv_multipart()))
+                frames = await sock.recv_multipart()
+                if (peer := peers.admit(frames[0])) is not None:
+                    try:
+                        await replies.spawn(answer(frames, peer))
+                    except BaseException:  # stopped while waiting for a slot: it never starts
+                        peers.done(frames[0], peer)
+                        raise
 
 
 async def _cancel_on(stop: Shutdown, scope: anyio.CancelScope) -> None:

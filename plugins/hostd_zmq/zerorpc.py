@@ -15,36 +15,63 @@ from typing import Any
 import anyio
 import msgpack
 
+from hostd.clients import Client
 from hostd.dataplane import DataPlane
-from hostd.errors import HostdError, InvalidInput
+from hostd.errors import HostdError, InvalidInput, PayloadTooLarge
 from hostd_zmq.router import Respond, Send
 
 HEARTBEAT_S = 5.0
 IGNORED_EVENTS = {"_zpc_hb", "_zpc_more"}  # channel housekeeping from the client
 
 
-def responder(dataplane: DataPlane) -> Respond:
-    async def respond(frames: list[bytes], send: Send) -> list[bytes] | None:
+def responder(dataplane: DataPlane, max_message_bytes: int | None = None) -> Respond:
+    async def respond(frames: list[bytes], send: Send, client: Client) -> list[bytes] | None:
         route, blob = frames[:-1], frames[-1]
-        try:
-            header, name, args = msgpack.unpackb(blob, raw=False)
-            message_id = header["message_id"]
-        except Exception:
-            return None  # not a zerorpc event: nothing to answer it with
-        if name in IGNORED_EVENTS:
-            return None
         if not route or route[-1] != b"":
             route = [*route, b""]
+        try:
+            message_id, name, args = _unpack(blob, max_message_bytes)
+        except Malformed as exc:  # answered, though a client that sent no message_id cannot match it
+            return [*route, _event(exc.message_id, "ERR", [exc.error.code.value, exc.error.message, ""])]
+        if name in IGNORED_EVENTS:
+            return None
         async with anyio.create_task_group() as tg:
             tg.start_soon(_heartbeat, send, route, message_id)
-            status, result = await _call(dataplane, name, args)
+            status, result = await _call(dataplane, name, args, client)
             tg.cancel_scope.cancel()
         return [*route, _event(message_id, status, result)]
 
     return respond
 
 
-async def _call(dataplane: DataPlane, name: str, args: Any) -> tuple[str, list[Any]]:
+class Malformed(Exception):
+    """Not a zerorpc event: the error to answer it with, and its message_id if it had one."""
+
+    def __init__(self, error: HostdError, message_id: Any = None) -> None:
+        super().__init__(error.message)
+        self.error, self.message_id = error, message_id
+
+
+def _unpack(blob: bytes, limit: int | None) -> tuple[Any, str, Any]:
+    """An event's message_id, name and arguments."""
+    if limit is not None and len(blob) > limit:
+        raise Malformed(PayloadTooLarge(f"event is {len(blob)} bytes; the limit is {limit}"))
+    try:
+        event = msgpack.unpackb(blob, raw=False)
+    except Exception:
+        raise Malformed(InvalidInput("not a zerorpc event: the frame is not msgpack")) from None
+    if not isinstance(event, list) or len(event) != 3 or not isinstance(event[0], dict):
+        raise Malformed(InvalidInput("not a zerorpc event: expected [header, name, args], the header a map"))
+    header, name, args = event
+    if "message_id" not in header:
+        raise Malformed(InvalidInput("the event's header has no message_id"))
+    if not isinstance(name, str):
+        raise Malformed(InvalidInput(f"the event's name must be a string (a model's name), not "
+                                     f"{type(name).__name__}"), header["message_id"])
+    return header["message_id"], name, args
+
+
+async def _call(dataplane: DataPlane, name: str, args: Any, client: Client | None) -> tuple[str, list[Any]]:
     if name == "_zerorpc_list":
         return "OK", [sorted({served.name for served in dataplane.models()})]
     if name == "_zerorpc_ping":
@@ -52,7 +79,7 @@ async def _call(dataplane: DataPlane, name: str, args: Any) -> tuple[str, list[A
     try:
         if not isinstance(args, list) or len(args) != 1:
             raise InvalidInput(f"call {name}(data) with one argument, the model's input")
-        result = await dataplane.predict(name, args[0], transport="zerorpc")
+        result = await dataplane.predict(name, args[0], transport="zerorpc", client=client)
     except HostdError as exc:  # zerorpc.RemoteError's name is the error code, as in every transport
         return "ERR", [exc.code.value, exc.message, ""]
     return "OK", [result.output]

@@ -409,13 +409,12 @@ async def test_a_client_leaving_mid_request_does_not_disturb_the_others(start_ho
         # The others are served while the leaver's requests are still in the model.
         for i in range(20):
             assert (await ask(other, {"id": i, "model": "echo", "data": {"x": i}}))["prediction"]["y"] == 2 * i
-        assert served.pending() == 10
-        gate.touch()  # now they finish, with no one to answer
-        await wait_until(lambda: served.pending() == 0, "the leaver's requests never finished")
+        assert served.pending() == 0, "the leaver's requests were not cancelled when it left"
+        gate.touch()  # frees the model's workers they held
         assert (await ask(other, {"id": "after", "model": "echo", "data": {"x": 1}}))["prediction"]["y"] == 2
     async with served.connect() as fresh:
         assert (await ask(fresh, {"model": "echo", "data": {"x": 3}}))["prediction"]["y"] == 6
-    assert predicted(served) == 32, "the leaver's requests ran to completion too"
+    assert predicted(served) == 22, "the leaver's requests were cancelled, not answered"
     assert served.server.proc.poll() is None
     assert problems_logged(served.server.output()) == []
 

@@ -8,6 +8,7 @@ import msgpack
 import pytest
 from hostd_zmq import zerorpc
 
+from hostd.clients import Client
 from hostd.dataplane import DataPlane
 from hostd.registry import Registry
 from hostd.settings import HostSettings
@@ -33,7 +34,7 @@ async def call(dataplane: DataPlane, name: str, args: Any) -> tuple[str, list[An
         raise AssertionError("no heartbeat expected from a quick call")
 
     event = msgpack.packb([{"message_id": b"m-1", "v": 3}, name, args], use_bin_type=True)
-    reply = await zerorpc.responder(dataplane)([b"peer", b"", event], send)
+    reply = await zerorpc.responder(dataplane)([b"peer", b"", event], send, Client("peer"))
     assert reply is not None and reply[:2] == [b"peer", b""]
     header, status, result = msgpack.unpackb(reply[-1], raw=False)
     assert header["response_to"] == b"m-1"
@@ -61,3 +62,21 @@ async def test_every_error_is_named_by_its_code_as_the_readme_says(dataplane: Da
 async def test_an_unknown_model_is_model_not_found(dataplane: DataPlane) -> None:
     status, (name, message, _) = await call(dataplane, "lily_model", [{"x": 1}])
     assert (status, name) == ("ERR", "MODEL_NOT_FOUND") and "lily_model" in message
+
+
+async def test_a_malformed_event_is_answered_with_err_naming_what_is_wrong(dataplane: DataPlane) -> None:
+    async def send(frames: list[bytes]) -> None:
+        raise AssertionError("no heartbeat expected")
+
+    respond = zerorpc.responder(dataplane, max_message_bytes=1024)
+    for blob, response_to, code, words in [
+        (msgpack.packb([{"message_id": b"m-2"}, ["echo"], [{"x": 1}]]), b"m-2", "INVALID_INPUT", "must be a string"),
+        (msgpack.packb([{"v": 3}, "echo", [{"x": 1}]]), None, "INVALID_INPUT", "no message_id"),
+        (b"\xc1", None, "INVALID_INPUT", "not msgpack"),
+        (msgpack.packb([{"message_id": b"m-3"}, "echo", ["x" * 2000]]), None, "PAYLOAD_TOO_LARGE", "limit is 1024"),
+    ]:
+        reply = await respond([b"peer", blob], send, Client("peer"))
+        assert reply is not None and reply[:2] == [b"peer", b""]
+        header, status, (name, message, _) = msgpack.unpackb(reply[-1], raw=False)
+        assert (header["response_to"], status, name) == (response_to, "ERR", code)
+        assert words in message
