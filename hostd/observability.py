@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import logging.config
 import sys
+import threading
+from types import TracebackType
 from typing import Any
 
 import structlog
@@ -16,14 +18,15 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 def configure_logging(level: str = "info", fmt: str = "auto", stdlib: dict[str, Any] | None = None) -> None:
     """Console lines on a terminal, JSON lines otherwise (``fmt``: auto | console | json). Libraries
     that log through the standard library (aiokafka, redis, hypercorn, grpclib...) come out in the
-    same format, with their logger's name, through structlog's ``ProcessorFormatter``."""
+    same format, with their logger's name, through structlog's ``ProcessorFormatter``; so do the
+    warnings and tracebacks Python would print raw (see ``_route_last_resort_output``)."""
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     renderer: Any = structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer()
     stamped: list[Any] = [structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso", utc=True)]
     if stdlib:
         logging.config.dictConfig(stdlib)  # a rest-model-service `logging:` section: the user's own format
     else:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _Handler(sys.stderr)
         handler.setFormatter(structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=[*stamped, structlog.stdlib.add_logger_name],
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
@@ -39,6 +42,46 @@ def configure_logging(level: str = "info", fmt: str = "auto", stdlib: dict[str, 
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )
+    _route_last_resort_output()
+
+
+def _route_last_resort_output() -> None:
+    """Send what Python itself prints raw to stderr through the log, one line each in its format:
+    warnings (a model's library warns), an exception nothing caught (in the main thread or another),
+    and one raised where nothing can catch it (``__del__``, a finalizer: "Exception ignored in")."""
+    logging.captureWarnings(True)  # on the "py.warnings" logger
+    sys.excepthook = _uncaught
+    threading.excepthook = _uncaught_in_thread
+    sys.unraisablehook = _unraisable
+
+
+def _last_resort() -> Any:
+    return structlog.get_logger("hostd.python")  # looked up each time: these are rare, and configure_logging reruns
+
+
+def _uncaught(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+    _last_resort().critical("uncaught exception", exc_info=(kind, exc, tb))
+
+
+def _uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit:
+        return  # a thread that exits this way is not an error (threading's own hook says nothing either)
+    thread = args.thread.name if args.thread is not None else None
+    _last_resort().error("uncaught exception in a thread", thread=thread,
+                         exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+
+
+def _unraisable(args: Any) -> None:  # sys.UnraisableHookArgs
+    _last_resort().error(args.err_msg or "Exception ignored", object=repr(args.object),
+                         exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+
+
+class _Handler(logging.StreamHandler):
+    def handleError(self, record: logging.LogRecord) -> None:
+        # A record that cannot be formatted (a library's message with the wrong arguments): logging
+        # would print "--- Logging error ---" and a traceback, raw. Say so in one line instead.
+        _last_resort().error("a log record could not be formatted", logger=record.name, msg=repr(record.msg),
+                             args=repr(record.args), exc_info=sys.exc_info())
 
 
 class Metrics:

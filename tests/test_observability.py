@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
+import threading
 
 import pytest
 import structlog
@@ -15,8 +17,11 @@ from hostd.observability import configure_logging
 def restore_logging() -> object:
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
+    hooks = sys.excepthook, threading.excepthook, sys.unraisablehook
     yield
     root.handlers, root.level = handlers, level
+    sys.excepthook, threading.excepthook, sys.unraisablehook = hooks
+    logging.captureWarnings(False)
     structlog.reset_defaults()
 
 
@@ -47,3 +52,23 @@ def test_a_library_exception_keeps_its_traceback_in_the_line(capsys: pytest.Capt
     (line,) = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
     assert line["event"] == "Unexpected error"
     assert "Traceback" in line["exception"] and "ValueError: broker went away" in line["exception"]
+
+
+def test_a_record_that_cannot_be_formatted_is_one_json_line(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("info", "json")
+    logging.getLogger("arq.worker").warning("%s took %s", "only one argument")  # logging printed it raw
+    (line,) = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert (line["event"], line["logger"], line["msg"]) == ("a log record could not be formatted", "arq.worker",
+                                                           "'%s took %s'")
+    assert "TypeError: not enough arguments" in line["exception"]
+
+
+def test_an_exception_nothing_caught_is_one_json_line(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("info", "json")
+    try:
+        raise ValueError("escaped")
+    except ValueError:
+        sys.excepthook(*sys.exc_info())  # what Python calls before it exits
+    (line,) = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert (line["event"], line["level"]) == ("uncaught exception", "critical")
+    assert "ValueError: escaped" in line["exception"]

@@ -3,8 +3,10 @@
 Each request yields exactly one message: the envelope reply on ``output_topic`` (same key) or, on
 any error, a dead letter on ``dead_letter_topic`` with the original value and where it came from.
 No output is bigger than ``max_message_bytes``: a dead letter cuts the original short (with
-``value_truncated``, ``value_bytes`` and ``value_sha256``) and a reply too big to send becomes a
-dead letter, so no single message can fail a batch and stall its partition.
+``value_truncated``, ``value_bytes`` and ``value_sha256``), a reply too big to send becomes a
+dead letter, and a record key over ``max_key_bytes`` is not predicted: its dead letter's key is the
+key's SHA-256 (with ``key_truncated``, ``key_bytes`` and ``key_sha256``). So no single message can
+fail a batch and stall its partition.
 Offsets are committed only after every output before them is acknowledged (acks=all): after a
 crash messages may be processed twice, never lost. A broker that is down (at start or later) is
 retried with backoff while the daemon's other transports keep serving.
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 import structlog
 from anyio.abc import TaskStatus
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, model_validator
 
 from hostd.hookspecs import RegisterTransport, hookimpl
 from hostd.reconnect import RetrySettings, reconnect
@@ -34,6 +36,15 @@ class KafkaSettings(RetrySettings):
     client_id: str = "hostd"
     max_batch: int = Field(default=500, ge=1)  # messages handed to the data plane per poll
     max_message_bytes: int = Field(default=1 << 20, ge=1024)
+    # A longer record key is not copied into the output: its SHA-256 (hex) is the output's key.
+    max_key_bytes: int = Field(default=4096, ge=64)
+
+    @model_validator(mode="after")
+    def _keys_leave_room(self) -> KafkaSettings:
+        if self.max_key_bytes > self.max_message_bytes // 2:
+            raise ValueError(f"max_key_bytes ({self.max_key_bytes}) must be at most half of max_message_bytes "
+                             f"({self.max_message_bytes}), to leave room for the value")
+        return self
 
 
 async def serve_kafka(ctx: TransportContext[KafkaSettings], *, task_status: TaskStatus[None]) -> None:

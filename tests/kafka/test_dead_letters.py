@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from dataclasses import replace
 
 import orjson
 import pytest
+from hostd_kafka.plugin import KafkaSettings
 from hostd_kafka.stream import Stream, bounded_dead_letter
+from pydantic import ValidationError
 
 from tests.kafka import test_stream
 from tests.kafka.test_stream import SETTINGS, record
@@ -61,3 +64,20 @@ async def test_a_reply_too_big_to_send_is_a_dead_letter_saying_so(stream: Stream
     letter = orjson.loads(answered[0][2])
     assert (letter["id"], letter["error"]["code"], "value_truncated" in letter) == ("loud", "PAYLOAD_TOO_LARGE", False)
     assert "reply is" in letter["error"]["message"]
+
+
+async def test_a_key_too_long_to_copy_is_a_dead_letter_keyed_by_its_hash(stream: Stream) -> None:
+    key = b"k" * (SETTINGS.max_key_bytes + 1)
+    long_key = replace(record(0, {"id": "a", "model": "echo", "data": {"x": 1}}), key=key)
+    at_limit = replace(record(1, {"id": "b", "model": "echo", "data": {"x": 1}}), key=key[:-1])
+    [(topic, out_key, encoded), reply] = await stream.answer([long_key, at_limit])
+    letter, digest = orjson.loads(encoded), hashlib.sha256(key).hexdigest()
+    assert (topic, out_key, letter["error"]["code"]) == (SETTINGS.dead_letter_topic, digest.encode(),
+                                                          "PAYLOAD_TOO_LARGE")
+    assert (letter["key_truncated"], letter["key_bytes"], letter["key_sha256"]) == (True, len(key), digest)
+    assert reply[:2] == (SETTINGS.output_topic, key[:-1]), "a key within max_key_bytes is kept"
+
+
+def test_max_key_bytes_leaves_room_for_the_value() -> None:
+    with pytest.raises(ValidationError, match=r"max_key_bytes .* at most half of max_message_bytes"):
+        KafkaSettings(max_message_bytes=4096, max_key_bytes=4096)
