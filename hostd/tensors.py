@@ -73,6 +73,15 @@ def _spec(name: str, prop: dict[str, Any], defs: dict[str, Any]) -> TensorSpec:
 # -- input tensors -> rows -------------------------------------------------------------------------
 
 
+def unique_names(names: Iterable[str]) -> None:
+    """Refuse input tensors that share a name: a later one would silently replace an earlier one."""
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise InvalidInput(f"input tensor '{name}' is given twice")
+        seen.add(name)
+
+
 def check_datatype(name: str, datatype: Any) -> str:
     if datatype not in DATATYPES:
         raise InvalidInput(f"input '{name}': unsupported datatype {datatype!r}")
@@ -112,7 +121,8 @@ def array_from_values(values: Sequence[Any], datatype: str, name: str) -> np.nda
 
 
 def shaped(array: np.ndarray, shape: Sequence[int], name: str, datatype: str) -> np.ndarray:
-    if not all(isinstance(d, int) and d >= 0 for d in shape):
+    # bool is an int subclass: JSON true is no size.
+    if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
         raise InvalidInput(f"input '{name}': the shape must be non-negative integers, got {list(shape)}")
     try:
         return array.reshape(tuple(shape))
@@ -140,20 +150,47 @@ def rows_from_arrays(arrays: dict[str, np.ndarray], specs: list[TensorSpec]) -> 
     return [{name: column[i] for name, column in columns.items()} for i in range(rows)]
 
 
+def _kind(datatype: str) -> str:
+    """What a datatype's values are: numeric datatypes convert into each other, BOOL and BYTES into none."""
+    return "number" if datatype in NUMERIC else datatype
+
+
+def _sent_as(array: np.ndarray) -> str:
+    if array.dtype == object:
+        return "BYTES"
+    return next((name for name, kind in NUMPY_TYPES.items() if array.dtype == np.dtype(kind)), str(array.dtype))
+
+
+def _not_numbers(sent: str, expected: str) -> str:
+    """Why BOOL and a numeric datatype do not mix (JSON true is no number, nor 1 a boolean); '' for others."""
+    if (_kind(sent), _kind(expected)) == ("BOOL", "number"):
+        return " (booleans are not numbers)"
+    return " (numbers are not booleans)" if (_kind(sent), _kind(expected)) == ("number", "BOOL") else ""
+
+
 def _column(array: np.ndarray, spec: TensorSpec) -> list[Any]:
     """One value per row; a scalar field may come as [N] or [N, 1]."""
     if array.ndim == 0:
         array = array.reshape(1)
-    is_bytes = array.dtype == object
-    if is_bytes != (spec.datatype == "BYTES"):
-        kind = "BYTES" if is_bytes else "a numeric/BOOL type"
-        raise InvalidInput(f"input '{spec.name}' was sent as {kind}; the model expects {spec.datatype}")
+    sent = _sent_as(array)
+    if _kind(sent) != _kind(spec.datatype):
+        raise InvalidInput(f"input '{spec.name}' was sent as {sent}; the model expects {spec.datatype}"
+                           + _not_numbers(sent, spec.datatype))
     if not spec.shape and array.ndim == 2 and array.shape[1] == 1:
         array = array.reshape(-1)
+    _check_row_shape(array, spec)
     values = array.tolist()
-    if is_bytes:
+    if sent == "BYTES":
         values = [_from_bytes_value(value, spec) for value in values]
     return values
+
+
+def _check_row_shape(array: np.ndarray, spec: TensorSpec) -> None:
+    row = array.shape[1:]
+    if len(row) != len(spec.shape) or any(want not in (-1, got) for got, want in zip(row, spec.shape, strict=True)):
+        expected = ", ".join(["rows", *("n" if d == -1 else str(d) for d in spec.shape)])
+        raise InvalidInput(f"input '{spec.name}' has shape {list(array.shape)}; the model expects "
+                           f"[{expected}]" + (" (or [rows, 1])" if not spec.shape else ""))
 
 
 def _from_bytes_value(value: Any, spec: TensorSpec) -> Any:
@@ -169,10 +206,15 @@ def _from_bytes_value(value: Any, spec: TensorSpec) -> Any:
 
 
 def _columns_to_rows(name: str, array: np.ndarray, specs: list[TensorSpec]) -> list[dict[str, Any]]:
-    scalar_numbers = all(not spec.shape and spec.datatype in NUMERIC for spec in specs)
-    if not scalar_numbers or array.dtype == object:
-        raise InvalidInput(f"unknown input tensor '{name}'; the model's inputs are "
-                           f"{', '.join(spec.name for spec in specs)}")
+    """Rows from one ``[rows, fields]`` tensor, for a model whose fields are all scalar numbers."""
+    inputs = ", ".join(spec.name for spec in specs)
+    if not all(not spec.shape and spec.datatype in NUMERIC for spec in specs):
+        raise InvalidInput(f"unknown input tensor '{name}'; the model's inputs are {inputs}")
+    sent = _sent_as(array)
+    if _kind(sent) != "number":
+        raise InvalidInput(f"input '{name}' was sent as {sent}; a single input tensor must be numeric"
+                           f"{_not_numbers(sent, 'FP64')}, [rows, {len(specs)}] with columns {inputs} (or send "
+                           "one tensor per input, named as the inputs)")
     if array.ndim == 1:
         array = array.reshape(1, -1)
     if array.ndim != 2 or array.shape[1] != len(specs):

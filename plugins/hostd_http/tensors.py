@@ -15,6 +15,7 @@ from hostd.tensors import (
     rows_from_arrays,
     shaped,
     tensor_specs,
+    unique_names,
 )
 
 __all__ = ["TensorSpec", "decode_inputs", "encode_outputs", "parameters", "tensor_specs"]
@@ -25,11 +26,12 @@ def decode_inputs(request: dict[str, Any], binary: memoryview, specs: list[Tenso
     inputs = request.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise InvalidInput("request has no 'inputs' (a list of tensors)")
+    if not all(isinstance(tensor, dict) and isinstance(tensor.get("name"), str) for tensor in inputs):
+        raise InvalidInput("every input tensor needs a 'name', a 'datatype', a 'shape' and 'data'")
+    unique_names(tensor["name"] for tensor in inputs)
     arrays: dict[str, Any] = {}
     offset = 0
     for tensor in inputs:
-        if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str):
-            raise InvalidInput("every input tensor needs a 'name', a 'datatype', a 'shape' and 'data'")
         name = tensor["name"]
         datatype = check_datatype(name, tensor.get("datatype"))
         shape = tensor.get("shape")

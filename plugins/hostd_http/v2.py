@@ -14,6 +14,7 @@ from hostd.dataplane import DataPlane
 from hostd.errors import InvalidInput
 from hostd.registry import ServedModel
 from hostd.tensors import TensorSpec, check_outputs, tensor_specs
+from hostd_http.connections import client_of
 from hostd_http.responses import ORJSONResponse, parse_json, read_body
 from hostd_http.tensors import decode_inputs, encode_outputs, parameters
 
@@ -65,11 +66,13 @@ def routes(dataplane: DataPlane, max_body: int) -> list[Route]:
         inference = parse_json(request_json)
         if not isinstance(inference, dict):
             raise InvalidInput("the request body must be a JSON object with 'inputs'")
+        if not isinstance(inference.get("id", ""), str):  # echoed in the reply, whose schema says string
+            raise InvalidInput("'id' must be a string")
         output_specs = tensor_specs(served.model.output_schema)
         requested = _requested_outputs(inference, output_specs)
         rows = decode_inputs(inference, binary, tensor_specs(served.model.input_schema))
         result = await dataplane.predict_many(served.name, rows, served.version, transport="http",
-                                              deadline_s=_deadline_s(inference))
+                                              deadline_s=_deadline_s(inference), client=client_of(request))
         binary_default = bool(parameters(inference, "the request").get("binary_data_output", False))
         tensors, chunks = encode_outputs(result.outputs, output_specs, requested, binary_default)
         reply: dict[str, Any] = {"model_name": result.model, "model_version": result.version, "outputs": tensors}

@@ -13,6 +13,7 @@ from hostd_http.tensors import TensorSpec, decode_inputs, encode_outputs, tensor
 from pydantic import BaseModel, Field
 from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
 
+from hostd import tensors
 from hostd.errors import InvalidInput
 from tests.support.toy import EchoInput, EchoOutput
 from tests.support.toy_http import GridInput, GridOutput
@@ -324,6 +325,88 @@ def test_requests_without_usable_inputs(request_body: dict[str, Any]) -> None:
 def test_malformed_tensors_name_the_input(tensor: dict[str, Any], names: tuple[str, ...]) -> None:
     message = rejected({"inputs": [tensor]}, ECHO)
     assert all(name in message for name in names)
+
+
+# -- decode_inputs: what the adversarial run of issue 13 sent ------------------------------------------
+
+
+def tensor(name: str, datatype: str, shape: list[int], data: list[Any]) -> dict[str, Any]:
+    return {"name": name, "datatype": datatype, "shape": shape, "data": data}
+
+
+def test_an_input_tensor_given_twice_is_refused() -> None:
+    # The second one silently replaced the first.
+    request = {"inputs": [tensor("x", "FP64", [1], [1.0]), tensor("x", "FP64", [1], [2.0])]}
+    assert rejected(request, ECHO) == "input tensor 'x' is given twice"
+
+
+def test_unique_names_is_the_check_every_transport_shares() -> None:
+    tensors.unique_names(["a", "b", "c"])
+    with pytest.raises(InvalidInput, match="input tensor 'b' is given twice"):
+        tensors.unique_names(iter(["a", "b", "c", "b"]))
+
+
+def test_a_bool_single_tensor_for_numeric_inputs_says_booleans() -> None:
+    # It was taken as the numbers 1 and 0 and refused for being out of range.
+    request = {"inputs": [tensor("input", "BOOL", [1, 3], [True, False, True])]}
+    message = rejected(request, POINT)
+    assert message.startswith("input 'input' was sent as BOOL; a single input tensor must be numeric (booleans "
+                              "are not numbers), [rows, 3] with columns a, b, c")
+
+
+def test_a_bool_tensor_for_a_numeric_field_says_booleans() -> None:
+    message = rejected({"inputs": [tensor("x", "BOOL", [1], [True])]}, ECHO)
+    assert message == "input 'x' was sent as BOOL; the model expects FP64 (booleans are not numbers)"
+
+
+def test_a_numeric_tensor_for_a_boolean_field_says_booleans() -> None:
+    message = rejected({"inputs": [tensor("fail", "INT64", [1], [1])]}, ECHO)
+    assert message == "input 'fail' was sent as INT64; the model expects BOOL (numbers are not booleans)"
+
+
+def test_a_bool_tensor_in_binary_for_a_numeric_field_says_booleans() -> None:
+    request, binary = binary_request(("x", "BOOL", [2], np.array([True, False]).tobytes()))
+    assert "booleans" in rejected(request, ECHO, binary)
+
+
+def test_a_bytes_single_tensor_for_numeric_inputs_says_it_must_be_numeric() -> None:
+    # It was reported as an "unknown input tensor", although any name goes for the one [rows, fields] tensor.
+    request = {"inputs": [tensor("input", "BYTES", [1, 3], ["1", "2", "3"])]}
+    message = rejected(request, POINT)
+    assert "unknown" not in message
+    assert message == ("input 'input' was sent as BYTES; a single input tensor must be numeric, [rows, 3] with "
+                       "columns a, b, c (or send one tensor per input, named as the inputs)")
+
+
+def test_a_known_tensor_whose_shape_the_field_does_not_take() -> None:
+    # A scalar field sent as [1, 4]: the model would have got a list where it takes a number.
+    message = rejected({"inputs": [tensor("x", "FP64", [1, 4], [1.0, 2.0, 3.0, 4.0])]}, ECHO)
+    assert message == "input 'x' has shape [1, 4]; the model expects [rows] (or [rows, 1])"
+    message = rejected({"inputs": [tensor("text", "BYTES", [1, 4], ["a", "b", "c", "d"])]}, ECHO)
+    assert message == "input 'text' has shape [1, 4]; the model expects [rows] (or [rows, 1])"
+
+
+def test_a_fixed_shape_field_names_its_shape() -> None:
+    message = rejected({"inputs": [tensor("grid", "FP64", [1, 3, 2], [1.0] * 6)]}, GRID)
+    assert message == "input 'grid' has shape [1, 3, 2]; the model expects [rows, 2, 3]"
+
+
+def test_a_free_dimension_takes_any_size() -> None:
+    class Ragged(BaseModel):
+        values: list[float]
+
+    request = {"inputs": [tensor("values", "FP32", [2, 3], [1, 2, 3, 4, 5, 6])]}
+    assert decode_inputs(request, NO_BINARY, tensor_specs(Ragged)) == [{"values": [1.0, 2.0, 3.0]},
+                                                                        {"values": [4.0, 5.0, 6.0]}]
+    message = rejected({"inputs": [tensor("values", "FP32", [2], [1, 2])]}, tensor_specs(Ragged))
+    assert message == "input 'values' has shape [2]; the model expects [rows, n]"
+
+
+@pytest.mark.parametrize("shape", [[True, 4], [1, False]])
+def test_shaped_takes_no_booleans_as_sizes(shape: list[Any]) -> None:
+    # gRPC's decode_inputs calls shaped() without the HTTP transport's own check.
+    with pytest.raises(InvalidInput, match="'x': the shape must be non-negative integers"):
+        tensors.shaped(np.zeros(4), shape, "x", "FP64")
 
 
 # -- encode_outputs -------------------------------------------------------------------------------------

@@ -117,6 +117,9 @@ def test_every_patient_fits_the_input_schema(dataset: tuple[list[DiabetesModelIn
         {"age": 120.0},
         {"sex": 0.0},
         {"sex": 1.5},
+        {"sex": True},  # pydantic alone takes it as 1.0, a valid code
+        {"s4": True},
+        {"age": "old"},
         {"bmi": 60.0},
         {"bp": 20.0},
         {"s5": float("nan")},
@@ -127,6 +130,14 @@ def test_every_patient_fits_the_input_schema(dataset: tuple[list[DiabetesModelIn
 def test_input_schema_rejects(change: dict[str, Any]) -> None:
     with pytest.raises(ValidationError):
         DiabetesModelInput(**(VALID | change))
+
+
+def test_json_schema_says_sex_is_1_or_2() -> None:
+    # A client (or a fuzzer) reading the schema could only learn "a number from 1 to 2", so 1.5.
+    sex = DiabetesModelInput.model_json_schema()["properties"]["sex"]
+    assert sex["enum"] == [1, 2] and sex["type"] == "number"
+    assert DiabetesModelInput(**(VALID | {"sex": 1})).sex == 1.0
+    assert DiabetesModelInput(**(VALID | {"sex": "2"})).sex == 2.0  # a CSV cell
 
 
 def test_input_schema_requires_every_field() -> None:

@@ -87,12 +87,22 @@ def test_predict_batch_of_nothing(model: DigitsModel) -> None:
         [[-1] + [0] * 7, *BLANK[1:]],
         [[3.5] + [0] * 7, *BLANK[1:]],
         [0] * 64,
+        [[False] + [0] * 7, *BLANK[1:]],
+        [[True] + [0] * 7, *BLANK[1:]],
+        [["3"] + [0] * 7, *BLANK[1:]],
     ],
-    ids=["7 rows", "9 rows", "row of 7", "row of 9", "pixel 17", "pixel -1", "fractional pixel", "flat"],
+    ids=["7 rows", "9 rows", "row of 7", "row of 9", "pixel 17", "pixel -1", "fractional pixel", "flat",
+         "pixel false", "pixel true", "pixel text"],
 )
 def test_input_schema_rejects(image: object) -> None:
     with pytest.raises(ValidationError):
         DigitsModelInput(image=image)  # type: ignore[arg-type]
+
+
+def test_a_whole_number_as_a_float_is_a_pixel() -> None:
+    # JSON Schema's integer includes 3.0, and an FP32 tensor of pixels holds nothing else.
+    image = DigitsModelInput.model_validate_json(f'{{"image": {[[3.0] * 8] * 8}}}').image
+    assert image == [[3] * 8] * 8 and isinstance(image[0][0], int)
 
 
 def test_json_schema_states_the_shape() -> None:

@@ -85,12 +85,19 @@ def test_predict_batch_of_nothing(model: IrisModel) -> None:
         {"petal_width": -0.1},
         {"petal_width": float("nan")},
         {"petal_width": "wide"},
+        {"petal_width": True},  # pydantic alone takes it as 1.0
+        {"sepal_length": False},
         {"colour": "blue"},
     ],
 )
 def test_input_schema_rejects(change: dict[str, Any]) -> None:
     with pytest.raises(ValidationError):
         IrisModelInput(**(VALID | change))
+
+
+def test_input_schema_takes_numbers_as_text_for_csv_files() -> None:
+    # `hostd batch` reads a CSV file's cells as text.
+    assert IrisModelInput.model_validate({name: str(value) for name, value in VALID.items()}) == IrisModelInput(**VALID)
 
 
 def test_input_schema_requires_every_field() -> None:

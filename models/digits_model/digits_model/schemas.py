@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+
+def _a_number(value: Any) -> Any:
+    # pydantic alone would take false as 0 and "3" as 3, which the schema (an integer) does not allow.
+    # Not StrictInt: that refuses 3.0, which JSON Schema's integer includes (and an FP32 tensor holds).
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be a whole number")
+    return value
+
 
 #: One pixel: 0 (white) to 16 (black), as in scikit-learn's digits dataset.
-Pixel = Annotated[int, Field(ge=0, le=16)]
+Pixel = Annotated[int, Field(ge=0, le=16), BeforeValidator(_a_number)]
 Row = Annotated[list[Pixel], Field(min_length=8, max_length=8)]
 Image = Annotated[list[Row], Field(min_length=8, max_length=8)]
 
