@@ -25,6 +25,7 @@ GIL_MODEL = {"class_path": "benchmarks.toys:GilBoundModel", "batching": {"max_ba
 BODY = b'{"n": 30000}'
 SLEEPY_BODY = b'{"ms": 2}'
 OVERLOAD = 4  # clients offered per request a model admits at once
+FLOOD = 16  # the adversarial run's case: max_pending 8, 128 connections
 
 
 def overload(seconds: int, workdir: Path) -> dict[str, Any]:
@@ -54,6 +55,7 @@ def _overload(model: dict[str, Any], name: str, body: bytes, seconds: int, workd
         sampler.start()
         overloaded = _load(url, body, OVERLOAD * admitted, seconds, workdir)
         sampler.join()
+        flooded = _load(url, body, FLOOD * admitted, seconds, workdir)
         alive = proc.poll() is None
     return {"max_pending": admitted, "seconds": seconds, "daemon_alive": alive,
             "capacity_rps": capacity["goodput_rps"], "overloaded_goodput_rps": overloaded["goodput_rps"],
@@ -64,6 +66,11 @@ def _overload(model: dict[str, Any], name: str, body: bytes, seconds: int, workd
                                     "overloaded_p50": overloaded["probe"]["p50_ms"],
                                     "overloaded_p99": overloaded["probe"]["p99_ms"]},
             "overloaded_p99_vs_capacity": _ratio(overloaded["probe"]["p99_ms"], capacity["probe"]["p99_ms"]),
+            "flooded_16x": {"goodput_rps": flooded["goodput_rps"],
+                            "goodput_vs_capacity": round(flooded["goodput_rps"] / max(capacity["goodput_rps"], 1), 2),
+                            "admitted_p99_ms": flooded["probe"]["p99_ms"],
+                            "p99_vs_capacity": _ratio(flooded["probe"]["p99_ms"], capacity["probe"]["p99_ms"]),
+                            "statuses": flooded["statuses"]},
             "all_responses_overloaded_ms": {"p50": overloaded["wrk"].p50_ms, "p99": overloaded["wrk"].p99_ms},
             "statuses": {"capacity": capacity["statuses"], "overloaded": overloaded["statuses"]},
             "rss_mb": {"before": rss_before, "peak": max(peak)}}

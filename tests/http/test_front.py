@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import anyio
 import orjson
 import pytest
 from hostd_http.app import create_app
 from hostd_http.connections import Connections
-from hostd_http.front import Front, _prediction
+from hostd_http.front import QUIET_SPELL_S, Front, _prediction
 
 from hostd.dataplane import DataPlane
+from hostd.errors import Overloaded
 from hostd.settings import HostSettings
 from tests.http.test_app import SETTINGS, anyio_backend, dataplane, settings
 
@@ -130,3 +132,44 @@ async def test_connections_over_the_limit_are_refused_and_a_departed_ones_reques
     await handling  # cancelled, and ended quietly: nobody is left to answer
     assert not handling.cancelled() and len(connections) == 1
     assert connections.open(("127.0.0.1", 3)) is not None
+
+
+async def test_a_connection_refused_again_and_again_waits_longer_for_each_refusal(
+        dataplane: DataPlane, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A load generator ignoring Retry-After turned the event loop into a refusal machine: goodput fell to
+    # ~35% of capacity under 4x overload. The first refusal is immediate; the next ones are held back.
+    monkeypatch.setattr("hostd_http.front.FIRST_PAUSE_S", 30.0)  # long: only the drain can end the pause
+    overloaded = Overloaded("model 'echo' has 4 requests pending (max_pending: 4); retry later")
+    monkeypatch.setattr(dataplane, "refusal", lambda *args, **kwargs: overloaded)
+    served = front(dataplane)
+    assert served.connections.open(("127.0.0.1", 5000)) is not None  # the scope's connection
+    path = "/api/models/echo/prediction"
+
+    first = Exchange(b'{"x": 1}')
+    with anyio.fail_after(5):
+        await served(scope("POST", path), first.receive, first.send)
+    assert first.status == 503 and first.headers[b"retry-after"] == b"1"
+    second = Exchange(b'{"x": 1}')
+    refusing = asyncio.create_task(served(scope("POST", path), second.receive, second.send))
+    await anyio.wait_all_tasks_blocked()
+    assert not refusing.done() and second.sent == [] and len(served.pausing) == 1  # held back
+    dataplane.start_draining()
+    served.drain()  # a pause never holds the drain
+    with anyio.fail_after(5):
+        await refusing
+    assert second.status == 503 and second.json()["type"] == "OVERLOADED"
+
+
+async def test_after_a_quiet_spell_a_connections_next_refusal_is_immediate_again(
+        dataplane: DataPlane, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("hostd_http.front.FIRST_PAUSE_S", 30.0)
+    overloaded = Overloaded("model 'echo' has 4 requests pending (max_pending: 4); retry later")
+    monkeypatch.setattr(dataplane, "refusal", lambda *args, **kwargs: overloaded)
+    served = front(dataplane)
+    connection = served.connections.open(("127.0.0.1", 5000))
+    assert connection is not None
+    connection.refused, connection.refused_at = 8, asyncio.get_running_loop().time() - QUIET_SPELL_S - 1
+    exchange = Exchange(b'{"x": 1}')
+    with anyio.fail_after(5):
+        await served(scope("POST", "/api/models/echo/prediction"), exchange.receive, exchange.send)
+    assert exchange.status == 503 and connection.refused == 1
