@@ -10,7 +10,6 @@ from typing import Any
 
 import numpy as np
 from grpclib.const import Handler
-from grpclib.server import Stream
 
 from hostd import __version__
 from hostd.dataplane import DataPlane
@@ -30,7 +29,7 @@ from hostd.tensors import (
     tensor_specs,
 )
 from hostd_grpc import oip as pb
-from hostd_grpc.unary import deadline_s, unary_handler
+from hostd_grpc.unary import DEFAULT_MAX_REQUEST_BYTES, Call, unary_handler
 
 SERVICE = "inference.GRPCInferenceService"
 CONTENTS_FIELD = {
@@ -41,9 +40,11 @@ CONTENTS_FIELD = {
 
 
 class InferenceService:
-    def __init__(self, dataplane: DataPlane, in_flight: InFlight) -> None:
+    def __init__(self, dataplane: DataPlane, in_flight: InFlight,
+                 max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> None:
         self.dataplane = dataplane
         self.in_flight = in_flight
+        self.max_request_bytes = max_request_bytes
 
     def __mapping__(self) -> dict[str, Handler]:
         rpcs: dict[str, tuple[Any, type, type]] = {
@@ -54,16 +55,17 @@ class InferenceService:
             "ModelMetadata": (self.model_metadata, pb.ModelMetadataRequest, pb.ModelMetadataResponse),
             "ModelInfer": (self.model_infer, pb.ModelInferRequest, pb.ModelInferResponse),
         }
-        return {f"/{SERVICE}/{name}": unary_handler(respond, request, reply, self.in_flight)
+        return {f"/{SERVICE}/{name}": unary_handler(respond, request, reply, self.in_flight,
+                                                              self.max_request_bytes)
                 for name, (respond, request, reply) in rpcs.items()}
 
-    async def server_live(self, request: pb.ServerLiveRequest, stream: Stream[Any, Any]) -> pb.ServerLiveResponse:
+    async def server_live(self, request: pb.ServerLiveRequest, call: Call) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
 
-    async def server_ready(self, request: pb.ServerReadyRequest, stream: Stream[Any, Any]) -> pb.ServerReadyResponse:
+    async def server_ready(self, request: pb.ServerReadyRequest, call: Call) -> pb.ServerReadyResponse:
         return pb.ServerReadyResponse(ready=self.dataplane.ready)
 
-    async def model_ready(self, request: pb.ModelReadyRequest, stream: Stream[Any, Any]) -> pb.ModelReadyResponse:
+    async def model_ready(self, request: pb.ModelReadyRequest, call: Call) -> pb.ModelReadyResponse:
         # Triton's contract: an unknown model is "not ready", not an error.
         try:
             served = self.dataplane.model(request.name, request.version or None)
@@ -72,11 +74,11 @@ class InferenceService:
         return pb.ModelReadyResponse(ready=self.dataplane.ready and served.settings.create_endpoint)
 
     async def server_metadata(self, request: pb.ServerMetadataRequest,
-                              stream: Stream[Any, Any]) -> pb.ServerMetadataResponse:
+                              call: Call) -> pb.ServerMetadataResponse:
         return pb.ServerMetadataResponse(name="hostd", version=__version__, extensions=[])
 
     async def model_metadata(self, request: pb.ModelMetadataRequest,
-                             stream: Stream[Any, Any]) -> pb.ModelMetadataResponse:
+                             call: Call) -> pb.ModelMetadataResponse:
         served = self.dataplane.model(request.name, request.version or None)
         return pb.ModelMetadataResponse(
             name=served.name,
@@ -86,15 +88,28 @@ class InferenceService:
             outputs=[_tensor_metadata(spec) for spec in tensor_specs(served.model.output_schema)],
         )
 
-    async def model_infer(self, request: pb.ModelInferRequest, stream: Stream[Any, Any]) -> pb.ModelInferResponse:
+    async def model_infer(self, request: pb.ModelInferRequest, call: Call) -> pb.ModelInferResponse:
         served = self.dataplane.model(request.model_name, request.model_version or None)
+        # Refused now (overloaded, not ready) is refused before the tensors are decoded.
+        refused = self.dataplane.refusal(served.name, served.version, transport="grpc", client=call.client)
+        if refused is not None:
+            raise refused
         output_specs = tensor_specs(served.model.output_schema)
         requested = [output.name for output in request.outputs]
         check_outputs(requested, output_specs)
-        rows = rows_from_arrays(decode_inputs(request), tensor_specs(served.model.input_schema))
+        rows = await call.run(decode_rows, request, tensor_specs(served.model.input_schema))
         result = await self.dataplane.predict_many(served.name, rows, served.version, transport="grpc",
-                                                   deadline_s=deadline_s(stream))
-        return encode_outputs(served, request, output_arrays(result.outputs, output_specs, requested))
+                                                   deadline_s=call.deadline_s, client=call.client)
+        return await call.run(_reply, served, request, result.outputs, output_specs, requested)
+
+
+def decode_rows(request: pb.ModelInferRequest, specs: list[TensorSpec]) -> list[dict[str, Any]]:
+    return rows_from_arrays(decode_inputs(request), specs)
+
+
+def _reply(served: ServedModel, request: pb.ModelInferRequest, outputs: list[dict[str, Any]],
+           specs: list[TensorSpec], requested: list[str]) -> pb.ModelInferResponse:
+    return encode_outputs(served, request, output_arrays(outputs, specs, requested))
 
 
 def _tensor_metadata(spec: TensorSpec) -> pb.ModelMetadataResponseTensorMetadata:
@@ -109,10 +124,19 @@ def decode_inputs(request: pb.ModelInferRequest) -> dict[str, np.ndarray]:
         raise InvalidInput(f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs")
     arrays = {}
     for index, tensor in enumerate(request.inputs):
+        if tensor.name in arrays:
+            raise InvalidInput(f"input tensor '{tensor.name}' is given twice")
+        if raw and _has_contents(tensor):
+            raise InvalidInput(f"input '{tensor.name}' has values in contents and the request has "
+                               "raw_input_contents: use one or the other")
         datatype = check_datatype(tensor.name, tensor.datatype)
         flat = _from_raw(raw[index], tensor.name, datatype) if raw else _from_contents(tensor, datatype)
         arrays[tensor.name] = shaped(flat, tensor.shape, tensor.name, datatype)
     return arrays
+
+
+def _has_contents(tensor: Any) -> bool:
+    return any(getattr(tensor.contents, field) for field in set(CONTENTS_FIELD.values()))
 
 
 def _from_raw(raw: bytes, name: str, datatype: str) -> np.ndarray:

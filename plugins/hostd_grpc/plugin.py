@@ -13,7 +13,6 @@ from google.protobuf import descriptor_pb2, descriptor_pool
 from grpclib.health.check import ServiceCheck
 from grpclib.health.service import OVERALL, Health
 from grpclib.reflection.service import ServerReflection
-from grpclib.server import Server
 from pydantic import BaseModel, ConfigDict, Field
 
 from hostd.dataplane import DataPlane
@@ -23,6 +22,7 @@ from hostd.tasks import InFlight
 from hostd.transports import Transport, TransportContext
 from hostd_grpc import oip
 from hostd_grpc.inference import InferenceService
+from hostd_grpc.server import HostdServer
 from hostd_grpc.typed import ModelProto, ProtoError, TypedService, describe, render
 
 log = structlog.get_logger("hostd.grpc")
@@ -35,6 +35,11 @@ class GrpcSettings(BaseModel):
     port: int = Field(default=8081, ge=0, le=65535)
     typed_services: bool = True  # a Predict service per model, from its schemas (see `hostd proto`)
     reflection: bool = True  # grpc.reflection.v1 and v1alpha, for grpcurl-style tools
+    # A request message bigger than this is refused (RESOURCE_EXHAUSTED, "PAYLOAD_TOO_LARGE: ...") after
+    # its 5-byte gRPC prefix, before it is read; the same default as the HTTP transport's.
+    max_request_bytes: int = Field(default=1 << 20, ge=1024)
+    # Open connections at most; one more gets an HTTP/2 GOAWAY (ENHANCE_YOUR_CALM) and is closed at once.
+    max_connections: int = Field(default=1000, ge=1)
 
 
 def build_services(dataplane: DataPlane, settings: GrpcSettings, in_flight: InFlight) -> list[Any]:
@@ -42,11 +47,11 @@ def build_services(dataplane: DataPlane, settings: GrpcSettings, in_flight: InFl
     oip_file = descriptor_pb2.FileDescriptorProto()
     oip.FILE.CopyToProto(oip_file)
     pool.Add(oip_file)
-    services: list[Any] = [InferenceService(dataplane, in_flight)]
+    services: list[Any] = [InferenceService(dataplane, in_flight, settings.max_request_bytes)]
     if settings.typed_services:
         for proto in typed_protos(dataplane):
             pool.Add(proto.file)
-            services.append(TypedService(dataplane, proto, pool, in_flight))
+            services.append(TypedService(dataplane, proto, pool, in_flight, settings.max_request_bytes))
 
     async def ready() -> bool:
         return dataplane.ready
@@ -73,7 +78,8 @@ def typed_protos(dataplane: DataPlane) -> list[ModelProto]:
 async def serve_grpc(ctx: TransportContext[GrpcSettings], *, task_status: TaskStatus[None]) -> None:
     settings = ctx.settings
     in_flight = InFlight()
-    server = Server(build_services(ctx.dataplane, settings, in_flight))
+    server = HostdServer(build_services(ctx.dataplane, settings, in_flight), max_connections=settings.max_connections,
+                         max_request_bytes=settings.max_request_bytes)
     with ctx.binding("port", f"{settings.host}:{settings.port}"):
         await server.start(settings.host, settings.port)
     task_status.started()

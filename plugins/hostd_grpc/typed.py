@@ -16,13 +16,12 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from grpclib.const import Handler
-from grpclib.server import Stream
 from pydantic import BaseModel
 
 from hostd.dataplane import DataPlane
 from hostd.registry import ServedModel
 from hostd.tasks import InFlight
-from hostd_grpc.unary import deadline_s, unary_handler
+from hostd_grpc.unary import DEFAULT_MAX_REQUEST_BYTES, Call, unary_handler
 
 FDP = descriptor_pb2.FieldDescriptorProto
 SCALARS = {"number": FDP.TYPE_DOUBLE, "integer": FDP.TYPE_INT64, "boolean": FDP.TYPE_BOOL,
@@ -181,8 +180,9 @@ class TypedService:
     """Serves ``Predict`` for one model with dynamic messages built from its descriptor."""
 
     def __init__(self, dataplane: DataPlane, proto: ModelProto, pool: descriptor_pool.DescriptorPool,
-                 in_flight: InFlight) -> None:
+                 in_flight: InFlight, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> None:
         self.dataplane, self.proto, self.in_flight = dataplane, proto, in_flight
+        self.max_request_bytes = max_request_bytes
         self.request_type = message_factory.GetMessageClass(
             pool.FindMessageTypeByName(f"{proto.package}.{proto.input_message}"))
         self.reply_type = message_factory.GetMessageClass(
@@ -190,13 +190,20 @@ class TypedService:
 
     def __mapping__(self) -> dict[str, Handler]:
         return {self.proto.method_path: unary_handler(self.predict, self.request_type, self.reply_type,
-                                                      self.in_flight)}
+                                                      self.in_flight, self.max_request_bytes)}
 
-    async def predict(self, request: Message, stream: Stream[Any, Any]) -> Message:
-        data = to_dict(request, self.proto.wrappers)
-        result = await self.dataplane.predict(self.proto.model, data, transport="grpc", deadline_s=deadline_s(stream))
+    async def predict(self, request: Message, call: Call) -> Message:
+        refused = self.dataplane.refusal(self.proto.model, transport="grpc", client=call.client)
+        if refused is not None:
+            raise refused
+        data = await call.run(to_dict, request, self.proto.wrappers)
+        result = await self.dataplane.predict(self.proto.model, data, transport="grpc", deadline_s=call.deadline_s,
+                                              client=call.client)
+        return await call.run(self._reply, result.output)
+
+    def _reply(self, output: dict[str, Any]) -> Message:
         reply = self.reply_type()
-        fill(reply, result.output, self.proto.wrappers)
+        fill(reply, output, self.proto.wrappers)
         return reply
 
 

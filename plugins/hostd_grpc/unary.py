@@ -1,35 +1,95 @@
-"""One unary-unary handler shape for every hostd RPC: decode, map errors, count in-flight."""
+"""One unary-unary handler shape for every hostd RPC: size check, decode, map errors, count in-flight.
+
+The request is read here rather than with grpclib's ``Stream.recv_message``, which buffers a message
+of any size the 5-byte gRPC prefix announces: a message over ``max_request_bytes`` is refused with
+RESOURCE_EXHAUSTED ("PAYLOAD_TOO_LARGE: ...") after those 5 bytes, before its body is read (HTTP/2
+flow control holds the rest back: see ``server.window_config``). A message over ``OFF_LOOP_BYTES`` is
+parsed, and decoded by the RPC (``Call.run``), in a worker thread, so it does not stall other clients.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import struct
 from collections.abc import Awaitable, Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
+from google.protobuf.message import Message
 from grpclib.const import Cardinality, Handler, Status
 from grpclib.exceptions import GRPCError
 from grpclib.server import Stream
 
+from hostd.clients import Client
 from hostd.tasks import InFlight
+from hostd_grpc.server import client_of
 from hostd_grpc.status import grpc_errors
 
-Respond = Callable[[Any, Stream[Any, Any]], Awaitable[Any]]
+T = TypeVar("T")
+#: A request message at least this big is parsed and decoded in a thread (~0.5 ms of work on the loop).
+OFF_LOOP_BYTES = 64 << 10
+DEFAULT_MAX_REQUEST_BYTES = 1 << 20
 
 
-def unary_handler(respond: Respond, request_type: type, reply_type: type, in_flight: InFlight) -> Handler:
+@dataclass(frozen=True, slots=True)
+class Call:
+    """What an RPC needs to know about its call besides the request."""
+
+    size: int = 0  # bytes of the request message
+    deadline_s: float | None = None  # what is left of the client's deadline
+    client: Client | None = None  # the HTTP/2 connection it came on, for per-client admission
+
+    async def run(self, work: Callable[..., T], *args: Any) -> T:
+        """``work(*args)``, in a worker thread if the request is big (CPU work: decoding, encoding)."""
+        return work(*args) if self.size < OFF_LOOP_BYTES else await asyncio.to_thread(work, *args)
+
+
+Respond = Callable[[Any, Call], Awaitable[Any]]
+
+
+def unary_handler(respond: Respond, request_type: type[Message], reply_type: type[Message], in_flight: InFlight,
+                  max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> Handler:
     async def handle(stream: Stream[Any, Any]) -> None:
         with in_flight.track():
+            body = await receive(stream, max_request_bytes)
+            call = Call(len(body), deadline_s(stream), client_of(stream))
             try:
-                request = await stream.recv_message()
-            except GRPCError:
-                raise
-            except Exception as exc:  # the codec could not parse the bytes
+                request = await call.run(request_type.FromString, body)
+            except Exception as exc:  # the bytes are not that message
                 raise GRPCError(Status.INVALID_ARGUMENT,
                                 f"INVALID_INPUT: request is not a valid {request_type.__name__}: {exc}") from exc
+            del body
             with grpc_errors():
-                reply = await respond(request, stream)
+                reply = await respond(request, call)
             await stream.send_message(reply)
 
     return Handler(handle, Cardinality.UNARY_UNARY, request_type, reply_type)
+
+
+async def receive(stream: Stream[Any, Any], limit: int) -> bytes:
+    """The one request message's bytes; refuses one over ``limit`` having read only its prefix.
+
+    Reads from grpclib's ``protocol.Stream`` (``stream._stream``) as grpclib's own ``recv_message``
+    does (grpclib/stream.py), with the size check grpclib lacks; request events (``grpclib.events``)
+    are not dispatched: hostd listens to none.
+    """
+    h2_stream = stream._stream
+    prefix = await h2_stream.recv_data(5)
+    if len(prefix) < 5:
+        raise GRPCError(Status.INVALID_ARGUMENT, "INVALID_INPUT: the request has no message")
+    compressed, size = struct.unpack(">?I", prefix)
+    if compressed:
+        raise GRPCError(Status.UNIMPLEMENTED, "INVALID_INPUT: compressed messages are not supported; "
+                                              "send the request uncompressed")
+    if size > limit:
+        raise GRPCError(Status.RESOURCE_EXHAUSTED,
+                        f"PAYLOAD_TOO_LARGE: request message is {size} bytes; the limit is {limit} "
+                        "(grpc max_request_bytes)")
+    try:
+        return await h2_stream.recv_data(size)
+    except AssertionError:  # grpclib's Buffer: the stream ended before `size` bytes came
+        raise GRPCError(Status.INVALID_ARGUMENT,
+                        f"INVALID_INPUT: the request ended before the {size} bytes its prefix announced") from None
 
 
 def deadline_s(stream: Stream[Any, Any]) -> float | None:

@@ -10,6 +10,7 @@ import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import Message
 from hostd_grpc.typed import ModelProto, ProtoError, TypedService, describe, fill, render, to_dict
+from hostd_grpc.unary import Call
 from sklearn.datasets import load_digits
 
 from hostd.dataplane import DataPlane
@@ -260,10 +261,6 @@ def test_three_deep_lists_build_and_round_trip(tmp_path: Path) -> None:
 # -- TypedService.predict, in-process -----------------------------------------------------------------
 
 
-class NoDeadline:
-    deadline = None
-
-
 def typed_service(class_path: str) -> TypedService:
     registry = Registry()
     registry.add(served(class_path))
@@ -278,7 +275,7 @@ def typed_service(class_path: str) -> TypedService:
 def test_typed_service_predicts_iris() -> None:
     service = typed_service(IRIS)
     request = service.request_type(sepal_length=6.7, sepal_width=3.0, petal_length=5.2, petal_width=2.3)
-    reply = anyio.run(service.predict, request, NoDeadline())
+    reply = anyio.run(service.predict, request, Call())
     assert reply.species == "Iris virginica"
 
 
@@ -286,14 +283,14 @@ def test_typed_service_reports_a_missing_field_by_name() -> None:
     service = typed_service(IRIS)
     request = service.request_type(sepal_length=6.7, sepal_width=3.0, petal_length=5.2)
     with pytest.raises(InvalidInput, match="petal_width: Field required"):
-        anyio.run(service.predict, request, NoDeadline())
+        anyio.run(service.predict, request, Call())
 
 
 def test_typed_service_answers_a_nested_profile() -> None:
     service = typed_service(PROFILE)
     request = service.request_type()
     fill(request, FULL_PROFILE, service.proto.wrappers)
-    reply = anyio.run(service.predict, request, NoDeadline())
+    reply = anyio.run(service.predict, request, Call())
     assert to_dict(reply, service.proto.wrappers) == {
         "summary": "Ada (person) at 12 St James's Square, 2 previous", "kind": "person", "age": 36,
         "tags": ["MATH", "ENGINES"], "address": {"street": "St James's Square", "number": 12},
@@ -304,5 +301,5 @@ def test_typed_service_answers_a_nested_profile() -> None:
 def test_typed_service_fills_aliased_output_fields() -> None:
     # The message fields are the schema's (alias) names: petalLength in, speciesName out.
     service = typed_service(ALIAS)
-    reply = anyio.run(service.predict, service.request_type(petalLength=2.5), NoDeadline())
+    reply = anyio.run(service.predict, service.request_type(petalLength=2.5), Call())
     assert reply.HasField("speciesName") and reply.speciesName == "long 2.5"
