@@ -3,7 +3,7 @@ in its own format, plus /metrics and the docs."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
@@ -16,6 +16,7 @@ from starlette.routing import BaseRoute, Mount, Route, Router
 from hostd.dataplane import DataPlane
 from hostd.settings import HostSettings
 from hostd_http import docs, rest, v2
+from hostd_http.front import error_body_of
 from hostd_http.responses import ErrorBody, Handler, error_handlers
 
 
@@ -61,15 +62,15 @@ def compose(api: Sequence[BaseRoute], oip: Sequence[BaseRoute], oip_root: Sequen
 def _top_level_handlers() -> dict[type[Exception], Handler]:
     """What no route took, answered in the author's API format, or OIP v2's under /v2: a /v2 path the
     Mount does not match (its ``.*`` stops at a newline in a parameter) still gets v2's error body."""
-    author, oip = error_handlers(rest.error_body), error_handlers(v2.error_body)
+    handlers: dict[ErrorBody, Mapping[type[Exception], Handler]] = {
+        body: error_handlers(body) for body in (rest.error_body, v2.error_body)}
 
     def by_path(kind: type[Exception]) -> Handler:
         async def handle(request: Request, exc: Exception) -> Response:
-            path = request.url.path
-            return await (oip if path == "/v2" or path.startswith("/v2/") else author)[kind](request, exc)
+            return await handlers[error_body_of(request.url.path)][kind](request, exc)
         return handle
 
-    return {kind: by_path(kind) for kind in author}
+    return {kind: by_path(kind) for kind in handlers[rest.error_body]}
 
 
 def _errors_as(body: ErrorBody) -> list[Middleware]:

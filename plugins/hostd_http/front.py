@@ -104,7 +104,7 @@ class Front:
             self.pausing.discard(pause)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, refusal: HostdError) -> None:
-        response = error_response(_error_body(scope["path"]), refusal)
+        response = error_response(error_body_of(scope["path"]), refusal)
         if not _http1(scope):
             # hypercorn (0.18) fails a whole HTTP/2 connection, every stream on it, when DATA comes for a
             # stream it has answered (a KeyError in H2Protocol._handle_events): take the body first.
@@ -176,7 +176,7 @@ def _prediction(scope: Scope) -> tuple[str, str | None] | None:
     return None
 
 
-def _error_body(path: str) -> ErrorBody:
+def error_body_of(path: str) -> ErrorBody:
     """The error format of the route at ``path`` (as app.compose mounts them)."""
     return v2.error_body if path == "/v2" or path.startswith("/v2/") else rest.error_body
 
