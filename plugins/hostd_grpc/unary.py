@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from google.protobuf.message import Message
 from grpclib.const import Cardinality, Handler, Status
 from grpclib.exceptions import GRPCError
+from grpclib.metadata import Deadline
 from grpclib.server import Stream
 
 from hostd.clients import Client
@@ -36,8 +37,15 @@ class Call:
     """What an RPC needs to know about its call besides the request."""
 
     size: int = 0  # bytes of the request message
-    deadline_s: float | None = None  # what is left of the client's deadline
+    deadline: Deadline | None = None  # the client's (grpc-timeout), counted from when its headers came
     client: Client | None = None  # the HTTP/2 connection it came on, for per-client admission
+
+    @property
+    def deadline_s(self) -> float | None:
+        """What is left of the client's deadline now. Read it when handing the request to the data
+        plane, not when the call starts: decoding a big request takes a while, and a budget read
+        earlier would outlast the client's deadline, so its cancel would count as CANCELLED, not TIMEOUT."""
+        return self.deadline.time_remaining() if self.deadline is not None else None
 
     async def run(self, work: Callable[..., T], *args: Any) -> T:
         """``work(*args)``, in a worker thread if the request is big (CPU work: decoding, encoding)."""
@@ -52,7 +60,7 @@ def unary_handler(respond: Respond, request_type: type[Message], reply_type: typ
     async def handle(stream: Stream[Any, Any]) -> None:
         with in_flight.track():
             body = await receive(stream, max_request_bytes)
-            call = Call(len(body), deadline_s(stream), client_of(stream))
+            call = Call(len(body), stream.deadline, client_of(stream))
             try:
                 request = await call.run(request_type.FromString, body)
             except Exception as exc:  # the bytes are not that message
@@ -90,7 +98,3 @@ async def receive(stream: Stream[Any, Any], limit: int) -> bytes:
     except AssertionError:  # grpclib's Buffer: the stream ended before `size` bytes came
         raise GRPCError(Status.INVALID_ARGUMENT,
                         f"INVALID_INPUT: the request ended before the {size} bytes its prefix announced") from None
-
-
-def deadline_s(stream: Stream[Any, Any]) -> float | None:
-    return stream.deadline.time_remaining() if stream.deadline is not None else None
