@@ -29,7 +29,7 @@ from hostd.tensors import (
     tensor_specs,
 )
 from hostd_grpc import oip as pb
-from hostd_grpc.unary import DEFAULT_MAX_REQUEST_BYTES, Call, unary_handler
+from hostd_grpc.unary import DEFAULT_LIMITS, Call, RequestLimits, unary_handler
 
 SERVICE = "inference.GRPCInferenceService"
 CONTENTS_FIELD = {
@@ -40,11 +40,10 @@ CONTENTS_FIELD = {
 
 
 class InferenceService:
-    def __init__(self, dataplane: DataPlane, in_flight: InFlight,
-                 max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> None:
+    def __init__(self, dataplane: DataPlane, in_flight: InFlight, limits: RequestLimits = DEFAULT_LIMITS) -> None:
         self.dataplane = dataplane
         self.in_flight = in_flight
-        self.max_request_bytes = max_request_bytes
+        self.limits = limits
 
     def __mapping__(self) -> dict[str, Handler]:
         rpcs: dict[str, tuple[Any, type, type]] = {
@@ -55,8 +54,7 @@ class InferenceService:
             "ModelMetadata": (self.model_metadata, pb.ModelMetadataRequest, pb.ModelMetadataResponse),
             "ModelInfer": (self.model_infer, pb.ModelInferRequest, pb.ModelInferResponse),
         }
-        return {f"/{SERVICE}/{name}": unary_handler(respond, request, reply, self.in_flight,
-                                                              self.max_request_bytes)
+        return {f"/{SERVICE}/{name}": unary_handler(respond, request, reply, self.in_flight, self.limits)
                 for name, (respond, request, reply) in rpcs.items()}
 
     async def server_live(self, request: pb.ServerLiveRequest, call: Call) -> pb.ServerLiveResponse:

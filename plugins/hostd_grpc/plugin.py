@@ -24,6 +24,7 @@ from hostd_grpc import oip
 from hostd_grpc.inference import InferenceService
 from hostd_grpc.server import HostdServer
 from hostd_grpc.typed import ModelProto, ProtoError, TypedService, describe, render
+from hostd_grpc.unary import RequestLimits
 
 log = structlog.get_logger("hostd.grpc")
 
@@ -38,6 +39,14 @@ class GrpcSettings(BaseModel):
     # A request message bigger than this is refused (RESOURCE_EXHAUSTED, "PAYLOAD_TOO_LARGE: ...") after
     # its 5-byte gRPC prefix, before it is read; the same default as the HTTP transport's.
     max_request_bytes: int = Field(default=1 << 20, ge=1024)
+    # A request message must arrive within this many seconds of its stream's headers, else
+    # DEADLINE_EXCEEDED ("INVALID_INPUT: the request message did not arrive ..."): a client that
+    # announces a message and stalls cannot hold a stream, or the drain, for ever.
+    body_timeout_s: float = Field(default=10.0, gt=0)
+
+    @property
+    def limits(self) -> RequestLimits:
+        return RequestLimits(self.max_request_bytes, self.body_timeout_s)
     # Open connections at most; one more gets an HTTP/2 GOAWAY (ENHANCE_YOUR_CALM) and is closed at once.
     max_connections: int = Field(default=1000, ge=1)
 
@@ -47,11 +56,11 @@ def build_services(dataplane: DataPlane, settings: GrpcSettings, in_flight: InFl
     oip_file = descriptor_pb2.FileDescriptorProto()
     oip.FILE.CopyToProto(oip_file)
     pool.Add(oip_file)
-    services: list[Any] = [InferenceService(dataplane, in_flight, settings.max_request_bytes)]
+    services: list[Any] = [InferenceService(dataplane, in_flight, settings.limits)]
     if settings.typed_services:
         for proto in typed_protos(dataplane):
             pool.Add(proto.file)
-            services.append(TypedService(dataplane, proto, pool, in_flight, settings.max_request_bytes))
+            services.append(TypedService(dataplane, proto, pool, in_flight, settings.limits))
 
     async def ready() -> bool:
         return dataplane.ready

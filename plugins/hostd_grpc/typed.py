@@ -21,7 +21,7 @@ from pydantic import BaseModel
 from hostd.dataplane import DataPlane
 from hostd.registry import ServedModel
 from hostd.tasks import InFlight
-from hostd_grpc.unary import DEFAULT_MAX_REQUEST_BYTES, Call, unary_handler
+from hostd_grpc.unary import DEFAULT_LIMITS, Call, RequestLimits, unary_handler
 
 FDP = descriptor_pb2.FieldDescriptorProto
 SCALARS = {"number": FDP.TYPE_DOUBLE, "integer": FDP.TYPE_INT64, "boolean": FDP.TYPE_BOOL,
@@ -180,9 +180,9 @@ class TypedService:
     """Serves ``Predict`` for one model with dynamic messages built from its descriptor."""
 
     def __init__(self, dataplane: DataPlane, proto: ModelProto, pool: descriptor_pool.DescriptorPool,
-                 in_flight: InFlight, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> None:
+                 in_flight: InFlight, limits: RequestLimits = DEFAULT_LIMITS) -> None:
         self.dataplane, self.proto, self.in_flight = dataplane, proto, in_flight
-        self.max_request_bytes = max_request_bytes
+        self.limits = limits
         self.request_type = message_factory.GetMessageClass(
             pool.FindMessageTypeByName(f"{proto.package}.{proto.input_message}"))
         self.reply_type = message_factory.GetMessageClass(
@@ -190,7 +190,7 @@ class TypedService:
 
     def __mapping__(self) -> dict[str, Handler]:
         return {self.proto.method_path: unary_handler(self.predict, self.request_type, self.reply_type,
-                                                      self.in_flight, self.max_request_bytes)}
+                                                      self.in_flight, self.limits)}
 
     async def predict(self, request: Message, call: Call) -> Message:
         refused = self.dataplane.refusal(self.proto.model, transport="grpc", client=call.client)

@@ -29,7 +29,17 @@ from hostd_grpc.status import grpc_errors
 T = TypeVar("T")
 #: A request message at least this big is parsed and decoded in a thread (~0.5 ms of work on the loop).
 OFF_LOOP_BYTES = 64 << 10
-DEFAULT_MAX_REQUEST_BYTES = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class RequestLimits:
+    """What one request may cost before a handler refuses it (the grpc transport's settings)."""
+
+    max_bytes: int = 1 << 20  # max_request_bytes
+    body_timeout_s: float = 10.0  # from the stream's headers to the whole message
+
+
+DEFAULT_LIMITS = RequestLimits()
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,10 +66,18 @@ Respond = Callable[[Any, Call], Awaitable[Any]]
 
 
 def unary_handler(respond: Respond, request_type: type[Message], reply_type: type[Message], in_flight: InFlight,
-                  max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> Handler:
+                  limits: RequestLimits = DEFAULT_LIMITS) -> Handler:
     async def handle(stream: Stream[Any, Any]) -> None:
         with in_flight.track():
-            body = await receive(stream, max_request_bytes)
+            # A client that announces a message and then stalls would otherwise hold its stream (and
+            # the drain at shutdown) for ever: the message must arrive within body_timeout_s.
+            try:
+                async with asyncio.timeout(limits.body_timeout_s):
+                    body = await receive(stream, limits.max_bytes)
+            except TimeoutError:
+                raise GRPCError(Status.DEADLINE_EXCEEDED,
+                                f"INVALID_INPUT: the request message did not arrive within {limits.body_timeout_s:g} s "
+                                "(grpc body_timeout_s)") from None
             call = Call(len(body), stream.deadline, client_of(stream))
             try:
                 request = await call.run(request_type.FromString, body)

@@ -4,6 +4,7 @@ frames from a socket, tritonclient.grpc, and half-open TCP connections."""
 from __future__ import annotations
 
 import socket
+import struct
 import time
 from collections.abc import Callable, Iterator
 
@@ -11,8 +12,8 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
-from hpack import Encoder
-from hyperframe.frame import HeadersFrame, PingFrame, RstStreamFrame, SettingsFrame
+from hpack import Decoder, Encoder
+from hyperframe.frame import DataFrame, Frame, HeadersFrame, PingFrame, RstStreamFrame, SettingsFrame
 from sklearn.datasets import load_digits
 from tritonclient.utils import InferenceServerException
 
@@ -160,3 +161,47 @@ def test_connections_over_max_connections_are_closed_and_others_still_served(sta
             break
         except InferenceServerException:
             assert time.monotonic() < deadline, "gRPC still refused connections after the idle ones closed"
+
+
+# -- 13.4: a message announced, then never sent -----------------------------------------------------
+
+
+def stalled_message(port: int) -> tuple[list[tuple[str, str]], float]:
+    """One ModelInfer stream whose 5-byte prefix announces 100 bytes, of which 10 come and then nothing:
+    the headers of the server's answer (its trailers) and the seconds it took."""
+    encoder, decoder = Encoder(), Decoder()
+    headers = [(":method", "POST"), (":scheme", "http"), (":path", "/inference.GRPCInferenceService/ModelInfer"),
+               (":authority", f"127.0.0.1:{port}"), ("content-type", "application/grpc"), ("te", "trailers")]
+    request = HeadersFrame(1, encoder.encode(headers))
+    request.flags.add("END_HEADERS")
+    partial = DataFrame(1, struct.pack(">?I", False, 100) + b"\x00" * 10)
+    answered: list[tuple[str, str]] = []
+    with socket.create_connection(("127.0.0.1", port), timeout=PATIENCE_S) as sock:
+        started = time.monotonic()
+        sock.sendall(PREFACE + SettingsFrame(0).serialize() + request.serialize() + partial.serialize())
+        buffer = b""
+        while not any(name == "grpc-status" for name, _ in answered):  # bounded by the socket timeout
+            chunk = sock.recv(65536)
+            assert chunk, f"the server closed the connection without answering the stream: {answered}"
+            buffer += chunk
+            while len(buffer) >= 9:
+                frame, length = Frame.parse_frame_header(memoryview(buffer[:9]))
+                if len(buffer) < 9 + length:
+                    break
+                frame.parse_body(memoryview(buffer[9:9 + length]))
+                buffer = buffer[9 + length:]
+                if isinstance(frame, HeadersFrame) and frame.stream_id == 1:
+                    answered += [(str(name), str(value)) for name, value in decoder.decode(frame.data, raw=False)]
+        return answered, time.monotonic() - started
+
+
+def test_a_message_that_stops_arriving_is_answered_at_body_timeout_s(start_hostd: Start) -> None:
+    # Before: the stream waited for the rest for ever (and held the drain at shutdown).
+    server = start_hostd({"models": REAL_MODELS, "transports": {"http": {}, "grpc": {"body_timeout_s": 0.5}}})
+    answered, seconds = stalled_message(int(server.transports["grpc"]["port"]))
+    trailers = dict(answered)
+    assert trailers["grpc-status"] == "4", trailers  # DEADLINE_EXCEEDED
+    assert "did not arrive within 0.5 s" in trailers["grpc-message"], trailers
+    assert seconds >= 0.5
+    with triton.InferenceServerClient(url=grpc_target(server)) as tc:
+        assert iris_answers(tc)
