@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gc
 import resource
 import signal
@@ -16,13 +17,14 @@ from anyio.abc import TaskStatus
 
 from hostd import plugins
 from hostd.dataplane import DataPlane
-from hostd.errors import StartupError, innermost
+from hostd.errors import HostdError, StartupError, innermost
 from hostd.observability import Metrics
-from hostd.registry import Registry
-from hostd.settings import HostSettings
+from hostd.repository import ModelRepository
+from hostd.settings import HostSettings, load_settings
 from hostd.transports import Shutdown, Transport, TransportContext
 
 log = structlog.get_logger("hostd.daemon")
+WATCH_INTERVAL_S = 1.0
 
 
 async def serve(settings: HostSettings, pm: pluggy.PluginManager, stop: anyio.Event | None = None, *,
@@ -34,18 +36,29 @@ async def serve(settings: HostSettings, pm: pluggy.PluginManager, stop: anyio.Ev
     stop = stop or anyio.Event()
     available = plugins.transports(pm)
     selected = [available[name] for name in settings.transports]
-    registry = await anyio.to_thread.run_sync(Registry.from_settings, settings)
-    await anyio.to_thread.run_sync(registry.warm_up)
-    dataplane = DataPlane(registry, Metrics())
+    reread = functools.partial(reread_settings, settings.source, {name: t.settings for name, t in available.items()})
+    repository = await anyio.to_thread.run_sync(ModelRepository, settings, None, reread)
     try:
-        async with anyio.create_task_group() as signals:
+        await repository.start()
+        dataplane = DataPlane(repository.registry, Metrics(), repository)
+        repository.on_change = dataplane.models_changed
+        async with anyio.create_task_group() as background:
             if handle_signals:
-                signals.start_soon(_stop_on_signal, stop, signals.cancel_scope)
+                background.start_soon(_handle_signals, stop, background.cancel_scope, repository)
+            if settings.watch:
+                background.start_soon(_reload_on_change, repository)
+            background.start_soon(dataplane.run_shadows)
             await _serve_until_stopped(selected, dataplane, settings, stop, task_status, started)
-            signals.cancel_scope.cancel()
+            background.cancel_scope.cancel()
     finally:
-        await anyio.to_thread.run_sync(registry.close)
+        with anyio.CancelScope(shield=True):
+            await repository.close()
         log.info("stopped")
+
+
+def reread_settings(source: str, transports: dict[str, type[Any]]) -> HostSettings:
+    """host.yaml as it is now, validated as at start (for a reload)."""
+    return load_settings(source, transports)
 
 
 async def _serve_until_stopped(transports: list[Transport[Any]], dataplane: DataPlane, settings: HostSettings,
@@ -97,12 +110,39 @@ def _raise_file_limit() -> None:
     log.info("open-file limit", open_files=soft if soft != resource.RLIM_INFINITY else "unlimited")
 
 
-async def _stop_on_signal(stop: anyio.Event, scope: anyio.CancelScope) -> None:
-    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+async def _handle_signals(stop: anyio.Event, scope: anyio.CancelScope, repository: ModelRepository) -> None:
+    """SIGTERM/SIGINT: stop (a second one: stop now). SIGHUP: reload the config."""
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
+            if signum == signal.SIGHUP:
+                log.info("reloading", signal="SIGHUP")
+                await reload_logged(repository)
+                continue
             if stop.is_set():
                 log.warning("second signal: stopping now", signal=signal.Signals(signum).name)
                 scope.cancel()
                 return
             log.info("stopping", signal=signal.Signals(signum).name)
             stop.set()
+
+
+async def reload_logged(repository: ModelRepository) -> None:
+    """Reload the config; the outcome (or why it was rejected) goes to the log, not to the caller."""
+    try:
+        change = await repository.reload()
+    except HostdError as exc:
+        log.error("reload rejected; still serving the previous config", error=exc.message)
+        return
+    log.info("reloaded", **change.to_dict())
+
+
+async def _reload_on_change(repository: ModelRepository) -> None:
+    """``watch: true``: reload when host.yaml or a file of the repository directory changes."""
+    seen = repository.fingerprint()
+    while True:
+        await anyio.sleep(WATCH_INTERVAL_S)
+        now = await anyio.to_thread.run_sync(repository.fingerprint)
+        if now != seen:
+            seen = now
+            log.info("reloading", reason="a config file changed")
+            await reload_logged(repository)

@@ -7,17 +7,31 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 
 from hostd import kernel
 from hostd.clients import Client
-from hostd.errors import ErrorCode, HostdError, InvalidInput, ModelError, ModelNotFound, NotReady, Overloaded, Timeout
+from hostd.errors import (
+    ErrorCode,
+    Forbidden,
+    HostdError,
+    InvalidInput,
+    ModelError,
+    ModelNotFound,
+    NotReady,
+    Overloaded,
+    Timeout,
+)
 from hostd.observability import Metrics
 from hostd.ratelimitedlog import RateLimitedLog
 from hostd.registry import Registry, ServedModel
+from hostd.shadow import Shadows
 from hostd.tasks import InFlight
+
+if TYPE_CHECKING:
+    from hostd.repository import ModelRepository
 
 log = structlog.get_logger("hostd.dataplane")
 T = TypeVar("T")
@@ -47,13 +61,46 @@ class Prediction:
 
 
 class DataPlane:
-    def __init__(self, registry: Registry, metrics: Metrics | None = None) -> None:
+    def __init__(self, registry: Registry, metrics: Metrics | None = None,
+                 repository: ModelRepository | None = None) -> None:
         self.registry = registry
         self.metrics = metrics or Metrics()
         self.state = State.STARTING
+        # What can be loaded and unloaded at run time; None where the model set is fixed (Lambda).
+        self.repository = repository
+        self.shadows = Shadows(self.metrics)
         self._in_flight = InFlight()
         self._failures = RateLimitedLog(log)  # clients cause these: a line per kind per interval, not per request
-        self.metrics.models_loaded.set(len(registry))
+        self.models_changed()
+
+    def models_changed(self) -> None:
+        """The registry changed (the repository calls this)."""
+        self.metrics.models_loaded.set(len(self.registry))
+
+    async def run_shadows(self) -> None:
+        """Run mirrored requests until cancelled (the daemon owns this task)."""
+        await self.shadows.run(self._run_mirror)
+
+    async def _run_mirror(self, served: ServedModel, units: list[list[Any]]) -> list[list[dict[str, Any]] | HostdError]:
+        schema = served.model.input_schema
+        if any(type(row) is not schema for unit in units for row in unit):  # the shadow's schema is its own
+            units = [kernel.validate_all(served.name, schema, [row.model_dump() for row in unit]) for unit in units]
+        outcomes = await self._execute(served, units, served.settings.timeout_ms / 1000, None)
+        return await _off_loop_if_big(sum(len(unit) for unit in units), _dump_all, served, outcomes)
+
+    def admin(self) -> ModelRepository:
+        """The repository, for a call that changes what is served; FORBIDDEN unless admin is enabled."""
+        if self.repository is None:
+            raise Forbidden("models cannot be loaded or unloaded here: the model set is fixed")
+        if not self.repository.settings.admin.enabled:
+            raise Forbidden("admin calls are off; enable them with admin: {enabled: true} in the config")
+        return self.repository
+
+    def repository_index(self, ready_only: bool = False) -> list[dict[str, str]]:
+        """Every model the repository knows, each version with its state and reason."""
+        if self.repository is None:
+            return [{"name": m.name, "version": m.version, "state": "READY", "reason": ""} for m in self.models()]
+        return self.repository.index(ready_only)
 
     @property
     def ready(self) -> bool:
@@ -98,7 +145,7 @@ class DataPlane:
         timeout = served.settings.timeout_ms / 1000
         if deadline_s is not None:
             timeout = min(timeout, max(deadline_s, 0.0))
-        (outcome,) = await self._call(served, [inputs], transport, timeout, started, client)
+        (outcome,), served = await self._call(served, [inputs], transport, timeout, started, client, version)
         if isinstance(outcome, HostdError):
             raise outcome
         return Prediction(served.name, served.version, outcome)
@@ -125,21 +172,26 @@ class DataPlane:
             for item in chunk:
                 if isinstance(item, InvalidInput):
                     self._refused(served.name, transport, item, started)
-            answers = iter(await self._call(served, valid, transport, served.settings.timeout_ms / 1000 * len(valid),
-                                            time.perf_counter(), client) if valid else [])
+            answered, by = await self._call(served, valid, transport, served.settings.timeout_ms / 1000 * len(valid),
+                                            time.perf_counter(), client, version) if valid else ([], served)
+            answers = iter(answered)
             for item in chunk:
                 outcome = item if isinstance(item, InvalidInput) else next(answers)
                 outcomes.append(outcome if isinstance(outcome, HostdError)
-                                else Prediction(served.name, served.version, outcome))
+                                else Prediction(by.name, by.version, outcome))
         return outcomes
 
     async def _call(self, served: ServedModel, units: list[list[Any]], transport: str, timeout: float,
-                    started: float, client: Client | None) -> list[list[dict[str, Any]] | HostdError]:
+                    started: float, client: Client | None, requested: str | None,
+                    ) -> tuple[list[list[dict[str, Any]] | HostdError], ServedModel]:
         """Admit ``units`` of validated rows, run them (through the batcher, if the model has one)
-        within ``timeout``, dump each unit's outputs, count and log each outcome."""
+        within ``timeout``, dump each unit's outputs, count and log each outcome; the answers and
+        the version that gave them."""
         self._in_flight.enter()
         codes: list[str] = ["CANCELLED"] * len(units)
         try:
+            if served.retired:  # replaced or unloaded while the request was read and validated
+                served = self.registry.current(served, requested)
             outcomes = await self._execute(served, units, timeout, client)
             answers = await _off_loop_if_big(sum(len(unit) for unit in units), _dump_all, served, outcomes)
             codes = ["OK" if not isinstance(answer, HostdError) else answer.code.value for answer in answers]
@@ -148,7 +200,10 @@ class DataPlane:
                     self._log_failure(served.name, transport, answer)
             log.debug("predicted", model=served.name, transport=transport, units=len(units),
                       ms=round((time.perf_counter() - started) * 1000, 3))
-            return answers
+            if requested is None:
+                self.shadows.offer(self.registry.route(served.name), served, units, answers,
+                                   time.perf_counter() - started)
+            return answers, served
         except HostdError as exc:  # the whole call: overloaded, timed out
             codes = [exc.code.value] * len(units)
             self._log_failure(served.name, transport, exc)

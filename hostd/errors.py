@@ -14,6 +14,8 @@ class ErrorCode(str, Enum):
     NOT_READY = "NOT_READY"
     TIMEOUT = "TIMEOUT"
     MODEL_ERROR = "MODEL_ERROR"
+    LOAD_FAILED = "LOAD_FAILED"  # a model could not be loaded (the repository API, a reload)
+    FORBIDDEN = "FORBIDDEN"  # the call is not allowed here (e.g. admin calls while admin is off)
 
 
 class HostdError(Exception):
@@ -56,6 +58,14 @@ class Timeout(HostdError):
 
 class ModelError(HostdError):
     code = ErrorCode.MODEL_ERROR
+
+
+class LoadFailed(HostdError):
+    code = ErrorCode.LOAD_FAILED
+
+
+class Forbidden(HostdError):
+    code = ErrorCode.FORBIDDEN
 
 
 class ConfigError(Exception):

@@ -50,8 +50,13 @@ def declared_name(settings: ModelSettings, where: Where = nowhere) -> str | None
     when it is a plain class attribute (a property needs an instance). Imports the class."""
     if settings.qualified_name is not None:
         return settings.qualified_name
-    name = getattr(import_class(settings.class_path, where("class_path")), "qualified_name", None)
-    return name if isinstance(name, str) else None
+    return declared(settings, "qualified_name", where)
+
+
+def declared(settings: ModelSettings, attribute: str, where: Where = nowhere) -> str | None:
+    """A string class attribute of the entry's model class (e.g. ``version``), without building it."""
+    value = getattr(import_class(settings.class_path, where("class_path")), attribute, None)
+    return value if isinstance(value, str) else None
 
 
 def construct(settings: ComponentSettings, where: Where = nowhere) -> Any:

@@ -104,6 +104,19 @@ class Metrics:
         self.pending = Gauge("hostd_pending", "Requests admitted and not yet answered", ["model"],
                              registry=self.registry)
         self.models_loaded = Gauge("hostd_models_loaded", "Model versions loaded", registry=self.registry)
+        pair = ["model", "primary", "shadow"]  # a shadow's labels: the model and the two versions
+        self.shadow_requests = Counter(
+            "hostd_shadow_requests", "Requests mirrored to a shadow version, by outcome (compared, failed, "
+            "dropped: the shadow queue was full)", [*pair, "outcome"], registry=self.registry)
+        self.shadow_rows = Counter(
+            "hostd_shadow_rows", "Rows whose non-float outputs agree or disagree between primary and shadow",
+            [*pair, "agreement"], registry=self.registry)
+        self.shadow_difference = Histogram(
+            "hostd_shadow_abs_difference", "Absolute difference of each float output, shadow vs primary", pair,
+            buckets=(0, 1e-9, 1e-6, 1e-3, 0.01, 0.1, 1, 10, 100, 1000), registry=self.registry)
+        self.shadow_latency = Histogram(
+            "hostd_shadow_latency_difference_seconds", "Shadow latency minus primary latency", pair,
+            buckets=(-1, -0.1, -0.01, -0.001, 0, 0.001, 0.01, 0.1, 1), registry=self.registry)
         self._answered: dict[tuple[str, str, str], tuple[Any, Any]] = {}
         self._per_model: dict[str, tuple[Any, Any]] = {}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,7 +18,8 @@ from hostd.loading import Where, declared_name, load_model, nowhere
 from hostd.microbatch import Batcher
 from hostd.model import batch_function, is_deterministic
 from hostd.process_workers import ProcessWorkers
-from hostd.settings import HostSettings, ModelSettings
+from hostd.routing import Route, build_route
+from hostd.settings import HostSettings, ModelSettings, RoutingSettings
 
 log = structlog.get_logger("hostd.registry")
 
@@ -38,6 +39,9 @@ class ServedModel:
     batcher: Batcher | None = field(init=False)
     processes: ProcessWorkers | None = field(init=False)
     pending: int = 0
+    # Replaced or unloaded: no longer in the registry. A request that looked it up just before
+    # looks again (DataPlane) rather than run on a model about to close.
+    retired: bool = False
 
     def __post_init__(self) -> None:
         self.name = str(self.model.qualified_name)
@@ -87,9 +91,15 @@ class ServedModel:
 
 
 class Registry:
-    def __init__(self) -> None:
+    """What is served now: models by name, then version, and the route a request without a version
+    takes. Changes (``add``, ``remove``) are synchronous, so a request on the event loop sees the
+    set before a change or after it, never half of it."""
+
+    def __init__(self, routing: Mapping[str, RoutingSettings] | None = None) -> None:
         self._models: dict[str, dict[str, ServedModel]] = {}
-        self._latest: dict[str, ServedModel] = {}  # what a request without a version gets
+        self._routes: dict[str, Route[ServedModel]] = {}  # what a request without a version gets
+        self.routing: dict[str, RoutingSettings] = dict(routing or {})
+        self.generation = 0  # counts changes, for what is derived from the model set (the OpenAPI document)
         # Models from_settings(only=...) did not keep: "name version" (loaded, then closed) or "name".
         self.passed_over: list[str] = []
 
@@ -97,7 +107,7 @@ class Registry:
     def from_settings(cls, settings: HostSettings, only: str | None = None) -> Registry:
         """Load every model in ``settings`` (or only the entries that may be model ``only``). Every
         model is tried, so one run reports every broken entry, not just the first."""
-        registry, problems = cls(), []
+        registry, problems = cls(settings.routing), []
         for index, model_settings in enumerate(settings.models):
             where = functools.partial(_where, settings, index)
             try:
@@ -123,28 +133,50 @@ class Registry:
         versions = self._models.setdefault(served.name, {})
         previous = versions.get(served.version)
         versions[served.version] = served
-        self._latest[served.name] = _newest(versions)
+        self._reroute(served.name)
+        if previous is not None:
+            previous.retired = True
         return previous
 
     def remove(self, name: str, version: str) -> ServedModel:
         served = self.get(name, version)
         versions = self._models[name]
         del versions[version]
-        if versions:
-            self._latest[name] = _newest(versions)
-        else:
-            del self._models[name], self._latest[name]
+        self._reroute(name)
+        served.retired = True
         return served
+
+    def set_routing(self, routing: Mapping[str, RoutingSettings]) -> None:
+        self.routing = dict(routing)
+        for name in self._models:
+            self._reroute(name)
+
+    def _reroute(self, name: str) -> None:
+        self.generation += 1
+        versions = self._models.get(name)
+        if not versions:
+            self._models.pop(name, None)
+            self._routes.pop(name, None)
+            return
+        self._routes[name] = build_route(versions, _newest(versions), self.routing.get(name))
+
+    def route(self, name: str) -> Route[ServedModel] | None:
+        """How a request for ``name`` without a version picks one (None: not served)."""
+        return self._routes.get(name)
 
     def get(self, name: str, version: str | None = None) -> ServedModel:
         versions = self._models.get(name)
         if not versions:
             raise ModelNotFound(f"model '{name}' is not served here (served: {', '.join(self.names()) or 'none'})")
         if not version:
-            return self._latest[name]
+            return self._routes[name].pick()
         if version not in versions:
             raise ModelNotFound(f"model '{name}' has no version '{version}' (served: {', '.join(versions)})")
         return versions[version]
+
+    def current(self, served: ServedModel, requested: str | None) -> ServedModel:
+        """What now serves a request that looked up ``served`` (since retired) for ``requested``."""
+        return self.get(served.name, requested)
 
     def names(self) -> list[str]:
         return sorted(self._models)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -79,8 +79,48 @@ class ModelSettings(ComponentSettings):
         return self
 
 
+class AdminSettings(Strict):
+    """The calls that change what is served (load, unload, reload): off unless enabled."""
+
+    enabled: bool = False
+
+
+class ShadowSettings(Strict):
+    """Mirror a share of a model's unversioned requests to another version, off the request's path."""
+
+    version: str
+    share: float = Field(default=1.0, gt=0, le=1)
+    max_queue: int = Field(default=256, ge=1)  # requests waiting for the shadow; more are dropped, counted
+
+
+class RoutingSettings(Strict):
+    """Which version answers a request for a model that names no version."""
+
+    default_version: str | None = None  # pinned; default: the newest loaded
+    serve_newest: int | None = Field(default=None, ge=1)  # serve only the newest N loaded versions
+    traffic: dict[str, float] | None = None  # canary weights by version, e.g. {"1.0.0": 90, "2.0.0": 10}
+    shadow: ShadowSettings | None = None
+
+    @model_validator(mode="after")
+    def _weights_are_positive(self) -> RoutingSettings:
+        if self.traffic is not None and (not self.traffic or any(w < 0 for w in self.traffic.values())
+                                         or not sum(self.traffic.values()) > 0):
+            raise ValueError("traffic: give each version a weight >= 0, at least one of them > 0")
+        return self
+
+
+Startup = Literal["all", "none"] | list[str]
+
+
 class HostSettings(Strict):
-    models: list[ModelSettings] = Field(min_length=1)
+    models: list[ModelSettings] = Field(default_factory=list)
+    # A directory of model entries, one YAML file each (same keys as an item of `models:`), that can
+    # be loaded at run time without touching this file. Relative to this file's directory.
+    model_repository: str | None = None
+    startup: Startup = "all"  # what loads at start: every entry, none, or the models named
+    admin: AdminSettings = Field(default_factory=AdminSettings)
+    routing: dict[str, RoutingSettings] = Field(default_factory=dict)  # by model name
+    watch: bool = False  # reload on a change to this file or the repository directory
     # Validated per transport by the settings class its plugin registers; no section = HTTP only.
     transports: dict[str, Any] = Field(default_factory=lambda: {"http": {}})
     shutdown_grace_s: float = Field(default=10.0, ge=0)
@@ -95,9 +135,26 @@ class HostSettings(Strict):
     _source: str = PrivateAttr(default="<settings>")
     _lines: dict[Loc, int] = PrivateAttr(default_factory=dict)
 
+    @model_validator(mode="after")
+    def _some_models(self) -> HostSettings:
+        if not self.models and self.model_repository is None:
+            raise ValueError("give at least one model under 'models:' or a 'model_repository:' directory")
+        return self
+
     def where(self, loc: Loc) -> str:
         """``file:line`` of the YAML node at ``loc`` (or its nearest parent)."""
         return _where(self._source, self._lines, loc)
+
+    @property
+    def source(self) -> str:
+        """The file these settings were read from ("<settings>" if none)."""
+        return self._source
+
+    def repository_path(self) -> Path | None:
+        if self.model_repository is None:
+            return None
+        base = Path(self._source).parent if self._source != "<settings>" else Path.cwd()
+        return base / self.model_repository
 
 
 def load_settings(path: str | os.PathLike[str], transports: Mapping[str, type[BaseModel]] | None = None,
@@ -111,19 +168,28 @@ def load_settings(path: str | os.PathLike[str], transports: Mapping[str, type[Ba
     return parse_settings(text, source, transports, os.environ if environ is None else environ)
 
 
+def load_model_file(path: Path, environ: Mapping[str, str] | None = None,
+                    ) -> tuple[ModelSettings, Callable[..., str]]:
+    """One model entry from a repository file (the keys of an item of ``models:``), and ``where(*keys)``
+    giving the ``file:line`` of a key in it."""
+    source = str(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read model file: {exc.strerror}") from exc
+    raw, lines = _read_yaml(text, source, "a model file is one mapping with a 'class_path' key")
+    raw = _interpolate(raw, (), os.environ if environ is None else environ, source, lines)
+    try:
+        settings = ModelSettings.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, source, lines)) from None
+    return settings, lambda *keys: _where(source, lines, keys)
+
+
 def parse_settings(text: str, source: str, transports: Mapping[str, type[BaseModel]] | None = None,
                    environ: Mapping[str, str] | None = None) -> HostSettings:
     environ = {} if environ is None else environ
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: invalid YAML: {exc}") from exc
-    lines: dict[Loc, int] = {}
-    if node is not None:
-        _index_lines(node, (), lines)
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: the top level must be a mapping with a 'models' key")
+    raw, lines = _read_yaml(text, source, "the top level must be a mapping with a 'models' key")
     raw = _interpolate(raw, (), environ, source, lines)
     overridden = _apply_env_overrides(raw, environ)
     try:
@@ -134,6 +200,21 @@ def parse_settings(text: str, source: str, transports: Mapping[str, type[BaseMod
     if transports is not None:
         settings.transports = _validate_transports(settings, transports)
     return settings
+
+
+def _read_yaml(text: str, source: str, not_a_mapping: str) -> tuple[dict[str, Any], dict[Loc, int]]:
+    """The YAML mapping in ``text`` and the line of each key path in it."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: invalid YAML: {exc}") from exc
+    lines: dict[Loc, int] = {}
+    if node is not None:
+        _index_lines(node, (), lines)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: {not_a_mapping}")
+    return raw, lines
 
 
 def _validate_transports(settings: HostSettings, known: Mapping[str, type[BaseModel]]) -> dict[str, Any]:

@@ -128,12 +128,14 @@ def test_a_missing_models_key_is_an_error(tmp_path: Path) -> None:
         """)
     message = load_error(path)
     assert f"{path}" in message
-    assert "models: Field required" in message
+    assert "give at least one model under 'models:' or a 'model_repository:' directory" in message
 
 
 def test_an_empty_models_list_is_an_error(tmp_path: Path) -> None:
     path = write(tmp_path, "models: []\n")
-    assert f"{path}:1: models:" in load_error(path)
+    message = load_error(path)
+    assert f"{path}:1:" in message
+    assert "give at least one model under 'models:' or a 'model_repository:' directory" in message
 
 
 def test_a_file_that_is_not_a_mapping_is_an_error(tmp_path: Path) -> None:

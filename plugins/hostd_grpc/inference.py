@@ -53,6 +53,9 @@ class InferenceService:
             "ServerMetadata": (self.server_metadata, pb.ServerMetadataRequest, pb.ServerMetadataResponse),
             "ModelMetadata": (self.model_metadata, pb.ModelMetadataRequest, pb.ModelMetadataResponse),
             "ModelInfer": (self.model_infer, pb.ModelInferRequest, pb.ModelInferResponse),
+            "RepositoryIndex": (self.repository_index, pb.RepositoryIndexRequest, pb.RepositoryIndexResponse),
+            "RepositoryModelLoad": (self.load, pb.RepositoryModelLoadRequest, pb.RepositoryModelLoadResponse),
+            "RepositoryModelUnload": (self.unload, pb.RepositoryModelUnloadRequest, pb.RepositoryModelUnloadResponse),
         }
         return {f"/{SERVICE}/{name}": unary_handler(respond, request, reply, self.in_flight, self.limits)
                 for name, (respond, request, reply) in rpcs.items()}
@@ -73,7 +76,19 @@ class InferenceService:
 
     async def server_metadata(self, request: pb.ServerMetadataRequest,
                               call: Call) -> pb.ServerMetadataResponse:
-        return pb.ServerMetadataResponse(name="hostd", version=__version__, extensions=[])
+        return pb.ServerMetadataResponse(name="hostd", version=__version__, extensions=["model_repository"])
+
+    async def repository_index(self, request: pb.RepositoryIndexRequest, call: Call) -> pb.RepositoryIndexResponse:
+        return pb.RepositoryIndexResponse(models=[pb.RepositoryIndexResponse.ModelIndex(**entry)
+                                                  for entry in self.dataplane.repository_index(request.ready)])
+
+    async def load(self, request: pb.RepositoryModelLoadRequest, call: Call) -> pb.RepositoryModelLoadResponse:
+        await self.dataplane.admin().load(request.model_name)
+        return pb.RepositoryModelLoadResponse()
+
+    async def unload(self, request: pb.RepositoryModelUnloadRequest, call: Call) -> pb.RepositoryModelUnloadResponse:
+        await self.dataplane.admin().unload(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
 
     async def model_metadata(self, request: pb.ModelMetadataRequest,
                              call: Call) -> pb.ModelMetadataResponse:

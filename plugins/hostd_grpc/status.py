@@ -18,6 +18,8 @@ STATUS = {
     ErrorCode.NOT_READY: Status.UNAVAILABLE,
     ErrorCode.TIMEOUT: Status.DEADLINE_EXCEEDED,
     ErrorCode.MODEL_ERROR: Status.INTERNAL,
+    ErrorCode.LOAD_FAILED: Status.INTERNAL,  # as Triton answers a failed RepositoryModelLoad
+    ErrorCode.FORBIDDEN: Status.PERMISSION_DENIED,
 }
 
 

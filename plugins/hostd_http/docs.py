@@ -90,6 +90,7 @@ COMPONENTS: dict[str, Json] = {
 #: What each error status means, whichever route answers it.
 ERRORS = {
     400: "Invalid input: the messages say what is wrong",
+    403: "Admin calls are off (admin: {enabled: true} turns them on)",
     404: "No such model or version (or path)",
     413: "Request body over the size limit (max_request_bytes)",
     500: "The model failed, or hostd did (its log says why)",
@@ -198,7 +199,37 @@ def _v2_paths(names: list[str]) -> Json:
             "400": {"description": "Loaded but not served (create_endpoint: false)", **_json(model_ready)}},
             parameters)
         paths[prefix + "/infer"] = {"post": _infer(suffix, parameters)}
-    return paths
+    return {**paths, **_repository_paths()}
+
+
+def _repository_paths() -> Json:
+    """The OIP model repository extension (as Triton and MLServer serve it)."""
+    entry = _object(["name", "version", "state", "reason"], name={"type": "string"}, version={"type": "string"},
+                    state={"enum": ["READY", "UNAVAILABLE", "LOADING", "UNLOADING"]}, reason={"type": "string"})
+    index_body = {"type": "object", "properties": {"ready": {"type": "boolean"}}}
+    change_body = {"type": "object", "properties": {"parameters": ANY_OBJECT}}
+
+    def post(operation_id: str, summary: str, body: Json, responses: Json, parameters: list[Json] | None = None,
+             ) -> Json:
+        operation: Json = {"operationId": operation_id, "tags": ["v2"], "summary": summary, "responses": responses,
+                           "requestBody": {"required": False, "content": {"application/json": {"schema": body}}}}
+        if parameters:
+            operation["parameters"] = parameters
+        return {"post": operation}
+
+    name = [_path_parameter("name")]
+    done = {"200": {"description": "Done"}}
+    return {
+        "/v2/repository/index": post("v2_repository_index", "Every model the repository knows, with its state",
+                                     index_body, _responses(V2_ERROR, _ok("The index", {"type": "array",
+                                                                                       "items": entry}), 400)),
+        "/v2/repository/models/{name}/load": post(
+            "v2_repository_load", "Load a model, or reload it (the new version serves before the old one leaves)",
+            change_body, _responses(V2_ERROR, done, 400, 403, 404), name),
+        "/v2/repository/models/{name}/unload": post(
+            "v2_repository_unload", "Unload a model: admitted requests finish, then it is closed",
+            change_body, _responses(V2_ERROR, done, 400, 403, 404), name),
+    }
 
 
 def _infer(suffix: str, parameters: list[Json]) -> Json:
@@ -269,12 +300,16 @@ def swagger_ui() -> tuple[Path, str]:
 
 
 def routes(dataplane: DataPlane, title: str, description: str) -> list[Route | Mount]:
-    spec = openapi(dataplane, title, description)
+    built: dict[int, Json] = {}  # the document for the registry's generation: rebuilt when models change
     assets, ui_version = swagger_ui()
     page = DOCS_PAGE.format(title=html.escape(title), ui_version=ui_version)
 
     async def openapi_json(request: Request) -> Response:
-        return ORJSONResponse(spec)
+        generation = dataplane.registry.generation
+        if generation not in built:
+            built.clear()
+            built[generation] = openapi(dataplane, title, description)
+        return ORJSONResponse(built[generation])
 
     async def docs(request: Request) -> Response:
         return HTMLResponse(page)

@@ -24,6 +24,8 @@ STATUS = {
     ErrorCode.NOT_READY: 503,
     ErrorCode.TIMEOUT: 504,
     ErrorCode.MODEL_ERROR: 500,
+    ErrorCode.LOAD_FAILED: 400,  # as Triton answers a failed repository load
+    ErrorCode.FORBIDDEN: 403,
 }
 # An overloaded model's queue drains in milliseconds: a second is long enough to wait.
 RETRY_AFTER_S = "1"

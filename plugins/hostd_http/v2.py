@@ -26,7 +26,8 @@ def error_body(code: str, message: str, details: list[Any]) -> dict[str, Any]:
 
 
 async def server_metadata(request: Request) -> Response:
-    return ORJSONResponse({"name": "hostd", "version": __version__, "extensions": ["binary_tensor_data"]})
+    return ORJSONResponse({"name": "hostd", "version": __version__,
+                           "extensions": ["binary_tensor_data", "model_repository"]})
 
 
 def model_metadata(served: ServedModel, versions: list[str]) -> dict[str, Any]:
@@ -87,6 +88,23 @@ def routes(dataplane: DataPlane, max_body: int) -> list[Route]:
     def _served(request: Request) -> ServedModel:
         return dataplane.model(request.path_params["name"], request.path_params.get("version"))
 
+    async def repository_index(request: Request) -> Response:
+        query = await _optional_json(request, max_body)
+        ready_only = query.get("ready", False)
+        if not isinstance(ready_only, bool):
+            raise InvalidInput("'ready' must be true or false")
+        return ORJSONResponse(dataplane.repository_index(ready_only))
+
+    async def load(request: Request) -> Response:
+        await _optional_json(request, max_body)  # {"parameters": {...}}: none is needed
+        await dataplane.admin().load(request.path_params["name"])
+        return Response(status_code=200)
+
+    async def unload(request: Request) -> Response:
+        await _optional_json(request, max_body)
+        await dataplane.admin().unload(request.path_params["name"])
+        return Response(status_code=200)
+
     infer_routes: list[Route] = []
     model_routes: list[Route] = []
     for prefix in ("/models/{name}", "/models/{name}/versions/{version}"):
@@ -97,7 +115,22 @@ def routes(dataplane: DataPlane, max_body: int) -> list[Route]:
         Route("/health/live", live),
         Route("/health/ready", ready),
         *model_routes,
+        # The OIP model repository extension, as Triton and MLServer serve it.
+        Route("/repository/index", repository_index, methods=["POST"]),
+        Route("/repository/models/{name}/load", load, methods=["POST"]),
+        Route("/repository/models/{name}/unload", unload, methods=["POST"]),
     ]
+
+
+async def _optional_json(request: Request, limit: int) -> dict[str, Any]:
+    """A repository call's JSON body: an object, or nothing at all."""
+    body = await read_body(request, limit)
+    if not body.strip():
+        return {}
+    parsed = parse_json(body)
+    if not isinstance(parsed, dict):
+        raise InvalidInput("the request body must be a JSON object")
+    return parsed
 
 
 def _split(body: bytes, header_length: str | None) -> tuple[memoryview, memoryview]:

@@ -116,7 +116,7 @@ def test_tritonclient_health_and_metadata(client: triton.InferenceServerClient) 
     assert metadata["outputs"] == [{"name": "species", "datatype": "BYTES", "shape": [-1]}]
     digits = client.get_model_metadata("digits_model")
     assert digits["inputs"] == [{"name": "image", "datatype": "INT64", "shape": [-1, 8, 8]}]
-    assert client.get_server_metadata()["extensions"] == ["binary_tensor_data"]
+    assert client.get_server_metadata()["extensions"] == ["binary_tensor_data", "model_repository"]
 
 
 @pytest.mark.parametrize(("datatype", "dtype"), [("FP32", np.float32), ("FP64", np.float64)])

@@ -146,3 +146,27 @@ class CheckedEcho(EchoModel):
 
     def predict(self, data: CheckedInput) -> EchoOutput:  # type: ignore[override]
         return EchoOutput(y=data.x * self.factor, text=data.check_gate)
+
+
+#: Names and versions of the ClosableEcho models closed so far (the repository tests read it).
+CLOSED: list[tuple[str, str]] = []
+
+
+class ClosableEcho(EchoModel):
+    """An echo model that records its close() (hostd calls it when a model is unloaded)."""
+
+    def close(self) -> None:
+        CLOSED.append((self.qualified_name, self.version))
+
+
+class HeldEcho(ClosableEcho):
+    """Every call waits until the file ``gate`` (configuration) exists: a model that is slow until
+    the test says otherwise (a slow shadow, a model still busy while it is unloaded)."""
+
+    def __init__(self, gate: str, name: str = "echo", version: str = "1.0.0", factor: float = 2.0) -> None:
+        super().__init__(name, version, factor)
+        self.gate = gate
+
+    def predict(self, data: EchoInput) -> EchoOutput:
+        wait_for_gate(self.gate, 30)
+        return super().predict(data)

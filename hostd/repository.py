@@ -1,0 +1,381 @@
+"""The model repository: every model hostd can serve, its state, and loading, unloading and reloading
+at run time.
+
+The entries are the items of ``models:`` plus one YAML file per entry in ``model_repository:``. The
+``Registry`` holds what is served now; only this module changes it, one change at a time (a lock),
+while requests go on: a model is built and warmed in a thread, then published in one synchronous
+step; a model leaving is first unpublished (new requests no longer find it), then drained (its
+admitted requests finish), then closed and its memory returned. A reload publishes the new model
+before the old one leaves, so a request always finds one of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import ctypes.util
+import functools
+import gc
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import anyio
+import structlog
+
+from hostd.errors import ConfigError, ConfigErrors, LoadFailed, ModelNotFound
+from hostd.loading import Where, declared, declared_name
+from hostd.registry import Registry, ServedModel, build_model, close_models, version_key
+from hostd.settings import HostSettings, ModelSettings, load_model_file
+
+log = structlog.get_logger("hostd.repository")
+DRAIN_POLL_S = 0.01
+MODEL_FILE_SUFFIXES = (".yaml", ".yml")
+
+
+class ModelState(str, Enum):
+    """As the Open Inference Protocol's repository extension names them (Triton, MLServer)."""
+
+    READY = "READY"
+    UNAVAILABLE = "UNAVAILABLE"
+    LOADING = "LOADING"
+    UNLOADING = "UNLOADING"
+
+
+@dataclass(eq=False)
+class Entry:
+    """One model entry and what became of it."""
+
+    settings: ModelSettings
+    where: Where  # where(*keys): file:line of a key in the entry
+    name: str | None  # known before loading (declared), else once built
+    known_version: str = ""  # the class's own (a plain attribute), then the last one built
+    state: ModelState = ModelState.UNAVAILABLE
+    reason: str = "not loaded"
+    served: ServedModel | None = None  # what it serves now
+    built: ServedModel | None = None  # built, not yet published
+
+    @property
+    def version(self) -> str:
+        return self.served.version if self.served is not None else self.known_version
+
+    def index(self) -> dict[str, str]:
+        return {"name": self.name or self.settings.class_path, "version": self.version, "state": self.state.value,
+                "reason": self.reason}
+
+
+@dataclass
+class Change:
+    """What applying new settings did, by model name."""
+
+    loaded: list[str] = field(default_factory=list)
+    reloaded: list[str] = field(default_factory=list)
+    unloaded: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"loaded": self.loaded, "reloaded": self.reloaded, "unloaded": self.unloaded, "failed": self.failed}
+
+
+class ModelRepository:
+    def __init__(self, settings: HostSettings, registry: Registry | None = None,
+                 reread: Callable[[], HostSettings] | None = None) -> None:
+        self.settings = settings
+        self.registry = registry or Registry(settings.routing)
+        self.entries = entries_of(settings)  # imports the model classes: build this off the event loop
+        self.on_change: Callable[[], None] = lambda: None  # the registry changed
+        self._reread = reread  # the config as it is now on disk, validated
+        self._lock = asyncio.Lock()
+
+    # -- reading -----------------------------------------------------------------------------------
+
+    def index(self, ready_only: bool = False) -> list[dict[str, str]]:
+        entries = sorted(self.entries, key=lambda e: (e.name or e.settings.class_path, _sortable(e.version)))
+        return [entry.index() for entry in entries if not ready_only or entry.state is ModelState.READY]
+
+    def named(self, name: str) -> list[Entry]:
+        entries = [entry for entry in self.entries if entry.name == name]
+        if not entries:
+            known = ", ".join(sorted({e.name for e in self.entries if e.name})) or "none"
+            raise ModelNotFound(f"no model named '{name}' in the repository (known: {known})")
+        return entries
+
+    # -- changing ----------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load what ``startup`` names (and every entry whose name is known only once built); any
+        failure is fatal, reported for every entry that failed."""
+        wanted = [entry for entry in self.entries if _at_startup(entry, self.settings.startup)]
+        async with self._lock:
+            problems = await self._build_all(wanted)
+            if problems:
+                raise problems[0] if len(problems) == 1 else ConfigErrors(problems)
+            self._publish(wanted)
+            self._enforce_policy()
+            self.on_change()
+
+    async def load(self, name: str) -> None:
+        """Load every entry of model ``name``; reload it (new before old) if it is loaded."""
+        async with self._lock:
+            await self._load(self.named(name))
+            self._enforce_policy()
+            self.on_change()
+
+    async def unload(self, name: str) -> None:
+        """Stop serving model ``name``: no new requests, admitted ones finish, then it is closed."""
+        async with self._lock:
+            entries = self.named(name)
+            serving = [entry.served for entry in entries if entry.served is not None]
+            for entry in entries:
+                entry.state = ModelState.UNLOADING if entry.served is not None else entry.state
+            await self._retire(serving, "unloaded")
+            for entry in entries:
+                entry.served, entry.state, entry.reason = None, ModelState.UNAVAILABLE, "unloaded"
+            self.on_change()
+
+    async def apply(self, settings: HostSettings) -> Change:
+        """Serve ``settings`` instead of the current ones: new models load, removed ones unload,
+        changed ones reload (new before old); unchanged ones are left as they are. A model that
+        fails to load is reported and leaves what served before serving."""
+        new = await anyio.to_thread.run_sync(entries_of, settings)
+        async with self._lock:
+            change, kept = Change(), []
+            old_by_name = _by_name(self.entries)
+            for name, entries in _by_name(new).items():
+                before = old_by_name.pop(name, [])
+                if _same(before, entries):
+                    kept += before
+                    continue
+                serving = any(entry.served is not None for entry in before)
+                try:
+                    await self._load(entries, replacing=before)
+                except LoadFailed as exc:
+                    change.failed[name] = exc.message
+                    kept += before
+                    continue
+                (change.reloaded if serving else change.loaded).append(name)
+                kept += entries
+            for name, entries in old_by_name.items():  # no longer configured
+                await self._retire([entry.served for entry in entries if entry.served is not None], "removed")
+                change.unloaded.append(name)
+            self.settings, self.entries = settings, kept
+            self.registry.set_routing(settings.routing)
+            self._enforce_policy()
+            self.on_change()
+            return change
+
+    async def reload(self) -> Change:
+        """Re-read the config (and the repository directory) and apply it. A config that does not
+        validate, or that changes the transports, is rejected whole: nothing changes."""
+        if self._reread is None:
+            raise LoadFailed("this daemon was not started from a config file: nothing to reload")
+        try:
+            settings = await anyio.to_thread.run_sync(self._reread)
+        except ConfigError as exc:
+            raise LoadFailed(f"the new config was rejected; still serving the previous one:\n{exc}") from None
+        changed = sorted(name for name in settings.transports.keys() | self.settings.transports.keys()
+                         if settings.transports.get(name) != self.settings.transports.get(name))
+        if changed:
+            raise LoadFailed(f"the new config changes transports ({', '.join(changed)}), which needs a restart; "
+                             "nothing was applied, still serving the previous config")
+        try:
+            return await self.apply(settings)
+        except ConfigError as exc:  # a repository file, a class that cannot be imported
+            raise LoadFailed(f"the new config was rejected; still serving the previous one:\n{exc}") from None
+
+    def fingerprint(self) -> tuple[tuple[str, int, int], ...]:
+        """The config file's and the repository files' (path, mtime, size): changes when one does."""
+        paths = [Path(self.settings.source)]
+        directory = self.settings.repository_path()
+        if directory is not None and directory.is_dir():
+            paths += sorted(path for path in directory.iterdir() if path.suffix in MODEL_FILE_SUFFIXES)
+        stamps = []
+        for path in paths:
+            try:
+                stat = path.stat()
+            except OSError:
+                continue
+            stamps.append((str(path), stat.st_mtime_ns, stat.st_size))
+        return tuple(stamps)
+
+    async def close(self) -> None:
+        async with self._lock:
+            serving = [entry.served for entry in self.entries if entry.served is not None]
+            await anyio.to_thread.run_sync(close_models, serving)
+            for entry in self.entries:
+                entry.served, entry.state, entry.reason = None, ModelState.UNAVAILABLE, "stopped"
+
+    # -- the steps ---------------------------------------------------------------------------------
+
+    async def _load(self, entries: list[Entry], replacing: Iterable[Entry] = ()) -> None:
+        """Build ``entries``, publish them, then retire what they and ``replacing`` served before."""
+        problems = await self._build_all(entries)
+        if problems:
+            raise LoadFailed("; ".join(str(problem) for problem in problems))
+        old = [entry.served for entry in [*entries, *replacing] if entry.served is not None]
+        self._publish(entries)
+        await self._retire(old, "replaced")
+
+    async def _build_all(self, entries: list[Entry]) -> list[ConfigError]:
+        """Build and warm each entry in a thread (LOADING until published). If any fails, none is
+        kept: the problems are returned and every entry goes on as it was."""
+        problems = []
+        for entry in entries:
+            entry.state = ModelState.LOADING if entry.served is None else entry.state
+            try:
+                entry.built = await anyio.to_thread.run_sync(_build, entry)
+            except ConfigError as exc:
+                problems.append(exc)
+                entry.reason = f"load failed: {exc}"
+                log.error("model failed to load", entry=entry.where(), error=str(exc))
+        if problems:
+            built = [entry.built for entry in entries if entry.built is not None]
+            await anyio.to_thread.run_sync(close_models, built)
+            for entry in entries:
+                entry.built = None
+                entry.state = ModelState.READY if entry.served is not None else ModelState.UNAVAILABLE
+        return problems
+
+    def _publish(self, entries: list[Entry]) -> None:
+        """Serve each entry's built model, in one synchronous step."""
+        for entry in entries:
+            built, entry.built = entry.built, None
+            assert built is not None
+            self.registry.add(built)
+            entry.served, entry.name, entry.known_version = built, built.name, built.version
+            entry.state, entry.reason = ModelState.READY, ""
+        log.info("serving", models=[f"{m.name}:{m.version}" for m in self.registry])
+
+    def _enforce_policy(self) -> None:
+        """routing.serve_newest: a name's versions beyond its newest N leave (closed in place: they
+        were never the newest, so a request without a version never went to them)."""
+        for name, routing in self.settings.routing.items():
+            if routing.serve_newest is None:
+                continue
+            serving = [entry for entry in self.entries if entry.name == name and entry.served is not None]
+            serving.sort(key=lambda entry: _sortable(entry.version), reverse=True)
+            for entry in serving[routing.serve_newest:]:
+                assert entry.served is not None
+                self.registry.remove(name, entry.served.version)
+                close_models([entry.served])
+                entry.served, entry.state = None, ModelState.UNAVAILABLE
+                entry.reason = f"not among the newest {routing.serve_newest} versions (routing.serve_newest)"
+
+    async def _retire(self, models: list[ServedModel], why: str) -> None:
+        """Unpublish, drain (admitted requests finish, within shutdown_grace_s), close ``models``."""
+        if not models:
+            return
+        for served in models:
+            if _still_served(self.registry, served):
+                self.registry.remove(served.name, served.version)
+        with anyio.move_on_after(self.settings.shutdown_grace_s):
+            while any(served.pending for served in models):
+                await anyio.sleep(DRAIN_POLL_S)
+        await anyio.to_thread.run_sync(close_models, models)
+        for served in models:
+            log.info("model closed", model=served.name, version=served.version, why=why)
+        models.clear()  # the last references to them here: their memory can go
+        await anyio.to_thread.run_sync(_return_memory)
+
+
+def entries_of(settings: HostSettings) -> list[Entry]:
+    """The entries of ``models:`` and of the repository directory, with the names they declare.
+    Every problem is reported, not just the first."""
+    entries, problems = [], []
+    for index, model in enumerate(settings.models):
+        where = functools.partial(_where, settings, index)
+        try:
+            entries.append(_entry(model, where))
+        except ConfigError as exc:
+            problems.append(exc)
+    directory = settings.repository_path()
+    if directory is not None:
+        if not directory.is_dir():
+            problems.append(ConfigError(f"{settings.where(('model_repository',))}: model_repository: "
+                                        f"{directory} is not a directory"))
+        for path in sorted(directory.iterdir()) if directory.is_dir() else []:
+            if path.suffix not in MODEL_FILE_SUFFIXES:
+                continue
+            try:
+                model, where_in_file = load_model_file(path)
+                entries.append(_entry(model, where_in_file, default_name=path.stem))
+            except ConfigError as exc:
+                problems.append(exc)
+    if problems:
+        raise problems[0] if len(problems) == 1 else ConfigErrors(problems)
+    return entries
+
+
+def _entry(settings: ModelSettings, where: Where, default_name: str | None = None) -> Entry:
+    return Entry(settings, where, declared_name(settings, where) or default_name,
+                 declared(settings, "version", where) or "")
+
+
+def _where(settings: HostSettings, index: int, *keys: Any) -> str:
+    return settings.where(("models", index, *keys))
+
+
+def _at_startup(entry: Entry, startup: str | list[str]) -> bool:
+    if entry.name is None or startup == "all":
+        return True
+    return startup != "none" and entry.name in startup
+
+
+def _by_name(entries: Iterable[Entry]) -> dict[str, list[Entry]]:
+    named: dict[str, list[Entry]] = {}
+    for entry in entries:
+        named.setdefault(entry.name or entry.settings.class_path, []).append(entry)
+    return named
+
+
+def _same(before: list[Entry], after: list[Entry]) -> bool:
+    def key(entries: list[Entry]) -> list[str]:
+        return sorted(entry.settings.model_dump_json() for entry in entries)
+    return key(before) == key(after)
+
+
+def _still_served(registry: Registry, served: ServedModel) -> bool:
+    try:
+        return registry.get(served.name, served.version) is served
+    except ModelNotFound:
+        return False
+
+
+def _build(entry: Entry) -> ServedModel:
+    """The entry's model, built and warmed (process workers started), checked against its name."""
+    served = build_model(entry.settings, entry.where)
+    try:
+        if entry.name is not None and served.name != entry.name:
+            raise ConfigError(f"{entry.where('class_path')}: the model's name is '{served.name}', not "
+                              f"'{entry.name}' (its qualified_name, or its repository file's name)")
+        if served.processes is not None:
+            served.processes.warm_up()
+    except ConfigError:
+        close_models([served])
+        raise
+    except Exception as exc:
+        close_models([served])
+        raise ConfigError(f"{entry.where('workers')}: the model's worker processes failed to start: "
+                          f"{type(exc).__name__}: {exc}") from exc
+    return served
+
+
+def _return_memory() -> None:
+    """A closed model's objects are garbage now, but the daemon froze everything loaded at start
+    (gc.freeze(): the collector skips them) and glibc keeps freed pages: collect once with them
+    unfrozen, freeze again, and hand free pages back to the system, so unloading shows in RSS."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+    libc_name = ctypes.util.find_library("c")
+    if libc_name is not None:
+        libc = ctypes.CDLL(libc_name)
+        if hasattr(libc, "malloc_trim"):
+            libc.malloc_trim(0)
+
+
+def _sortable(version: str) -> tuple[int, Any]:
+    key = version_key(version)
+    return (0, key) if isinstance(key, tuple) else (1, key)
