@@ -103,7 +103,7 @@ async def test_admin_calls_are_forbidden_unless_enabled() -> None:
 async def test_a_model_that_fails_to_load_leaves_everything_else_serving() -> None:
     broken = {"class_path": "tests.support.toy:FailsToLoad", "qualified_name": "broken"}
     plane = await started(config(echo(), broken, startup=["echo"]))
-    with pytest.raises(LoadFailed, match="parameters.skops is missing"):
+    with pytest.raises(LoadFailed, match=r"parameters\.skops is missing"):
         await plane.admin().load("broken")
     state, reason = states(plane)[("broken", "")]
     assert state == "UNAVAILABLE" and "parameters.skops is missing" in reason
