@@ -117,9 +117,20 @@ class ModelRepository:
             self.on_change()
 
     async def load(self, name: str) -> None:
-        """Load every entry of model ``name``; reload it (new before old) if it is loaded."""
+        """Load every entry of model ``name`` as the config and the repository directory say now
+        (so a file added or changed there is picked up); if it is loaded, reload it, new before old."""
+        fresh = await self._read_entries() if self._reread is not None else None
         async with self._lock:
-            await self._load(self.named(name))
+            before = self.named(name) if fresh is None else [entry for entry in self.entries if entry.name == name]
+            entries = before if fresh is None else [entry for entry in fresh if entry.name == name]
+            if not entries:
+                self.named(name)  # MODEL_NOT_FOUND, naming the models there are
+            try:
+                await self._load(entries, replacing=before)
+            except LoadFailed as exc:
+                self._keep_after_failure(name, before, entries, exc)
+                raise
+            self.entries = [entry for entry in self.entries if entry.name != name] + entries
             self._enforce_policy()
             self.on_change()
 
@@ -153,7 +164,7 @@ class ModelRepository:
                     await self._load(entries, replacing=before)
                 except LoadFailed as exc:
                     change.failed[name] = exc.message
-                    kept += before
+                    kept += self._keep_after_failure(name, before, entries, exc)
                     continue
                 (change.reloaded if serving else change.loaded).append(name)
                 kept += entries
@@ -208,6 +219,25 @@ class ModelRepository:
                 entry.served, entry.state, entry.reason = None, ModelState.UNAVAILABLE, "stopped"
 
     # -- the steps ---------------------------------------------------------------------------------
+
+    async def _read_entries(self) -> list[Entry]:
+        """The entries as the files say now (the config is re-read and validated)."""
+        assert self._reread is not None
+        try:
+            settings = await anyio.to_thread.run_sync(self._reread)
+            return await anyio.to_thread.run_sync(entries_of, settings)
+        except ConfigError as exc:
+            raise LoadFailed(f"the config was rejected:\n{exc}") from None
+
+    def _keep_after_failure(self, name: str, before: list[Entry], tried: list[Entry], exc: LoadFailed) -> list[Entry]:
+        """After a failed load of ``name``: the entries that go on (those serving, else the ones tried,
+        whose reason says why), put in the index in place of ``before``."""
+        serving = [entry for entry in before if entry.served is not None]
+        for entry in serving:
+            entry.reason = f"reload failed: {exc.message}"
+        kept = serving or tried
+        self.entries = [entry for entry in self.entries if entry.name != name] + kept
+        return kept
 
     async def _load(self, entries: list[Entry], replacing: Iterable[Entry] = ()) -> None:
         """Build ``entries``, publish them, then retire what they and ``replacing`` served before."""

@@ -171,6 +171,12 @@ def _api_paths(names: list[str]) -> Json:
             "503": {"description": "Refusing traffic: starting or shutting down", **_json(refusing)}}),
         "/api/health/startup": _get("startup", "service", "Start-up", _responses(
             REST_ERROR, _ok("Every model has loaded", status("startup_status", "STARTED")))),
+        "/api/admin/reload": {"post": {
+            "operationId": "reload", "tags": ["service"],
+            "summary": "Re-read the config and the model repository and apply the difference (as SIGHUP does)",
+            "responses": _responses(REST_ERROR, _ok("What changed, by model name", _object(
+                ["loaded", "reloaded", "unloaded", "failed"], loaded=STRINGS, reloaded=STRINGS, unloaded=STRINGS,
+                failed={"type": "object", "additionalProperties": {"type": "string"}})), 400, 403)}},
     }
 
 
@@ -285,7 +291,9 @@ def _prediction_path(served: ServedModel, refs: dict[SchemaKey, Any]) -> dict[st
         "parameters": [VERSION_QUERY],
         "requestBody": {"required": True, **_json(refs[served.model.input_schema, "validation"])},
         "responses": _responses(REST_ERROR, {"200": {
-            "description": "Prediction", **_json(refs[served.model.output_schema, "serialization"])}},
+            "description": "Prediction", **_json(refs[served.model.output_schema, "serialization"]),
+            "headers": {"X-Model-Version": {"description": "The version that answered",
+                                            "schema": {"type": "string"}}}}},
             400, 404, 413, 504),
     }}
 

@@ -47,7 +47,12 @@ def routes(dataplane: DataPlane, max_body: int) -> list[Route]:
             raise InvalidInput("the request body must be a JSON object of the model's input fields")
         result = await dataplane.predict(request.path_params["name"], data, request.query_params.get("version"),
                                          transport="http", client=client_of(request))
-        return ORJSONResponse(result.output)
+        # Which version answered: with canary weights, a request without a version may get any of them.
+        return ORJSONResponse(result.output, headers={"X-Model-Version": result.version})
+
+    async def reload(request: Request) -> Response:
+        change = await dataplane.admin().reload()
+        return ORJSONResponse(change.to_dict())
 
     return [  # prediction first: the router tries routes in order
         Route("/models/{name}/prediction", prediction, methods=["POST"]),
@@ -56,6 +61,7 @@ def routes(dataplane: DataPlane, max_body: int) -> list[Route]:
         Route("/health/startup", startup),
         Route("/models", list_models),
         Route("/models/{name}/metadata", metadata),
+        Route("/admin/reload", reload, methods=["POST"]),
     ]
 
 
