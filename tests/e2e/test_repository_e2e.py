@@ -260,15 +260,19 @@ def test_load_unload_and_reload_under_load_lose_nothing(lifecycle: HostdProcess,
 def test_unloading_digits_returns_its_memory(start_hostd: Start) -> None:
     server = start_hostd({"models": [IRIS, DIGITS], "startup": ["iris_model"], "admin": {"enabled": True}})
     client = triton_http.InferenceServerClient(url=f"127.0.0.1:{server.port}")
+    rounds = []
     try:
-        before = rss_kb(server.proc.pid)
-        client.load_model("digits_model")
-        loaded = rss_kb(server.proc.pid)
-        client.unload_model("digits_model")
-        after = rss_kb(server.proc.pid)
+        # The first round also imports digits_model's modules, which stay (Python does not unload
+        # modules); from the second on, a load and an unload are the model alone.
+        for _ in range(3):
+            before = rss_kb(server.proc.pid)
+            client.load_model("digits_model")
+            loaded = rss_kb(server.proc.pid)
+            client.unload_model("digits_model")
+            rounds.append((before, loaded, rss_kb(server.proc.pid)))
     finally:
         client.close()
-    print(f"RSS KB: before load {before}, loaded {loaded}, after unload {after}")
-    grown = loaded - before
-    assert grown > 1000, (before, loaded, after)  # the forest and its imports are megabytes
-    assert after - before < grown / 2, f"unloading returned too little: {before} -> {loaded} -> {after} KB"
+    print("RSS KB (before load, loaded, after unload) per round:", rounds)
+    for before, loaded, after in rounds[1:]:
+        assert loaded - before > 2000, rounds  # the 100-tree forest is megabytes
+        assert after - before < (loaded - before) / 4, f"unloading kept most of the model's memory: {rounds}"
