@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import traceback
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +81,42 @@ def run(config: Path, log_format: str) -> None:
         if failed is None:
             raise
         raise click.ClickException(str(innermost(failed))) from None
+
+
+@cli.command()
+@config_argument
+@click.option("--pid", type=int, default=None,
+              help="Send SIGHUP to this hostd process instead; its log says what was applied.")
+@click.option("--timeout", "timeout_s", type=float, default=120.0, show_default=True,
+              help="Seconds to wait for the models to load.")
+def reload(config: Path, pid: int | None, timeout_s: float) -> None:
+    """Make the hostd serving CONFIG re-read it (and its model repository) and apply the difference:
+    new models load, removed ones unload, changed ones reload. Asks the daemon over its HTTP transport
+    (POST /api/admin/reload; needs admin: {enabled: true}), and prints what changed."""
+    if pid is not None:
+        os.kill(pid, signal.SIGHUP)
+        click.echo(f"sent SIGHUP to {pid}")
+        return
+    try:
+        settings, _ = load(config)
+    except ConfigError as exc:
+        click.echo(f"hostd: config error:\n{exc}\nhostd: nothing was sent; the running hostd goes on serving "
+                   "its current config", err=True)
+        sys.exit(2)
+    http = settings.transports.get("http")
+    if http is None:
+        raise click.ClickException(f"{config} serves no http transport: send SIGHUP instead (hostd reload --pid PID)")
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(http.host, http.host)
+    url = f"http://{f'[{host}]' if ':' in host else host}:{http.port}/api/admin/reload"
+    request = urllib.request.Request(url, method="POST", data=b"")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            click.echo(response.read().decode())
+    except urllib.error.HTTPError as exc:
+        body = json.loads(exc.read() or b"{}")
+        raise click.ClickException("\n".join(body.get("messages") or [str(exc)])) from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot reach hostd at {url}: {exc}") from None
 
 
 @cli.command()

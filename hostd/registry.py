@@ -108,10 +108,10 @@ class Registry:
         """Load every model in ``settings`` (or only the entries that may be model ``only``). Every
         model is tried, so one run reports every broken entry, not just the first."""
         registry, problems = cls(settings.routing), []
-        for index, model_settings in enumerate(settings.models):
-            where = functools.partial(_where, settings, index)
+        for model_settings, where, file_name in settings.model_entries():
             try:
-                if only is not None and (name := declared_name(model_settings, where)) not in (None, only):
+                name = declared_name(model_settings, where) or file_name
+                if only is not None and name not in (None, only):
                     registry.passed_over.append(name)
                     continue
                 served = build_model(model_settings, where)
@@ -210,10 +210,6 @@ def close_models(models: list[ServedModel]) -> None:
                 close()
             except Exception:
                 log.exception("model close failed", model=served.name, version=served.version)
-
-
-def _where(settings: HostSettings, index: int, *keys: Any) -> str:
-    return settings.where(("models", index, *keys))
 
 
 def build_model(settings: ModelSettings, where: Where = nowhere) -> ServedModel:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
-import functools
 import gc
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -28,11 +27,10 @@ import structlog
 from hostd.errors import ConfigError, ConfigErrors, LoadFailed, ModelNotFound
 from hostd.loading import Where, declared, declared_name
 from hostd.registry import Registry, ServedModel, build_model, close_models, version_key
-from hostd.settings import HostSettings, ModelSettings, load_model_file
+from hostd.settings import MODEL_FILE_SUFFIXES, HostSettings, ModelSettings
 
 log = structlog.get_logger("hostd.repository")
 DRAIN_POLL_S = 0.01
-MODEL_FILE_SUFFIXES = (".yaml", ".yml")
 
 
 class ModelState(str, Enum):
@@ -311,40 +309,18 @@ class ModelRepository:
 
 
 def entries_of(settings: HostSettings) -> list[Entry]:
-    """The entries of ``models:`` and of the repository directory, with the names they declare.
-    Every problem is reported, not just the first."""
+    """The entries of ``models:`` and of the repository directory, with the names they declare (a
+    repository file's name, if the model does not say). Imports the model classes."""
     entries, problems = [], []
-    for index, model in enumerate(settings.models):
-        where = functools.partial(_where, settings, index)
+    for model in settings.model_entries():
         try:
-            entries.append(_entry(model, where))
+            entries.append(Entry(model.settings, model.where, declared_name(model.settings, model.where)
+                                 or model.file_name, declared(model.settings, "version", model.where) or ""))
         except ConfigError as exc:
             problems.append(exc)
-    directory = settings.repository_path()
-    if directory is not None:
-        if not directory.is_dir():
-            problems.append(ConfigError(f"{settings.where(('model_repository',))}: model_repository: "
-                                        f"{directory} is not a directory"))
-        for path in sorted(directory.iterdir()) if directory.is_dir() else []:
-            if path.suffix not in MODEL_FILE_SUFFIXES:
-                continue
-            try:
-                model, where_in_file = load_model_file(path)
-                entries.append(_entry(model, where_in_file, default_name=path.stem))
-            except ConfigError as exc:
-                problems.append(exc)
     if problems:
         raise problems[0] if len(problems) == 1 else ConfigErrors(problems)
     return entries
-
-
-def _entry(settings: ModelSettings, where: Where, default_name: str | None = None) -> Entry:
-    return Entry(settings, where, declared_name(settings, where) or default_name,
-                 declared(settings, "version", where) or "")
-
-
-def _where(settings: HostSettings, index: int, *keys: Any) -> str:
-    return settings.where(("models", index, *keys))
 
 
 def _at_startup(entry: Entry, startup: str | list[str]) -> bool:

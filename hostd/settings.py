@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
-from hostd.errors import ConfigError
+from hostd.errors import ConfigError, ConfigErrors
 
 Loc = tuple[str | int, ...]
 ENV_PREFIX = "HOSTD_"
+MODEL_FILE_SUFFIXES = (".yaml", ".yml")  # a model repository's entries
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -155,6 +157,37 @@ class HostSettings(Strict):
             return None
         base = Path(self._source).parent if self._source != "<settings>" else Path.cwd()
         return base / self.model_repository
+
+    def model_entries(self) -> list[ModelEntry]:
+        """Every model entry: the items of ``models:``, then one per YAML file of ``model_repository``
+        (in name order). Every problem is reported, not just the first."""
+        entries = [ModelEntry(model, functools.partial(self._where_in_models, index))
+                   for index, model in enumerate(self.models)]
+        problems = []
+        directory = self.repository_path()
+        if directory is not None and not directory.is_dir():
+            problems.append(ConfigError(f"{self.where(('model_repository',))}: model_repository: {directory} "
+                                        "is not a directory"))
+        elif directory is not None:
+            for path in sorted(directory.iterdir()):
+                if path.suffix not in MODEL_FILE_SUFFIXES:
+                    continue
+                try:
+                    entries.append(ModelEntry(*load_model_file(path), file_name=path.stem))
+                except ConfigError as exc:
+                    problems.append(exc)
+        if problems:
+            raise problems[0] if len(problems) == 1 else ConfigErrors(problems)
+        return entries
+
+    def _where_in_models(self, index: int, *keys: Any) -> str:
+        return self.where(("models", index, *keys))
+
+
+class ModelEntry(NamedTuple):
+    settings: ModelSettings
+    where: Callable[..., str]  # where(*keys): "file:line" of a key in the entry
+    file_name: str | None = None  # a repository file's name without its extension: the model's name
 
 
 def load_settings(path: str | os.PathLike[str], transports: Mapping[str, type[BaseModel]] | None = None,

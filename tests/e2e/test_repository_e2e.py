@@ -4,7 +4,9 @@ transports at once."""
 
 from __future__ import annotations
 
+import json
 import signal
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +20,7 @@ import tritonclient.http as triton_http
 import yaml
 from tritonclient.utils import InferenceServerException
 
-from tests.conftest import HostdProcess
+from tests.conftest import HOSTD, HostdProcess
 from tests.support.e2e import PATIENCE_S, Start, iris_payload, logged, rss_kb, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -276,3 +278,26 @@ def test_unloading_digits_returns_its_memory(start_hostd: Start) -> None:
     for before, loaded, after in rounds[1:]:
         assert loaded - before > 2000, rounds  # the 100-tree forest is megabytes
         assert after - before < (loaded - before) / 4, f"unloading kept most of the model's memory: {rounds}"
+
+
+def test_hostd_reload_reaches_the_running_daemon(start_hostd: Start) -> None:
+    server = start_hostd({"models": [IRIS], "admin": {"enabled": True}})
+    rewrite(server, models=[IRIS, echo_file()])
+    run = subprocess.run([HOSTD, "reload", str(server.config)], capture_output=True, text=True, timeout=PATIENCE_S)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["loaded"] == ["echo"]
+    assert echo_answer(server) == ("1.0.0", 2.0)
+
+    # A transport change: the daemon refuses it, and says so.
+    rewrite(server, transports={"http": {"port": server.port, "max_connections": 7}})
+    run = subprocess.run([HOSTD, "reload", str(server.config)], capture_output=True, text=True, timeout=PATIENCE_S)
+    assert run.returncode == 1
+    assert "changes transports (http), which needs a restart; nothing was applied" in run.stderr
+
+    # A broken config never reaches the daemon: the command says what is wrong, where.
+    broken = server.config.read_text().replace("qualified_name: echo", "qualified_name: echo\n  nope: 1")
+    server.config.write_text(broken)
+    run = subprocess.run([HOSTD, "reload", str(server.config)], capture_output=True, text=True, timeout=PATIENCE_S)
+    assert run.returncode == 2
+    assert "nope: unknown key" in run.stderr and "the running hostd goes on serving its current config" in run.stderr
+    assert echo_answer(server) == ("1.0.0", 2.0)
