@@ -228,13 +228,13 @@ def _repository_paths() -> Json:
     return {
         "/v2/repository/index": post("v2_repository_index", "Every model the repository knows, with its state",
                                      index_body, _responses(V2_ERROR, _ok("The index", {"type": "array",
-                                                                                       "items": entry}), 400)),
+                                                                                       "items": entry}), 400, 413)),
         "/v2/repository/models/{name}/load": post(
             "v2_repository_load", "Load a model, or reload it (the new version serves before the old one leaves)",
-            change_body, _responses(V2_ERROR, done, 400, 403, 404), name),
+            change_body, _responses(V2_ERROR, done, 400, 403, 404, 413), name),
         "/v2/repository/models/{name}/unload": post(
             "v2_repository_unload", "Unload a model: admitted requests finish, then it is closed",
-            change_body, _responses(V2_ERROR, done, 400, 403, 404), name),
+            change_body, _responses(V2_ERROR, done, 400, 403, 404, 413), name),
     }
 
 
