@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -28,7 +28,7 @@ from hostd.observability import Metrics
 from hostd.ratelimitedlog import RateLimitedLog
 from hostd.registry import Registry, ServedModel
 from hostd.shadow import Shadows
-from hostd.tasks import InFlight
+from hostd.tasks import InFlight, off_loop_if
 
 if TYPE_CHECKING:
     from hostd.repository import ModelRepository
@@ -86,7 +86,7 @@ class DataPlane:
         if any(type(row) is not schema for unit in units for row in unit):  # the shadow's schema is its own
             units = [kernel.validate_all(served.name, schema, [row.model_dump() for row in unit]) for unit in units]
         outcomes = await self._execute(served, units, served.settings.timeout_ms / 1000, None)
-        return await _off_loop_if_big(sum(len(unit) for unit in units), _dump_all, served, outcomes)
+        return await off_loop_if(sum(len(unit) for unit in units) >= OFF_LOOP_ROWS, _dump_all, served, outcomes)
 
     def admin(self) -> ModelRepository:
         """The repository, for a call that changes what is served; FORBIDDEN unless admin is enabled."""
@@ -137,8 +137,8 @@ class DataPlane:
         try:
             self._check_ready()
             served = self._servable(model, version)
-            inputs = await _off_loop_if_big(len(rows), kernel.validate_all, served.name, served.model.input_schema,
-                                            rows)
+            inputs = await off_loop_if(len(rows) >= OFF_LOOP_ROWS, kernel.validate_all, served.name,
+                                       served.model.input_schema, rows)
         except HostdError as exc:
             self._refused(model, transport, exc, started)
             raise
@@ -193,7 +193,7 @@ class DataPlane:
             if served.retired:  # replaced or unloaded while the request was read and validated
                 served = self.registry.current(served, requested)
             outcomes = await self._execute(served, units, timeout, client)
-            answers = await _off_loop_if_big(sum(len(unit) for unit in units), _dump_all, served, outcomes)
+            answers = await off_loop_if(sum(len(unit) for unit in units) >= OFF_LOOP_ROWS, _dump_all, served, outcomes)
             codes = ["OK" if not isinstance(answer, HostdError) else answer.code.value for answer in answers]
             for answer in answers:
                 if isinstance(answer, HostdError):
@@ -301,10 +301,6 @@ def _overloaded(served: ServedModel, client: Client | None) -> Overloaded | None
             return Overloaded(f"this client already has {share} requests pending for model '{served.name}' "
                               f"(max_pending_per_client: {share}); wait for their answers before sending more")
     return None
-
-
-async def _off_loop_if_big(rows: int, work: Callable[..., T], *args: Any) -> T:
-    return work(*args) if rows < OFF_LOOP_ROWS else await asyncio.to_thread(work, *args)
 
 
 def _dump_all(served: ServedModel, outcomes: list[kernel.Outcome]) -> list[list[dict[str, Any]] | HostdError]:

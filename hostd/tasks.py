@@ -8,10 +8,10 @@ event loop under load, measured with py-spy).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 
@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from hostd.transports import Shutdown
 
 log = structlog.get_logger("hostd.tasks")
+T = TypeVar("T")
 
 
 class BoundedTasks:
@@ -66,6 +67,17 @@ class BoundedTasks:
                 task.cancel()
         if late:
             await asyncio.wait(late)  # left normally: their cleanup runs before we return
+
+
+#: A request at least this big (bytes on the wire) is parsed and decoded in a worker thread: ~0.5 ms
+#: of work or more, which on the event loop would hold up every other client.
+OFF_LOOP_BYTES = 64 << 10
+
+
+async def off_loop_if(big: bool, work: Callable[..., T], *args: Any) -> T:
+    """``work(*args)``, in a worker thread if ``big`` (CPU work for one big request: parsing, decoding,
+    validating), else here, where a thread's hand-off would cost more than the work."""
+    return await asyncio.to_thread(work, *args) if big else work(*args)
 
 
 class InFlight:

@@ -22,13 +22,11 @@ from grpclib.metadata import Deadline
 from grpclib.server import Stream
 
 from hostd.clients import Client
-from hostd.tasks import InFlight
+from hostd.tasks import OFF_LOOP_BYTES, InFlight, off_loop_if
 from hostd_grpc.server import client_of
 from hostd_grpc.status import grpc_errors
 
 T = TypeVar("T")
-#: A request message at least this big is parsed and decoded in a thread (~0.5 ms of work on the loop).
-OFF_LOOP_BYTES = 64 << 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +57,7 @@ class Call:
 
     async def run(self, work: Callable[..., T], *args: Any) -> T:
         """``work(*args)``, in a worker thread if the request is big (CPU work: decoding, encoding)."""
-        return work(*args) if self.size < OFF_LOOP_BYTES else await asyncio.to_thread(work, *args)
+        return await off_loop_if(self.size >= OFF_LOOP_BYTES, work, *args)
 
 
 Respond = Callable[[Any, Call], Awaitable[Any]]

@@ -10,6 +10,7 @@ from starlette.routing import Route
 
 from hostd.dataplane import DataPlane
 from hostd.errors import InvalidInput
+from hostd.tasks import OFF_LOOP_BYTES, off_loop_if
 from hostd_http.connections import client_of
 from hostd_http.responses import ORJSONResponse, parse_json, read_body
 
@@ -42,7 +43,8 @@ def routes(dataplane: DataPlane, max_body: int) -> list[Route]:
         return ORJSONResponse(served.metadata())
 
     async def prediction(request: Request) -> Response:
-        data = parse_json(await read_body(request, max_body))
+        body = await read_body(request, max_body)
+        data = await off_loop_if(len(body) >= OFF_LOOP_BYTES, parse_json, body)
         if not isinstance(data, dict):
             raise InvalidInput("the request body must be a JSON object of the model's input fields")
         result = await dataplane.predict(request.path_params["name"], data, request.query_params.get("version"),
