@@ -48,11 +48,12 @@ def percentile(sorted_values: list[float], fraction: float) -> float | None:
 
 
 @contextmanager
-def start_hostd(transports: dict[str, Any], models: list[dict[str, Any]] | None = None
+def start_hostd(transports: dict[str, Any], models: list[dict[str, Any]] | None = None, **settings: Any
                 ) -> Iterator[subprocess.Popen[bytes]]:
-    """``hostd run`` on a config of ``models`` (iris by default) and ``transports`` (which must include
-    http, used to wait for ready) until the block ends; stopped with SIGTERM."""
-    config = {"models": models or [IRIS_MODEL], "transports": transports, "log_level": "warning"}
+    """``hostd run`` on a config of ``models`` (iris by default), ``transports`` (which must include
+    http, used to wait for ready) and other top-level ``settings`` until the block ends; stopped with
+    SIGTERM."""
+    config = {"models": models or [IRIS_MODEL], "transports": transports, "log_level": "warning", **settings}
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "host.yaml"
         path.write_text(yaml.safe_dump(config))
