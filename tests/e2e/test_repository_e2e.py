@@ -18,7 +18,9 @@ import pytest
 import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
 import yaml
+import zmq
 from tritonclient.utils import InferenceServerException
+from websockets.sync.client import connect as ws_connect
 
 from tests.conftest import HOSTD, HostdProcess
 from tests.support.e2e import PATIENCE_S, Start, iris_payload, logged, rss_kb, wait_for
@@ -301,3 +303,45 @@ def test_hostd_reload_reaches_the_running_daemon(start_hostd: Start) -> None:
     assert run.returncode == 2
     assert "nope: unknown key" in run.stderr and "the running hostd goes on serving its current config" in run.stderr
     assert echo_answer(server) == ("1.0.0", 2.0)
+
+
+# -- every transport sees the same models ----------------------------------------------------------
+
+
+def over_websocket(server: HostdProcess, request: dict[str, Any]) -> dict[str, Any]:
+    with ws_connect(f"ws://127.0.0.1:{server.transports['ws']['port']}", open_timeout=PATIENCE_S) as ws:
+        ws.send(json.dumps(request))
+        return dict(json.loads(ws.recv(timeout=PATIENCE_S)))
+
+
+def over_zeromq(server: HostdProcess, request: dict[str, Any]) -> dict[str, Any]:
+    context = zmq.Context()
+    try:
+        with context.socket(zmq.REQ) as socket:
+            socket.setsockopt(zmq.LINGER, 0)
+            socket.setsockopt(zmq.RCVTIMEO, int(PATIENCE_S * 1000))
+            socket.connect(server.transports["zmq"]["bind"])
+            socket.send_json(request)
+            return dict(socket.recv_json())
+    finally:
+        context.term()
+
+
+def test_a_loaded_or_unloaded_model_is_so_on_every_transport(start_hostd: Start, repository: Path) -> None:
+    server = start_hostd({"models": [IRIS], "model_repository": "repo", "startup": ["iris_model"],
+                          "admin": {"enabled": True}, "transports": {"http": {}, "grpc": {}, "ws": {}, "zmq": {}}})
+    request = {"id": "1", "model": "echo", "data": {"x": 4}}
+    with triton_grpc.InferenceServerClient(url=grpc_url(server)) as grpc_client:
+        for ask in (over_websocket, over_zeromq):
+            assert ask(server, request)["error"]["code"] == "MODEL_NOT_FOUND"
+        grpc_client.load_model("echo")
+        for ask in (over_websocket, over_zeromq):
+            reply = ask(server, request)
+            assert (reply["version"], reply["prediction"]["y"]) == ("1.0.0", 8.0), reply
+        assert echo_answer(server, 4) == ("1.0.0", 8.0)
+        assert "/api/models/echo/prediction" in httpx.get(f"{server.url}/openapi.json", timeout=5).json()["paths"]
+        grpc_client.unload_model("echo")
+        for ask in (over_websocket, over_zeromq):
+            assert ask(server, request)["error"]["code"] == "MODEL_NOT_FOUND"
+        assert "/api/models/echo/prediction" not in httpx.get(f"{server.url}/openapi.json", timeout=5).json()["paths"]
+        assert not grpc_client.is_model_ready("echo")
