@@ -111,7 +111,7 @@ class ModelRepository:
             if problems:
                 raise problems[0] if len(problems) == 1 else ConfigErrors(problems)
             self._publish(wanted)
-            self._enforce_policy()
+            await self._enforce_policy()
             self.on_change()
 
     async def load(self, name: str) -> None:
@@ -129,7 +129,7 @@ class ModelRepository:
                 self._keep_after_failure(name, before, entries, exc)
                 raise
             self.entries = [entry for entry in self.entries if entry.name != name] + entries
-            self._enforce_policy()
+            await self._enforce_policy()
             self.on_change()
 
     async def unload(self, name: str) -> None:
@@ -171,7 +171,7 @@ class ModelRepository:
                 change.unloaded.append(name)
             self.settings, self.entries = settings, kept
             self.registry.set_routing(settings.routing)
-            self._enforce_policy()
+            await self._enforce_policy()
             self.on_change()
             return change
 
@@ -258,6 +258,7 @@ class ModelRepository:
                 problems.append(exc)
                 entry.reason = f"load failed: {exc}"
                 log.error("model failed to load", entry=entry.where(), error=str(exc))
+        problems += _configured_twice(entries)
         if problems:
             built = [entry.built for entry in entries if entry.built is not None]
             await anyio.to_thread.run_sync(close_models, built)
@@ -276,18 +277,16 @@ class ModelRepository:
             entry.state, entry.reason = ModelState.READY, ""
         log.info("serving", models=[f"{m.name}:{m.version}" for m in self.registry])
 
-    def _enforce_policy(self) -> None:
-        """routing.serve_newest: a name's versions beyond its newest N leave (closed in place: they
-        were never the newest, so a request without a version never went to them)."""
+    async def _enforce_policy(self) -> None:
+        """routing.serve_newest: a name's versions beyond its newest N leave (drained, then closed)."""
         for name, routing in self.settings.routing.items():
             if routing.serve_newest is None:
                 continue
             serving = [entry for entry in self.entries if entry.name == name and entry.served is not None]
             serving.sort(key=lambda entry: _sortable(entry.version), reverse=True)
-            for entry in serving[routing.serve_newest:]:
-                assert entry.served is not None
-                self.registry.remove(name, entry.served.version)
-                close_models([entry.served])
+            older = serving[routing.serve_newest:]
+            await self._retire([entry.served for entry in older if entry.served is not None], "routing.serve_newest")
+            for entry in older:
                 entry.served, entry.state = None, ModelState.UNAVAILABLE
                 entry.reason = f"not among the newest {routing.serve_newest} versions (routing.serve_newest)"
 
@@ -321,6 +320,21 @@ def entries_of(settings: HostSettings) -> list[Entry]:
     if problems:
         raise problems[0] if len(problems) == 1 else ConfigErrors(problems)
     return entries
+
+
+def _configured_twice(entries: list[Entry]) -> list[ConfigError]:
+    """Two entries built into the same model name and version: one would hide the other."""
+    first: dict[tuple[str, str], Entry] = {}
+    problems = []
+    for entry in entries:
+        if entry.built is None:
+            continue
+        key = (entry.built.name, entry.built.version)
+        if key in first:
+            problems.append(ConfigError(f"{entry.where()}: {key[0]} {key[1]} is configured twice (also at "
+                                        f"{first[key].where()})"))
+        first.setdefault(key, entry)
+    return problems
 
 
 def _at_startup(entry: Entry, startup: str | list[str]) -> bool:

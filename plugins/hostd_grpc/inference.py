@@ -12,9 +12,8 @@ import numpy as np
 from grpclib.const import Handler
 
 from hostd import __version__
-from hostd.dataplane import DataPlane
+from hostd.dataplane import DataPlane, Prediction
 from hostd.errors import InvalidInput, ModelNotFound
-from hostd.registry import ServedModel
 from hostd.tasks import InFlight
 from hostd.tensors import (
     TensorSpec,
@@ -102,7 +101,10 @@ class InferenceService:
         )
 
     async def model_infer(self, request: pb.ModelInferRequest, call: Call) -> pb.ModelInferResponse:
-        served = self.dataplane.model(request.model_name, request.model_version or None)
+        # ``served`` gives the tensors to decode; the data plane picks the version that answers (the one
+        # asked for, else by routing: a reload or a canary may have changed it meanwhile).
+        version = request.model_version or None
+        served = self.dataplane.model(request.model_name, version)
         # Refused now (overloaded, not ready) is refused before the tensors are decoded.
         refused = self.dataplane.refusal(served.name, served.version, transport="grpc", client=call.client)
         if refused is not None:
@@ -111,18 +113,18 @@ class InferenceService:
         requested = [output.name for output in request.outputs]
         check_outputs(requested, output_specs)
         rows = await call.run(decode_rows, request, tensor_specs(served.model.input_schema))
-        result = await self.dataplane.predict_many(served.name, rows, served.version, transport="grpc",
+        result = await self.dataplane.predict_many(served.name, rows, version, transport="grpc",
                                                    deadline_s=call.deadline_s, client=call.client)
-        return await call.run(_reply, served, request, result.outputs, output_specs, requested)
+        return await call.run(_reply, result, request, output_specs, requested)
 
 
 def decode_rows(request: pb.ModelInferRequest, specs: list[TensorSpec]) -> list[dict[str, Any]]:
     return rows_from_arrays(decode_inputs(request), specs)
 
 
-def _reply(served: ServedModel, request: pb.ModelInferRequest, outputs: list[dict[str, Any]],
-           specs: list[TensorSpec], requested: list[str]) -> pb.ModelInferResponse:
-    return encode_outputs(served, request, output_arrays(outputs, specs, requested))
+def _reply(result: Prediction, request: pb.ModelInferRequest, specs: list[TensorSpec],
+           requested: list[str]) -> pb.ModelInferResponse:
+    return encode_outputs(result, request, output_arrays(result.outputs, specs, requested))
 
 
 def _tensor_metadata(spec: TensorSpec) -> pb.ModelMetadataResponseTensorMetadata:
@@ -172,10 +174,10 @@ def _from_contents(tensor: Any, datatype: str) -> np.ndarray:
     return array_from_values(list(values), datatype, tensor.name)
 
 
-def encode_outputs(served: ServedModel, request: pb.ModelInferRequest,
+def encode_outputs(result: Prediction, request: pb.ModelInferRequest,
                    arrays: list[tuple[TensorSpec, np.ndarray]]) -> pb.ModelInferResponse:
     raw = bool(request.raw_input_contents)  # answer in the form the client used
-    response = pb.ModelInferResponse(model_name=served.name, model_version=served.version, id=request.id)
+    response = pb.ModelInferResponse(model_name=result.model, model_version=result.version, id=request.id)
     for spec, array in arrays:
         tensor = response.outputs.add(name=spec.name, datatype=spec.datatype, shape=array.shape)
         if raw:

@@ -68,7 +68,9 @@ def routes(dataplane: DataPlane, max_body: int) -> list[Route]:
         # Parsing and decoding 1 MB of tensors takes ~0.3 s of CPU: a big body is decoded in a thread.
         inference, requested, rows = await off_loop_if(len(body) >= OFF_LOOP_BYTES, _decode, body,
                                                        request.headers.get(HEADER_LENGTH), served, output_specs)
-        result = await dataplane.predict_many(served.name, rows, served.version, transport="http",
+        # The data plane picks the version that answers: the one asked for, else by routing (a reload
+        # or a canary may have changed it since ``served`` gave the tensors to decode).
+        result = await dataplane.predict_many(served.name, rows, request.path_params.get("version"), transport="http",
                                               deadline_s=_deadline_s(inference), client=client_of(request))
         binary_default = bool(parameters(inference, "the request").get("binary_data_output", False))
         tensors, chunks = encode_outputs(result.outputs, output_specs, requested, binary_default)

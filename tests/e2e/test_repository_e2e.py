@@ -233,11 +233,19 @@ class Load:
                 self.count += 1
 
     def _echo(self) -> None:
+        """echo without a version, over the author's API and OIP v2 in turn: (version, y) or the error."""
+        v2 = {"inputs": [{"name": "x", "shape": [1], "datatype": "FP64", "data": [1.0]}]}
         with httpx.Client(timeout=PATIENCE_S) as client:
             while not self.stopped.is_set() and self.count < 100_000:
                 reply = client.post(f"{self.server.url}/api/models/echo/prediction", json={"x": 1})
                 if reply.status_code == 200:
-                    self.echo_answers.append((reply.headers.get("x-model-version", ""), reply.json()["y"]))
+                    self.echo_answers.append((reply.headers["x-model-version"], reply.json()["y"]))
+                else:
+                    self.echo_answers.append(f"HTTP {reply.status_code} {reply.text}")
+                reply = client.post(f"{self.server.url}/v2/models/echo/infer", json=v2)
+                if reply.status_code == 200:
+                    body = reply.json()
+                    self.echo_answers.append((body["model_version"], body["outputs"][0]["data"][0]))
                 else:
                     self.echo_answers.append(f"HTTP {reply.status_code} {reply.text}")
 
@@ -250,15 +258,18 @@ def test_load_unload_and_reload_under_load_lose_nothing(lifecycle: HostdProcess,
     lifecycle.proc.send_signal(signal.SIGHUP)
     wait_for(lambda: "other" in index(http_client), "other was never listed")
     with Load(lifecycle) as load:
-        for round_ in range(3):
+        for round_ in range(1, 4):
             http_client.load_model("other")
             http_client.unload_model("other")
-            (repository / "echo.yaml").write_text(yaml.safe_dump(echo_file(factor=2.0 + round_ % 2)))
-            http_client.load_model("echo")  # reload: the factor alternates between 2 and 3
+            # A reload to a new version (1.1.0, 1.2.0, 1.3.0) whose factor alternates between 3 and 2.
+            (repository / "echo.yaml").write_text(yaml.safe_dump(echo_file(f"1.{round_}.0", 2.0 + round_ % 2)))
+            http_client.load_model("echo")
         wait_for(lambda: load.count > 200, "the load threads made no progress")
     assert load.iris_failures == []
     failures = [answer for answer in load.echo_answers if isinstance(answer, str)]
-    assert failures == [] and {y for _, y in load.echo_answers} <= {2.0, 3.0}
+    assert failures == []
+    expected = {("1.0.0", 2.0), ("1.1.0", 3.0), ("1.2.0", 2.0), ("1.3.0", 3.0)}
+    assert set(load.echo_answers) <= expected and ("1.3.0", 3.0) in load.echo_answers
 
 
 def test_unloading_digits_returns_its_memory(start_hostd: Start) -> None:

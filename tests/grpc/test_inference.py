@@ -25,7 +25,7 @@ from hostd_grpc.plugin import GrpcSettings, build_services
 from hostd_grpc.status import grpc_errors
 from sklearn.datasets import load_iris
 
-from hostd.dataplane import DataPlane
+from hostd.dataplane import DataPlane, Prediction
 from hostd.errors import (
     ErrorCode,
     HostdError,
@@ -92,8 +92,9 @@ def decode_inputs(request: pb.ModelInferRequest) -> dict[str, np.ndarray]:
 
 
 def encode_outputs(served: Any, request: pb.ModelInferRequest, arrays: Any) -> pb.ModelInferResponse:
-    """The server's encode_outputs, with its reply as a client would parse it."""
-    reply = inference.encode_outputs(served, oip.ModelInferRequest.FromString(bytes(request)), arrays)
+    """The server's encode_outputs for an answer of ``served``, with its reply as a client would parse it."""
+    answer = Prediction(served.name, served.version, [])
+    reply = inference.encode_outputs(answer, oip.ModelInferRequest.FromString(bytes(request)), arrays)
     return pb.ModelInferResponse.parse(reply.SerializeToString())
 
 
