@@ -104,7 +104,7 @@ async def test_the_document_is_valid_openapi_3_1(spec: dict[str, Any]) -> None:
 
 
 async def test_every_operation_documents_its_errors_in_its_api_format(spec: dict[str, Any]) -> None:
-    for path, method, operation in operations(spec):
+    for path, _method, operation in operations(spec):
         responses = operation["responses"]
         error = "hostd.V2Error" if path.startswith("/v2") else "hostd.Error"
         # Every route can fail (500) and is refused while the daemon drains (503).
