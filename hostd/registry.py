@@ -18,7 +18,7 @@ from hostd.loading import Where, declared_name, load_model, nowhere
 from hostd.microbatch import Batcher
 from hostd.model import batch_function, is_deterministic
 from hostd.process_workers import ProcessWorkers
-from hostd.routing import Route, build_route
+from hostd.routing import Route, build_route, routing_problems
 from hostd.settings import HostSettings, ModelSettings, RoutingSettings
 
 log = structlog.get_logger("hostd.registry")
@@ -123,6 +123,10 @@ class Registry:
                 close_models([served])
             elif registry.add(served) is not None:
                 problems.append(ConfigError(f"{where()}: {served.name} {served.version} is configured twice"))
+        if only is None:
+            versions = {name: [m.version for m in registry if m.name == name] for name in registry.names()}
+            problems += [ConfigError(f"{settings.where(tuple(path))}: {message}")
+                         for *path, message in routing_problems(settings.routing, versions)]
         if problems:
             registry.close()
             raise problems[0] if len(problems) == 1 else ConfigErrors(problems)

@@ -27,6 +27,7 @@ import structlog
 from hostd.errors import ConfigError, ConfigErrors, LoadFailed, ModelNotFound
 from hostd.loading import Where, declared, declared_name
 from hostd.registry import Registry, ServedModel, build_model, close_models, version_key
+from hostd.routing import routing_problems
 from hostd.settings import MODEL_FILE_SUFFIXES, HostSettings, ModelSettings
 
 log = structlog.get_logger("hostd.repository")
@@ -113,6 +114,12 @@ class ModelRepository:
             self._publish(wanted)
             await self._enforce_policy()
             self.on_change()
+        versions: dict[str, list[str]] = {}
+        for entry in self.entries:
+            versions.setdefault(entry.name or entry.settings.class_path, []).append(entry.version)
+        for *path, message in routing_problems(self.settings.routing, versions):
+            # Not fatal: the version may be loaded later; until then routing leaves it out.
+            log.warning("routing names what is not there", where=self.settings.where(tuple(path)), problem=message)
 
     async def load(self, name: str) -> None:
         """Load every entry of model ``name`` as the config and the repository directory say now

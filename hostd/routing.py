@@ -10,7 +10,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -58,3 +58,23 @@ def build_route(versions: Mapping[str, V], newest: V, settings: RoutingSettings 
         shadow = (versions[settings.shadow.version], settings.shadow)
     return Route(default, tuple(versions[version] for version in weights),
                  tuple(itertools.accumulate(weights.values())), shadow, draw)
+
+
+def routing_problems(routing: Mapping[str, RoutingSettings], versions: Mapping[str, Iterable[str]],
+                     ) -> list[tuple[str, ...]]:
+    """What ``routing`` names that ``versions`` (model name -> its versions) lacks: each as the key path
+    of the setting (for ``HostSettings.where``) and a sentence."""
+    problems: list[tuple[str, ...]] = []
+    for name, route in routing.items():
+        if name not in versions:
+            problems.append(("routing", name, f"routing.{name}: no model named '{name}' is configured"))
+            continue
+        known = set(versions[name])
+        named = [("default_version", route.default_version)] if route.default_version else []
+        named += [("traffic", version) for version in route.traffic or {}]
+        named += [("shadow", route.shadow.version)] if route.shadow is not None else []
+        for key, version in named:
+            if version not in known:
+                problems.append(("routing", name, key, f"routing.{name}.{key}: '{name}' has no version '{version}' "
+                                                       f"(configured: {', '.join(sorted(known))})"))
+    return problems

@@ -188,3 +188,26 @@ def test_predict_with_an_unknown_model_fails_clearly(config: Path) -> None:
     result = hostd("predict", str(config), "iris", '{"x": 2}')
     assert result.returncode != 0
     assert "MODEL_NOT_FOUND: model 'iris' is not served here (served: async_echo, echo)" in result.stderr
+
+
+def test_check_reports_routing_that_names_a_missing_model_or_version(config: Path) -> None:
+    config.write_text(config.read_text() + textwrap.dedent("""\
+        routing:
+          echo: {traffic: {"1.0.0": 90, "3.0.0": 10}}
+          nope: {default_version: "1.0.0"}
+        """))
+    result = hostd("check", str(config))
+    assert result.returncode == 2
+    assert f"{config}:8: routing.echo.traffic: 'echo' has no version '3.0.0' (configured: 1.0.0, 1.10.0)" \
+        in result.stderr
+    assert f"{config}:9: routing.nope: no model named 'nope' is configured" in result.stderr
+
+
+def test_check_reads_the_model_repository_directory(config: Path) -> None:
+    (config.parent / "models.d").mkdir()
+    (config.parent / "models.d" / "extra.yaml").write_text(
+        f"class_path: {TOY}:EchoModel\nqualified_name: extra\nconfiguration: {{name: extra}}\n")
+    config.write_text(config.read_text() + "model_repository: models.d\n")
+    result = hostd("check", str(config))
+    assert result.returncode == 0, result.stderr
+    assert "extra\t1.0.0\tdeterministic=true" in result.stdout.splitlines()
