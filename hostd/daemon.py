@@ -16,6 +16,7 @@ import structlog
 from anyio.abc import TaskStatus
 
 from hostd import plugins
+from hostd.auth import Guard
 from hostd.dataplane import DataPlane
 from hostd.errors import HostdError, StartupError, innermost
 from hostd.observability import Metrics
@@ -36,11 +37,12 @@ async def serve(settings: HostSettings, pm: pluggy.PluginManager, stop: anyio.Ev
     stop = stop or anyio.Event()
     available = plugins.transports(pm)
     selected = [available[name] for name in settings.transports]
+    guard = Guard.of(settings)  # before any model loads: a key file that cannot be read stops the start
     reread = functools.partial(reread_settings, settings.source, {name: t.settings for name, t in available.items()})
     repository = await anyio.to_thread.run_sync(ModelRepository, settings, None, reread)
     try:
         await repository.start()
-        dataplane = DataPlane(repository.registry, Metrics(), repository)
+        dataplane = DataPlane(repository.registry, Metrics(), repository, guard)
         repository.on_change = dataplane.models_changed
         async with anyio.create_task_group() as background:
             if handle_signals:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import structlog
 
 from hostd import kernel
+from hostd.auth import Guard
 from hostd.clients import Client
 from hostd.errors import (
     ErrorCode,
@@ -62,8 +63,10 @@ class Prediction:
 
 class DataPlane:
     def __init__(self, registry: Registry, metrics: Metrics | None = None,
-                 repository: ModelRepository | None = None) -> None:
+                 repository: ModelRepository | None = None, guard: Guard | None = None) -> None:
         self.registry = registry
+        # Who may do what: transports call guard.check() with the credential they carry.
+        self.guard = guard or Guard()
         self.metrics = metrics or Metrics()
         self.state = State.STARTING
         # What can be loaded and unloaded at run time; None where the model set is fixed (Lambda).
@@ -74,8 +77,11 @@ class DataPlane:
         self.models_changed()
 
     def models_changed(self) -> None:
-        """The registry changed (the repository calls this)."""
+        """The registry or the settings changed (the repository calls this after a change)."""
         self.metrics.models_loaded.set(len(self.registry))
+        settings = self.repository.settings if self.repository is not None else None
+        if settings is not None and (settings.auth, settings.rate_limit) != (self.guard.settings, self.guard.limit):
+            self.guard = Guard.of(settings)  # keys rotated by a reload apply at once
 
     async def run_shadows(self) -> None:
         """Run mirrored requests until cancelled (the daemon owns this task)."""

@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from hostd.auth import Scope
 from hostd.clients import Client
 from hostd.dataplane import DataPlane, Prediction
 from hostd.errors import HostdError, InvalidInput, PayloadTooLarge
@@ -45,6 +46,9 @@ async def answer(dataplane: DataPlane, request: dict[str, Any], transport: str,
     ``DataPlane.predict``); every error becomes an error reply."""
     try:
         call = prediction(request)
+        if client is not None and client.principal is not None:
+            dataplane.guard.permit(client.principal, Scope.INFER if call else Scope.READ,
+                                   call.model if call else request.get("model"), client.address)
         if call is None:
             return {"id": request["id"], **_describe(dataplane, request)}
         result = await dataplane.predict(call.model, call.data, call.version, transport=transport, client=client)

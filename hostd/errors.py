@@ -15,7 +15,9 @@ class ErrorCode(str, Enum):
     TIMEOUT = "TIMEOUT"
     MODEL_ERROR = "MODEL_ERROR"
     LOAD_FAILED = "LOAD_FAILED"  # a model could not be loaded (the repository API, a reload)
-    FORBIDDEN = "FORBIDDEN"  # the call is not allowed here (e.g. admin calls while admin is off)
+    FORBIDDEN = "FORBIDDEN"  # the call is not allowed (a key without the scope, admin calls while off)
+    UNAUTHENTICATED = "UNAUTHENTICATED"  # no API key, or one that is not valid
+    RATE_LIMITED = "RATE_LIMITED"  # over the key's (or address's) rate limit
 
 
 class HostdError(Exception):
@@ -66,6 +68,18 @@ class LoadFailed(HostdError):
 
 class Forbidden(HostdError):
     code = ErrorCode.FORBIDDEN
+
+
+class Unauthenticated(HostdError):
+    code = ErrorCode.UNAUTHENTICATED
+
+
+class RateLimited(HostdError):
+    code = ErrorCode.RATE_LIMITED
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class ConfigError(Exception):

@@ -24,6 +24,7 @@ from typing import Any
 import anyio
 import structlog
 
+from hostd.auth import Guard
 from hostd.errors import ConfigError, ConfigErrors, LoadFailed, ModelNotFound
 from hostd.loading import Where, declared, declared_name
 from hostd.registry import Registry, ServedModel, build_model, close_models, version_key
@@ -189,6 +190,10 @@ class ModelRepository:
             raise LoadFailed("this daemon was not started from a config file: nothing to reload")
         try:
             settings = await anyio.to_thread.run_sync(self._reread)
+        except ConfigError as exc:
+            raise LoadFailed(f"the new config was rejected; still serving the previous one:\n{exc}") from None
+        try:
+            Guard.of(settings)  # the key files it names must be readable
         except ConfigError as exc:
             raise LoadFailed(f"the new config was rejected; still serving the previous one:\n{exc}") from None
         changed = sorted(name for name in settings.transports.keys() | self.settings.transports.keys()

@@ -111,6 +111,48 @@ class RoutingSettings(Strict):
         return self
 
 
+ScopeName = Literal["infer", "read", "admin"]
+
+
+class ApiKeySettings(Strict):
+    """One API key, stored as the SHA-256 of the key (``hostd key NAME`` makes a key and its hash)."""
+
+    name: str = Field(min_length=1)
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")  # hex digest of the key
+    sha256_file: str | None = None  # a file holding it (a mounted secret); relative to the config's folder
+    scopes: list[ScopeName] = Field(default_factory=lambda: list[ScopeName](["infer", "read"]))
+    models: list[str] | None = None  # only these models (default: every one)
+
+    @model_validator(mode="after")
+    def _one_hash(self) -> ApiKeySettings:
+        if (self.sha256 is None) == (self.sha256_file is None):
+            raise ValueError("give the key's hash as exactly one of sha256 or sha256_file")
+        return self
+
+
+class AuthSettings(Strict):
+    """API keys: with this section every call needs one (except what is left open below)."""
+
+    keys: list[ApiKeySettings] = Field(min_length=1)
+    open_health: bool = True  # liveness and readiness without a key (Kubernetes probes)
+    open_metrics: bool = False  # /metrics without a key (else: the read scope)
+    open_docs: bool = False  # /docs and /openapi.json without a key (else: the read scope)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> AuthSettings:
+        names = [key.name for key in self.keys]
+        if len(names) != len(set(names)):
+            raise ValueError("each key needs its own name")
+        return self
+
+
+class RateLimitSettings(Strict):
+    """A token bucket per API key (per client address without keys): per_s refill, burst size."""
+
+    per_s: float = Field(gt=0)
+    burst: int = Field(default=1, ge=1)
+
+
 Startup = Literal["all", "none"] | list[str]
 
 
@@ -123,6 +165,8 @@ class HostSettings(Strict):
     admin: AdminSettings = Field(default_factory=AdminSettings)
     routing: dict[str, RoutingSettings] = Field(default_factory=dict)  # by model name
     watch: bool = False  # reload on a change to this file or the repository directory
+    auth: AuthSettings | None = None  # API keys with scopes (none: every call is allowed)
+    rate_limit: RateLimitSettings | None = None
     # Validated per transport by the settings class its plugin registers; no section = HTTP only.
     transports: dict[str, Any] = Field(default_factory=lambda: {"http": {}})
     shutdown_grace_s: float = Field(default=10.0, ge=0)
@@ -152,11 +196,15 @@ class HostSettings(Strict):
         """The file these settings were read from ("<settings>" if none)."""
         return self._source
 
+    @property
+    def folder(self) -> Path:
+        """Where relative paths in these settings start: the config file's folder."""
+        return Path(self._source).parent if self._source != "<settings>" else Path.cwd()
+
     def repository_path(self) -> Path | None:
         if self.model_repository is None:
             return None
-        base = Path(self._source).parent if self._source != "<settings>" else Path.cwd()
-        return base / self.model_repository
+        return self.folder / self.model_repository
 
     def model_entries(self) -> list[ModelEntry]:
         """Every model entry: the items of ``models:``, then one per YAML file of ``model_repository``

@@ -12,6 +12,7 @@ import numpy as np
 from grpclib.const import Handler
 
 from hostd import __version__
+from hostd.auth import Scope
 from hostd.dataplane import DataPlane, Prediction
 from hostd.errors import InvalidInput, ModelNotFound
 from hostd.tasks import InFlight
@@ -28,7 +29,7 @@ from hostd.tensors import (
     tensor_specs,
 )
 from hostd_grpc import oip as pb
-from hostd_grpc.unary import DEFAULT_LIMITS, Call, RequestLimits, unary_handler
+from hostd_grpc.unary import DEFAULT_LIMITS, Call, Guarded, Needs, RequestLimits, unary_handler
 
 SERVICE = "inference.GRPCInferenceService"
 CONTENTS_FIELD = {
@@ -45,19 +46,28 @@ class InferenceService:
         self.limits = limits
 
     def __mapping__(self) -> dict[str, Handler]:
-        rpcs: dict[str, tuple[Any, type, type]] = {
-            "ServerLive": (self.server_live, pb.ServerLiveRequest, pb.ServerLiveResponse),
-            "ServerReady": (self.server_ready, pb.ServerReadyRequest, pb.ServerReadyResponse),
-            "ModelReady": (self.model_ready, pb.ModelReadyRequest, pb.ModelReadyResponse),
-            "ServerMetadata": (self.server_metadata, pb.ServerMetadataRequest, pb.ServerMetadataResponse),
-            "ModelMetadata": (self.model_metadata, pb.ModelMetadataRequest, pb.ModelMetadataResponse),
-            "ModelInfer": (self.model_infer, pb.ModelInferRequest, pb.ModelInferResponse),
-            "RepositoryIndex": (self.repository_index, pb.RepositoryIndexRequest, pb.RepositoryIndexResponse),
-            "RepositoryModelLoad": (self.load, pb.RepositoryModelLoadRequest, pb.RepositoryModelLoadResponse),
-            "RepositoryModelUnload": (self.unload, pb.RepositoryModelUnloadRequest, pb.RepositoryModelUnloadResponse),
+        read, infer, admin = Scope.READ, Scope.INFER, Scope.ADMIN
+        rpcs: dict[str, tuple[Any, type, type, Needs, str | None]] = {
+            "ServerLive": (self.server_live, pb.ServerLiveRequest, pb.ServerLiveResponse, _server(read), "health"),
+            "ServerReady": (self.server_ready, pb.ServerReadyRequest, pb.ServerReadyResponse, _server(read), "health"),
+            "ModelReady": (self.model_ready, pb.ModelReadyRequest, pb.ModelReadyResponse,
+                           lambda r: (read, r.name), "health"),
+            "ServerMetadata": (self.server_metadata, pb.ServerMetadataRequest, pb.ServerMetadataResponse,
+                               _server(read), None),
+            "ModelMetadata": (self.model_metadata, pb.ModelMetadataRequest, pb.ModelMetadataResponse,
+                              lambda r: (read, r.name), None),
+            "ModelInfer": (self.model_infer, pb.ModelInferRequest, pb.ModelInferResponse,
+                           lambda r: (infer, r.model_name), None),
+            "RepositoryIndex": (self.repository_index, pb.RepositoryIndexRequest, pb.RepositoryIndexResponse,
+                                _server(read), None),
+            "RepositoryModelLoad": (self.load, pb.RepositoryModelLoadRequest, pb.RepositoryModelLoadResponse,
+                                    lambda r: (admin, r.model_name), None),
+            "RepositoryModelUnload": (self.unload, pb.RepositoryModelUnloadRequest, pb.RepositoryModelUnloadResponse,
+                                      lambda r: (admin, r.model_name), None),
         }
-        return {f"/{SERVICE}/{name}": unary_handler(respond, request, reply, self.in_flight, self.limits)
-                for name, (respond, request, reply) in rpcs.items()}
+        return {f"/{SERVICE}/{name}": unary_handler(respond, request, reply, self.in_flight, self.limits,
+                                                    Guarded(self.dataplane, needs, open_as))
+                for name, (respond, request, reply, needs, open_as) in rpcs.items()}
 
     async def server_live(self, request: pb.ServerLiveRequest, call: Call) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
@@ -116,6 +126,11 @@ class InferenceService:
         result = await self.dataplane.predict_many(served.name, rows, version, transport="grpc",
                                                    deadline_s=call.deadline_s, client=call.client)
         return await call.run(_reply, result, request, output_specs, requested)
+
+
+def _server(scope: Scope) -> Needs:
+    """A call about the server, naming no model."""
+    return lambda request: (scope, None)
 
 
 def decode_rows(request: pb.ModelInferRequest, specs: list[TensorSpec]) -> list[dict[str, Any]]:

@@ -19,6 +19,7 @@ from hostd.dataplane import DataPlane
 from hostd.hookspecs import RegisterTransport, hookimpl
 from hostd.registry import Registry, ServedModel
 from hostd.tasks import InFlight
+from hostd.tls import TlsSettings, server_context
 from hostd.transports import Transport, TransportContext
 from hostd_grpc import oip
 from hostd_grpc.inference import InferenceService
@@ -49,6 +50,7 @@ class GrpcSettings(BaseModel):
         return RequestLimits(self.max_request_bytes, self.body_timeout_s)
     # Open connections at most; one more gets an HTTP/2 GOAWAY (ENHANCE_YOUR_CALM) and is closed at once.
     max_connections: int = Field(default=1000, ge=1)
+    tls: TlsSettings | None = None  # TLS (ALPN h2), with mutual TLS if client_ca is set
 
 
 def build_services(dataplane: DataPlane, settings: GrpcSettings, in_flight: InFlight) -> list[Any]:
@@ -90,7 +92,8 @@ async def serve_grpc(ctx: TransportContext[GrpcSettings], *, task_status: TaskSt
     server = HostdServer(build_services(ctx.dataplane, settings, in_flight), max_connections=settings.max_connections,
                          max_request_bytes=settings.max_request_bytes)
     with ctx.binding("port", f"{settings.host}:{settings.port}"):
-        await server.start(settings.host, settings.port)
+        tls = server_context(settings.tls, ctx.daemon.folder, ["h2"]) if settings.tls else None
+        await server.start(settings.host, settings.port, ssl=tls)
     task_status.started()
     try:
         await ctx.stop.wait()

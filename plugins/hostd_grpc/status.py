@@ -20,6 +20,8 @@ STATUS = {
     ErrorCode.MODEL_ERROR: Status.INTERNAL,
     ErrorCode.LOAD_FAILED: Status.INTERNAL,  # as Triton answers a failed RepositoryModelLoad
     ErrorCode.FORBIDDEN: Status.PERMISSION_DENIED,
+    ErrorCode.UNAUTHENTICATED: Status.UNAUTHENTICATED,
+    ErrorCode.RATE_LIMITED: Status.RESOURCE_EXHAUSTED,
 }
 
 

@@ -18,10 +18,11 @@ from google.protobuf.message import Message
 from grpclib.const import Handler
 from pydantic import BaseModel
 
+from hostd.auth import Scope
 from hostd.dataplane import DataPlane
 from hostd.registry import ServedModel
 from hostd.tasks import InFlight
-from hostd_grpc.unary import DEFAULT_LIMITS, Call, RequestLimits, unary_handler
+from hostd_grpc.unary import DEFAULT_LIMITS, Call, Guarded, RequestLimits, unary_handler
 
 FDP = descriptor_pb2.FieldDescriptorProto
 SCALARS = {"number": FDP.TYPE_DOUBLE, "integer": FDP.TYPE_INT64, "boolean": FDP.TYPE_BOOL,
@@ -189,8 +190,9 @@ class TypedService:
             pool.FindMessageTypeByName(f"{proto.package}.{proto.output_message}"))
 
     def __mapping__(self) -> dict[str, Handler]:
+        needs = Guarded(self.dataplane, lambda request: (Scope.INFER, self.proto.model))
         return {self.proto.method_path: unary_handler(self.predict, self.request_type, self.reply_type,
-                                                      self.in_flight, self.limits)}
+                                                      self.in_flight, self.limits, needs)}
 
     async def predict(self, request: Message, call: Call) -> Message:
         refused = self.dataplane.refusal(self.proto.model, transport="grpc", client=call.client)

@@ -13,7 +13,7 @@ import asyncio
 import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from google.protobuf.message import Message
 from grpclib.const import Cardinality, Handler, Status
@@ -21,10 +21,14 @@ from grpclib.exceptions import GRPCError
 from grpclib.metadata import Deadline
 from grpclib.server import Stream
 
+from hostd.auth import Scope
 from hostd.clients import Client
 from hostd.tasks import OFF_LOOP_BYTES, InFlight, off_loop_if
 from hostd_grpc.server import client_of
 from hostd_grpc.status import grpc_errors
+
+if TYPE_CHECKING:
+    from hostd.dataplane import DataPlane
 
 T = TypeVar("T")
 
@@ -61,12 +65,33 @@ class Call:
 
 
 Respond = Callable[[Any, Call], Awaitable[Any]]
+#: What an RPC needs to be allowed (hostd.auth): the scope, and the model its request names, if any.
+Needs = Callable[[Any], tuple[Scope, str | None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Guarded:
+    """An RPC's access rule: the data plane's guard checks ``needs(request)`` for the caller's key."""
+
+    dataplane: DataPlane
+    needs: Needs
+    open_as: str | None = None  # "health": no key needed while auth.open_health is true
 
 
 def unary_handler(respond: Respond, request_type: type[Message], reply_type: type[Message], in_flight: InFlight,
-                  limits: RequestLimits = DEFAULT_LIMITS) -> Handler:
+                  limits: RequestLimits = DEFAULT_LIMITS, guarded: Guarded | None = None) -> Handler:
     async def handle(stream: Stream[Any, Any]) -> None:
         with in_flight.track():
+            guard = guarded.dataplane.guard if guarded is not None else None
+            principal = None
+            if guard is not None and guarded is not None and guarded.open_as is not None \
+                    and guard.open_to(guarded.open_as):
+                guard = None
+            if guard is not None and guard.active:  # the key and its rate limit, before the message is read
+                with grpc_errors():
+                    principal = guard.authenticate(_key(stream))
+                    peer = stream.peer.addr()
+                    guard.admit(principal.name if guard.required else f"address {peer[0] if peer else ''}")
             # A client that announces a message and then stalls would otherwise hold its stream (and
             # the drain at shutdown) for ever: the message must arrive within body_timeout_s.
             try:
@@ -84,10 +109,21 @@ def unary_handler(respond: Respond, request_type: type[Message], reply_type: typ
                                 f"INVALID_INPUT: request is not a valid {request_type.__name__}: {exc}") from exc
             del body
             with grpc_errors():
+                if guard is not None and principal is not None and guarded is not None:
+                    guard.authorize(principal, *guarded.needs(request))
                 reply = await respond(request, call)
             await stream.send_message(reply)
 
     return Handler(handle, Cardinality.UNARY_UNARY, request_type, reply_type)
+
+
+def _key(stream: Stream[Any, Any]) -> str | None:
+    """The API key of the ``authorization`` metadata ("Bearer <key>", or the key alone)."""
+    value = stream.metadata.get("authorization") if stream.metadata is not None else None
+    if not isinstance(value, str):
+        return None
+    kind, _, key = value.partition(" ")
+    return key.strip() if kind.lower() == "bearer" else value.strip()
 
 
 async def receive(stream: Stream[Any, Any], limit: int) -> bytes:

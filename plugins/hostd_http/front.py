@@ -14,6 +14,9 @@
   fell to ~35% of capacity under 4x overload). The first refusal is answered at once, and a run of
   refusals ends only after a quiet spell (an admitted request between two refusals does not end it:
   with 16x overload, restarting at no pause after every admission kept goodput at ~55%).
+- Who may do what (hostd.auth): the API key of ``Authorization: Bearer <key>`` is checked against the
+  scope the path needs (and the model it names), and the key's rate limit taken, before anything
+  else: 401 UNAUTHENTICATED (with WWW-Authenticate), 403 FORBIDDEN, 429 RATE_LIMITED (Retry-After).
 - Each request runs as its connection's (connections.py): admitted with its Client, cancelled if
   the client leaves.
 """
@@ -27,6 +30,8 @@ from starlette.datastructures import QueryParams
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from hostd.auth import Guard
+from hostd.auth import Scope as AuthScope
 from hostd.dataplane import DataPlane
 from hostd.errors import HostdError, NotReady, Overloaded
 from hostd_http import rest, v2
@@ -70,7 +75,9 @@ class Front:
         scope[CLIENT] = client
         target = _prediction(scope)
         refusal: HostdError | None = None
-        if target is not None:
+        if self.dataplane.guard.active:
+            refusal = self._denied(scope, target)
+        if refusal is None and target is not None:
             refusal = self.dataplane.refusal(*target, transport="http", client=client)
         elif self.draining:
             refusal = NotReady("hostd is shutting down; not accepting requests")
@@ -84,6 +91,18 @@ class Front:
             await self.app(scope, exchange.receive, exchange.send)
         else:
             await connection.serve(self.app, scope, exchange.receive, exchange.send)
+
+    def _denied(self, scope: Scope, target: tuple[str, str | None] | None) -> HostdError | None:
+        """Why the guard refuses this request (None: it may go on)."""
+        needed = _needs(scope["path"], self.dataplane.guard, target)
+        if needed is None:
+            return None
+        peer = scope.get("client")
+        try:
+            self.dataplane.guard.check(_bearer(scope), *needed, peer=peer[0] if peer else "")
+        except HostdError as exc:
+            return exc
+        return None
 
     async def _pause(self, connection: Connection) -> None:
         """Hold back a connection's refusal if the one before was a refusal too (see the module's doc)."""
@@ -173,6 +192,38 @@ def _prediction(scope: Scope) -> tuple[str, str | None] | None:
     elif len(parts) == 7 and parts[1:3] == ["v2", "models"] and parts[4] == "versions" and parts[6] == "infer" \
             and parts[3] and parts[5]:
         return parts[3], parts[5]
+    return None
+
+
+HEALTH = frozenset({"/api/health", "/api/health/ready", "/api/health/startup", "/v2/health/live",
+                    "/v2/health/ready"})
+
+
+def _needs(path: str, guard: Guard, prediction: tuple[str, str | None] | None) -> tuple[AuthScope, str | None] | None:
+    """The scope a request for ``path`` needs and the model it names; None if it is open to all."""
+    if prediction is not None:
+        return AuthScope.INFER, prediction[0]
+    if path in HEALTH:
+        return None if guard.open_to("health") else (AuthScope.READ, None)
+    if path == "/metrics":
+        return None if guard.open_to("metrics") else (AuthScope.READ, None)
+    if path in ("/", "/docs", "/openapi.json") or path.startswith("/docs/"):
+        return None if guard.open_to("docs") else (AuthScope.READ, None)
+    parts = path.split("/")
+    if path == "/api/admin/reload":
+        return AuthScope.ADMIN, None
+    if len(parts) == 6 and parts[1:4] == ["v2", "repository", "models"] and parts[5] in ("load", "unload"):
+        return AuthScope.ADMIN, parts[4]
+    if len(parts) >= 4 and parts[1] in ("api", "v2") and parts[2] == "models" and parts[3]:
+        return AuthScope.READ, parts[3]  # a model's metadata or readiness
+    return AuthScope.READ, None
+
+
+def _bearer(scope: Scope) -> str | None:
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            kind, _, key = value.decode("latin-1").partition(" ")
+            return key.strip() if kind.lower() == "bearer" else None
     return None
 
 

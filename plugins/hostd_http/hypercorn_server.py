@@ -28,6 +28,7 @@ from hypercorn.asyncio.tcp_server import TCPServer
 from hypercorn.asyncio.worker_context import WorkerContext
 from hypercorn.config import Config
 
+from hostd.tls import server_context
 from hostd_http.connections import Connection, Connections, peer_of
 from hostd_http.front import Front
 
@@ -67,7 +68,8 @@ async def serve_hypercorn(front: Front, ctx: TransportContext[HttpSettings], *,
             await _TCPServer(app, loop, config, context, {}, reader, writer)
 
     protocol = partial(_Stream, front.connections, serve_connection)
-    servers = [await loop.create_server(protocol, sock=sock, backlog=config.backlog) for sock in sockets]
+    tls = server_context(settings.tls, ctx.daemon.folder, ["h2", "http/1.1"]) if settings.tls else None
+    servers = [await loop.create_server(protocol, sock=sock, backlog=config.backlog, ssl=tls) for sock in sockets]
     task_status.started()
     try:
         await ctx.stop.wait()

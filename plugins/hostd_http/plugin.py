@@ -10,6 +10,7 @@ from anyio.abc import TaskStatus
 from pydantic import BaseModel, ConfigDict, Field
 
 from hostd.hookspecs import RegisterTransport, hookimpl
+from hostd.tls import TlsSettings
 from hostd.transports import Transport, TransportContext
 from hostd_http.app import create_app
 from hostd_http.connections import Connections
@@ -38,6 +39,7 @@ class HttpSettings(BaseModel):
     # Hypercorn closes a connection after this many requests (its default, 1000, costs reconnects).
     keep_alive_max_requests: int = Field(default=1_000_000, ge=1)
     access_log: bool = False
+    tls: TlsSettings | None = None  # HTTPS (with hypercorn: HTTP/2 too, by ALPN); mutual TLS with client_ca
 
 
 async def serve_http(ctx: TransportContext[HttpSettings], *, task_status: TaskStatus[None]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from http import HTTPStatus
 from typing import Any
@@ -12,7 +13,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from hostd.errors import ErrorCode, HostdError, InvalidInput, Overloaded, PayloadTooLarge
+from hostd.errors import ErrorCode, HostdError, InvalidInput, Overloaded, PayloadTooLarge, RateLimited, Unauthenticated
 
 log = structlog.get_logger("hostd.http")
 
@@ -26,6 +27,8 @@ STATUS = {
     ErrorCode.MODEL_ERROR: 500,
     ErrorCode.LOAD_FAILED: 400,  # as Triton answers a failed repository load
     ErrorCode.FORBIDDEN: 403,
+    ErrorCode.UNAUTHENTICATED: 401,
+    ErrorCode.RATE_LIMITED: 429,
 }
 # An overloaded model's queue drains in milliseconds: a second is long enough to wait.
 RETRY_AFTER_S = "1"
@@ -69,6 +72,10 @@ def error_handlers(body: ErrorBody) -> Mapping[type[Exception], Handler]:
 def error_response(body: ErrorBody, exc: HostdError) -> Response:
     """``exc`` as JSON in ``body``'s format, with its HTTP status (and Retry-After if overloaded)."""
     headers = {"Retry-After": RETRY_AFTER_S} if isinstance(exc, Overloaded) else None
+    if isinstance(exc, RateLimited):
+        headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}  # whole seconds (RFC 9110)
+    elif isinstance(exc, Unauthenticated):
+        headers = {"WWW-Authenticate": 'Bearer realm="hostd"'}
     return ORJSONResponse(body(exc.code.value, exc.message, exc.details), STATUS[exc.code], headers)
 
 

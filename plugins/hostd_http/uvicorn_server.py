@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from anyio.abc import TaskStatus
 
+from hostd.tls import server_context
 from hostd_http.connections import Connection, Connections, peer_of
 from hostd_http.front import Front
 
@@ -49,6 +50,9 @@ async def serve_uvicorn(front: Front, ctx: TransportContext[HttpSettings], *,
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     with ctx.binding("port", f"{settings.host}:{settings.port}"):
         sock = socket.create_server((settings.host, settings.port), family=family)
+    config.load()
+    if settings.tls is not None:  # the one context builder every transport uses (HTTP/1.1: no h2)
+        config.ssl = server_context(settings.tls, ctx.daemon.folder, ["http/1.1"])
     server = Server(config)
     async with anyio.create_task_group() as tg:
         tg.start_soon(server.serve, [sock])

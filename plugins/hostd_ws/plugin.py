@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 from contextlib import nullcontext
+from http import HTTPStatus
+from weakref import WeakKeyDictionary
 
 import anyio
 import structlog
@@ -18,13 +20,17 @@ from anyio.abc import TaskStatus
 from pydantic import BaseModel, ConfigDict, Field
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
 from websockets.protocol import State
 
 from hostd import envelope
+from hostd.auth import Principal, Scope
 from hostd.clients import Client
 from hostd.dataplane import DataPlane
+from hostd.errors import ErrorCode, Forbidden, HostdError
 from hostd.hookspecs import RegisterTransport, hookimpl
 from hostd.tasks import BoundedTasks
+from hostd.tls import TlsSettings, server_context
 from hostd.transports import Shutdown, Transport, TransportContext
 
 log = structlog.get_logger("hostd.ws")
@@ -43,6 +49,7 @@ class WebSocketSettings(BaseModel):
     # A reply that cannot be written for this long (the client stopped reading) drops the connection;
     # also how long a closing handshake may take, so such a client cannot hold up the shutdown.
     send_timeout_s: float = Field(default=5.0, gt=0)
+    tls: TlsSettings | None = None  # wss://, with mutual TLS if client_ca is set
 
 
 class _Left(Exception):
@@ -58,6 +65,29 @@ class Connections:
         self.drain = drain  # each connection answers what it read by the drain deadline
         self.readers: set[anyio.CancelScope] = set()
         self.stopping = False
+        self.principals: WeakKeyDictionary[ServerConnection, Principal] = WeakKeyDictionary()  # at the handshake
+
+    def authenticate(self, ws: ServerConnection, request: Request) -> Response | None:
+        """Before the upgrade: the handshake's ``Authorization: Bearer <key>`` (401, or 403 with no
+        scope to predict or read, or 429), so a client without a key never gets a WebSocket."""
+        guard = self.dataplane.guard
+        if not guard.active:
+            return None
+        kind, _, key = request.headers.get("Authorization", "").partition(" ")
+        peer = str((ws.remote_address or ("",))[0])
+        try:
+            principal = guard.authenticate(key.strip() if kind.lower() == "bearer" else None)
+            if not ({Scope.INFER, Scope.READ} & principal.scopes):
+                raise Forbidden(f"key '{principal.name}' has neither the 'infer' nor the 'read' scope")
+            guard.admit(principal.name if guard.required else f"address {peer}")
+        except HostdError as exc:
+            status = {ErrorCode.UNAUTHENTICATED: 401, ErrorCode.FORBIDDEN: 403}.get(exc.code, 429)
+            response = ws.respond(HTTPStatus(status), f"{exc.code.value}: {exc.message}\n")
+            if status == 401:
+                response.headers["WWW-Authenticate"] = 'Bearer realm="hostd"'
+            return response
+        self.principals[ws] = principal
+        return None
 
     def stop_reading(self) -> None:
         self.stopping = True
@@ -66,7 +96,7 @@ class Connections:
 
     async def serve(self, ws: ServerConnection) -> None:
         reason = "server shutting down"
-        client = Client(":".join(map(str, ws.remote_address or ())))
+        client = Client(":".join(map(str, ws.remote_address or ())), self.principals.pop(ws, None))
         try:
             async with BoundedTasks(self.settings.max_in_flight, self.drain) as replies:
                 with anyio.CancelScope() as reader:
@@ -124,7 +154,9 @@ async def serve_ws(ctx: TransportContext[WebSocketSettings], *, task_status: Tas
     settings = ctx.settings
     connections = Connections(ctx.dataplane, settings, ctx.stop)
     with ctx.binding("port", f"{settings.host}:{settings.port}"):
+        tls = server_context(settings.tls, ctx.daemon.folder, ["http/1.1"]) if settings.tls else None
         server = await serve(connections.serve, settings.host, settings.port, max_size=settings.max_message_bytes,
+                             ssl=tls, process_request=connections.authenticate,
                              ping_interval=settings.ping_interval_s, ping_timeout=settings.ping_timeout_s,
                              close_timeout=settings.send_timeout_s)
     async with server:
