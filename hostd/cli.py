@@ -120,6 +120,20 @@ def reload(config: Path, pid: int | None, timeout_s: float) -> None:
 
 
 @cli.command()
+@click.argument("name")
+@click.option("--scope", "scopes", multiple=True, type=click.Choice(["infer", "read", "admin"]),
+              default=("infer", "read"), show_default=True, help="Repeatable.")
+def key(name: str, scopes: tuple[str, ...]) -> None:
+    """Make a new API key NAME: prints the key (give it to the client, once) and the auth.keys entry
+    for host.yaml, which holds only its SHA-256."""
+    from hostd.auth import new_key
+
+    secret, digest = new_key()
+    click.echo(f"key (shown once; hostd keeps only its hash): {secret}", err=True)
+    click.echo(f"- {{name: {name}, sha256: {digest}, scopes: [{', '.join(dict.fromkeys(scopes))}]}}")
+
+
+@cli.command()
 @config_argument
 def check(config: Path) -> None:
     """Validate CONFIG and load its models; one line per model."""
