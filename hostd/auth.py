@@ -45,6 +45,8 @@ class Principal:
 
 
 ANONYMOUS = Principal("anonymous", frozenset(Scope))
+#: A connection that brought no credential while keys are required (e.g. ZeroMQ without CURVE).
+NOBODY = Principal("", frozenset())
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,9 +80,24 @@ class Guard:
         self.admit(principal.name if self.required else f"address {peer}")
         return principal
 
+    def named(self, name: str | None) -> Principal:
+        """The principal of a connection that authenticated as key ``name`` by other means than the
+        key itself (a ZeroMQ CURVE client's certificate name); None: it brought no credential."""
+        if not self.required:
+            return ANONYMOUS
+        if name is None:
+            return NOBODY
+        for stored in self._keys:
+            if stored.principal.name == name:
+                return stored.principal
+        return Principal(name, frozenset())  # authenticated, but no key grants it anything
+
     def permit(self, principal: Principal, scope: Scope, model: Any = None, peer: str = "") -> None:
         """One call on a connection authenticated once (``check`` did the key): its scope and model,
         then the rate limit (the key's, or ``peer``'s address's without keys)."""
+        if principal is NOBODY:
+            raise Unauthenticated("this connection brought no credential (ZeroMQ: connect with a CURVE key pair "
+                                  "the server allows)")
         self.authorize(principal, scope, model if isinstance(model, str) else None)
         self.admit(principal.name if self.required else f"address {peer}")
 

@@ -16,20 +16,16 @@ if TYPE_CHECKING:
 
 
 class Client:
-    __slots__ = ("label", "pending", "principal")
+    __slots__ = ("address", "label", "pending", "principal")
 
-    def __init__(self, label: str, principal: Principal | None = None) -> None:
+    def __init__(self, label: str, principal: Principal | None = None, address: str | None = None) -> None:
         self.label = label  # who it is, for logs: "127.0.0.1:53422", a ZeroMQ identity
+        self.address = address or label  # a rate limit's key when there are no API keys (an IP address)
         self.pending: dict[str, int] = {}  # model name -> this client's requests pending there
         # Who it authenticated as, where the transport authenticates a connection once (WebSocket,
         # ZeroMQ CURVE); each message is then held to that key's scopes, models and rate limit.
         # None: the transport checks per request (HTTP, gRPC) or trusts its broker (Kafka, arq).
         self.principal = principal
-
-    @property
-    def address(self) -> str:
-        """The peer's address without its port (a rate limit's key when there are no API keys)."""
-        return self.label.rsplit(":", 1)[0]
 
     def __repr__(self) -> str:
         return f"Client({self.label!r})"

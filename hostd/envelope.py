@@ -46,15 +46,21 @@ async def answer(dataplane: DataPlane, request: dict[str, Any], transport: str,
     ``DataPlane.predict``); every error becomes an error reply."""
     try:
         call = prediction(request)
-        if client is not None and client.principal is not None:
-            dataplane.guard.permit(client.principal, Scope.INFER if call else Scope.READ,
-                                   call.model if call else request.get("model"), client.address)
+        permit(dataplane, client, Scope.INFER if call else Scope.READ, call.model if call else request.get("model"))
         if call is None:
             return {"id": request["id"], **_describe(dataplane, request)}
         result = await dataplane.predict(call.model, call.data, call.version, transport=transport, client=client)
     except HostdError as exc:
         return error_reply(request.get("id"), exc)
     return prediction_reply(call.id, result)
+
+
+def permit(dataplane: DataPlane, client: Client | None, scope: Scope, model: Any) -> None:
+    """Hold a message from a connection that authenticated once (WebSocket, ZeroMQ CURVE) to its key's
+    scopes, models and rate limit. A client with no principal is trusted by its transport (Kafka and
+    arq rely on the broker's authentication)."""
+    if client is not None and client.principal is not None:
+        dataplane.guard.permit(client.principal, scope, model, client.address)
 
 
 async def handle(dataplane: DataPlane, raw: bytes | str, transport: str, limit: int | None = None,

@@ -38,7 +38,7 @@ class TlsSettings(BaseModel):
 def server_context(settings: TlsSettings, folder: Path, alpn: list[str]) -> ssl.SSLContext:
     """A server-side SSLContext (TLS 1.2 or later) offering ``alpn`` (e.g. ["h2", "http/1.1"])."""
     cert, key = folder / settings.cert, folder / settings.key
-    _warn_if_readable_by_others(key)
+    warn_if_readable_by_others(key)
     password = None
     if settings.key_password_file is not None:
         password = _read(folder / settings.key_password_file).strip()
@@ -55,7 +55,7 @@ def server_context(settings: TlsSettings, folder: Path, alpn: list[str]) -> ssl.
     return context
 
 
-def _warn_if_readable_by_others(path: Path) -> None:
+def warn_if_readable_by_others(path: Path) -> None:
     try:
         mode = path.stat().st_mode
     except OSError:

@@ -96,7 +96,9 @@ class Connections:
 
     async def serve(self, ws: ServerConnection) -> None:
         reason = "server shutting down"
-        client = Client(":".join(map(str, ws.remote_address or ())), self.principals.pop(ws, None))
+        address = ws.remote_address or ()
+        client = Client(":".join(map(str, address)), self.principals.pop(ws, None),
+                        str(address[0]) if address else None)
         try:
             async with BoundedTasks(self.settings.max_in_flight, self.drain) as replies:
                 with anyio.CancelScope() as reader:

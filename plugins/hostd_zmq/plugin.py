@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import ExitStack
+
 import anyio
 import zmq
 from anyio.abc import TaskStatus
@@ -10,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from hostd.hookspecs import RegisterTransport, hookimpl
 from hostd.transports import Transport, TransportContext
 from hostd_zmq import envelope_router, zerorpc
+from hostd_zmq.curve import CurveSettings, curve_server
 from hostd_zmq.router import Respond, router_socket, serve_router
 
 
@@ -22,6 +25,8 @@ class ZmqSettings(BaseModel):
     max_in_flight: int = Field(default=1024, ge=1)  # per socket; past it we stop reading
     # Messages queued per peer each way; a DEALER that stops reading holds at most this many replies.
     high_water_mark: int = Field(default=1_000, ge=1)
+    # CURVE encryption and client authentication on both sockets (see hostd_zmq.curve).
+    curve: CurveSettings | None = None
 
 
 async def serve_zmq(ctx: TransportContext[ZmqSettings], *, task_status: TaskStatus[None]) -> None:
@@ -39,11 +44,19 @@ async def serve_zmq(ctx: TransportContext[ZmqSettings], *, task_status: TaskStat
 async def _serve_one(ctx: TransportContext[ZmqSettings], key: str, bind: str, respond: Respond, *,
                      task_status: TaskStatus[None]) -> None:
     settings = ctx.settings
-    with router_socket(high_water_mark=settings.high_water_mark, max_message_bytes=settings.max_message_bytes) as sock:
+    with ExitStack() as stack:
+        sock = stack.enter_context(router_socket(high_water_mark=settings.high_water_mark,
+                                                 max_message_bytes=settings.max_message_bytes))
+        if settings.curve is not None:
+            stack.enter_context(curve_server(sock, settings.curve, ctx.daemon.folder))
         with ctx.binding(key, bind, errors=(zmq.ZMQError,)):
             sock.bind(bind)
         task_status.started()
-        await serve_router(sock, respond, ctx.stop, max_in_flight=settings.max_in_flight, bind=bind)
+        # Who each peer is: the CURVE client's key name (or nobody, without CURVE), when keys are checked.
+        guard = ctx.dataplane.guard
+        identify = (lambda user: guard.named(user)) if guard.active else None
+        await serve_router(sock, respond, ctx.stop, max_in_flight=settings.max_in_flight, bind=bind,
+                           identify=identify, curve=settings.curve is not None)
 
 
 @hookimpl

@@ -17,6 +17,7 @@ import structlog
 import zmq
 import zmq.asyncio
 
+from hostd.auth import Principal
 from hostd.clients import Client
 from hostd.tasks import BoundedTasks
 from hostd.transports import Shutdown
@@ -27,6 +28,8 @@ Send = Callable[[list[bytes]], Awaitable[None]]
 #: Takes the received frames (routing identity first), a way to send extra frames (heartbeats) and
 #: the peer as admission sees it; returns the frames to send back, or None.
 Respond = Callable[[list[bytes], Send, Client], Awaitable[list[bytes] | None]]
+#: The principal (hostd.auth) of a peer from its CURVE User-Id, or None when it has none.
+Identify = Callable[[str | None], Principal]
 #: Departed peers remembered, so the requests they left unread in the socket are dropped unanswered.
 REMEMBERED_DEPARTURES = 4096
 
@@ -119,8 +122,9 @@ class Peers:
 
 
 async def serve_router(sock: zmq.asyncio.Socket, respond: Respond, stop: Shutdown, *, max_in_flight: int,
-                       bind: str) -> None:
-    """Answer what ``sock`` receives until ``stop``, then what was accepted by the drain deadline."""
+                       bind: str, identify: Identify | None = None, curve: bool = False) -> None:
+    """Answer what ``sock`` receives until ``stop``, then what was accepted by the drain deadline.
+    With ``identify``, each peer's Client carries the principal of its CURVE User-Id (None without CURVE)."""
     peers = Peers(sock, bind)
 
     async def answer(frames: list[bytes], peer: Peer) -> None:
@@ -144,8 +148,15 @@ async def serve_router(sock: zmq.asyncio.Socket, respond: Respond, stop: Shutdow
         with anyio.CancelScope() as reading:
             tg.start_soon(_cancel_on, stop, reading)
             while True:
-                frames = await sock.recv_multipart()
+                if curve:  # Frame objects carry the User-Id the authenticator gave the connection
+                    received = await sock.recv_multipart(copy=False)
+                    user: str | None = str(received[-1].get("User-Id"))
+                    frames = [frame.bytes for frame in received]
+                else:
+                    frames, user = await sock.recv_multipart(), None
                 if (peer := peers.admit(frames[0])) is not None:
+                    if identify is not None:
+                        peer.client.principal = identify(user)
                     try:
                         await replies.spawn(answer(frames, peer))
                     except BaseException:  # stopped while waiting for a slot: it never starts

@@ -15,6 +15,8 @@ from typing import Any
 import anyio
 import msgpack
 
+from hostd import envelope
+from hostd.auth import Scope
 from hostd.clients import Client
 from hostd.dataplane import DataPlane
 from hostd.errors import HostdError, InvalidInput, PayloadTooLarge
@@ -72,11 +74,13 @@ def _unpack(blob: bytes, limit: int | None) -> tuple[Any, str, Any]:
 
 
 async def _call(dataplane: DataPlane, name: str, args: Any, client: Client | None) -> tuple[str, list[Any]]:
-    if name == "_zerorpc_list":
-        return "OK", [sorted({served.name for served in dataplane.models()})]
     if name == "_zerorpc_ping":
         return "OK", [["pong", "hostd"]]
     try:
+        if name == "_zerorpc_list":
+            envelope.permit(dataplane, client, Scope.READ, None)
+            return "OK", [sorted({served.name for served in dataplane.models()})]
+        envelope.permit(dataplane, client, Scope.INFER, name)
         if not isinstance(args, list) or len(args) != 1:
             raise InvalidInput(f"call {name}(data) with one argument, the model's input")
         result = await dataplane.predict(name, args[0], transport="zerorpc", client=client)

@@ -24,12 +24,14 @@ import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
 import trustme
 import yaml
+import zmq
+import zmq.auth
 from tritonclient.utils import InferenceServerException
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
 from tests.conftest import HOSTD, ROOT, HostdProcess, with_free_ports
-from tests.support.e2e import PATIENCE_S, iris_payload, problems_logged
+from tests.support.e2e import PATIENCE_S, Start, iris_payload, problems_logged
 
 pytestmark = pytest.mark.e2e
 
@@ -323,3 +325,60 @@ def wait_until_serving_any(server: HostdProcess, certs: Certs) -> None:
         time.sleep(0.05)
     raise AssertionError(f"hostd not ready:\n{server.output()}")
 
+
+
+# -- ZeroMQ CURVE ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def curve_keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """server.key_secret; clients/{predictor,reader}.key allowed; stranger.key_secret not allowed."""
+    folder = tmp_path_factory.mktemp("curve")
+    (folder / "clients").mkdir()
+    zmq.auth.create_certificates(folder, "server")
+    for name in ("predictor", "reader", "stranger"):
+        zmq.auth.create_certificates(folder, name)
+        if name != "stranger":
+            (folder / f"{name}.key").rename(folder / "clients" / f"{name}.key")
+    return folder
+
+
+def curve_request(endpoint: str, folder: Path, client: str | None, request: dict[str, Any],
+                  wait_s: float = PATIENCE_S) -> dict[str, Any] | None:
+    """One REQ round trip as CURVE client ``client`` (None: plaintext); None if no reply came in ``wait_s``."""
+    server_public, _ = zmq.auth.load_certificate(folder / "server.key")
+    context = zmq.Context()
+    try:
+        with context.socket(zmq.REQ) as sock:
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.RCVTIMEO, int(wait_s * 1000))
+            if client is not None:
+                public, secret = zmq.auth.load_certificate(folder / f"{client}.key_secret")
+                sock.curve_secretkey, sock.curve_publickey, sock.curve_serverkey = secret, public, server_public
+            sock.connect(endpoint)
+            sock.send_json(request)
+            try:
+                return dict(sock.recv_json())
+            except zmq.Again:
+                return None
+    finally:
+        context.term()
+
+
+def test_zeromq_curve_admits_only_allowed_clients_with_their_key_scopes(start_hostd: Start, curve_keys: Path) -> None:
+    server = start_hostd({"models": [IRIS], "auth": {"keys": [
+        {"name": "predictor", "sha256": "0" * 64, "scopes": ["infer"]},
+        {"name": "reader", "sha256": "1" * 64, "scopes": ["read"]}]},
+        "transports": {"http": {}, "zmq": {"zerorpc_bind": None, "curve": {
+            "secret_key_file": str(curve_keys / "server.key_secret"), "clients": str(curve_keys / "clients")}}}})
+    endpoint = server.transports["zmq"]["bind"]
+    request = {"id": "1", "model": "iris_model", "data": iris_payload()}
+    assert curve_request(endpoint, curve_keys, "predictor", request) == {
+        "id": "1", "model": "iris_model", "version": "1.0.0", "prediction": {"species": "Iris setosa"}}
+    reply = curve_request(endpoint, curve_keys, "reader", request)
+    assert reply is not None and reply["error"]["code"] == "FORBIDDEN"
+    assert curve_request(endpoint, curve_keys, "reader", {"op": "models"}) is not None
+    # Not allowed, or not CURVE at all: the handshake fails and nothing is answered.
+    assert curve_request(endpoint, curve_keys, "stranger", request, wait_s=1) is None
+    assert curve_request(endpoint, curve_keys, None, request, wait_s=1) is None
+    assert curve_request(endpoint, curve_keys, "predictor", request) is not None  # still serving
