@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import functools
 import gc
+import ipaddress
 import resource
 import signal
 import time
 from collections.abc import Iterable
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 import pluggy
@@ -38,6 +40,7 @@ async def serve(settings: HostSettings, pm: pluggy.PluginManager, stop: anyio.Ev
     available = plugins.transports(pm)
     selected = [available[name] for name in settings.transports]
     guard = Guard.of(settings)  # before any model loads: a key file that cannot be read stops the start
+    _warn_if_exposed(settings)
     reread = functools.partial(reread_settings, settings.source, {name: t.settings for name, t in available.items()})
     repository = await anyio.to_thread.run_sync(ModelRepository, settings, None, reread)
     try:
@@ -148,3 +151,25 @@ async def _reload_on_change(repository: ModelRepository) -> None:
             seen = now
             log.info("reloading", reason="a config file changed")
             await reload_logged(repository)
+
+
+def _warn_if_exposed(settings: HostSettings) -> None:
+    """A transport that listens beyond this machine with neither keys nor encryption: anyone who can
+    reach the port may use it, and read what goes over it."""
+    for name, section in settings.transports.items():
+        host = getattr(section, "host", None)
+        if host is None and isinstance(getattr(section, "bind", None), str):  # ZeroMQ: tcp://host:port
+            host = urlsplit(section.bind).hostname
+        encrypted = getattr(section, "tls", None) is not None or getattr(section, "curve", None) is not None
+        if isinstance(host, str) and not _loopback(host) and not encrypted and settings.auth is None:
+            log.warning("a transport listens beyond this machine with no API keys and no encryption",
+                        transport=name, host=host, fix="add auth: keys, and tls: (curve: for zmq)")
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve anywhere

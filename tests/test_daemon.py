@@ -197,3 +197,27 @@ def test_a_bind_failure_names_the_address_the_setting_and_its_environment_variab
         "transports.toy.port (host.yaml:5) or the environment variable HOSTD_TRANSPORTS__TOY__PORT")
     with pytest.raises(ValueError), ctx.binding("port", "127.0.0.1:8080"):
         raise ValueError("not a bind failure: passes through")
+
+
+def test_a_transport_exposed_without_keys_or_encryption_is_a_warning() -> None:
+    from structlog.testing import capture_logs
+
+    from hostd.daemon import _warn_if_exposed
+    from hostd.settings import parse_settings
+    from hostd_http.plugin import HttpSettings
+    from hostd_zmq.plugin import ZmqSettings
+
+    text = """
+models: [{class_path: tests.support.toy:EchoModel}]
+transports:
+  http: {host: 0.0.0.0}
+  zmq: {bind: "tcp://127.0.0.1:5555", zerorpc_bind: null}
+"""
+    known = {"http": HttpSettings, "zmq": ZmqSettings}
+    with capture_logs() as logs:
+        _warn_if_exposed(parse_settings(text, "host.yaml", known))
+    assert [(line["transport"], line["host"]) for line in logs] == [("http", "0.0.0.0")]
+    keys = "auth: {keys: [{name: a, sha256: \"" + "0" * 64 + "\"}]}\n"
+    with capture_logs() as logs:
+        _warn_if_exposed(parse_settings(text + keys, "host.yaml", known))
+    assert logs == []
