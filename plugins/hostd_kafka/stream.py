@@ -29,18 +29,18 @@ POLL_MS = 1000  # how long an idle poll waits for records (a stop cuts it short)
 
 
 class Stream:
-    def __init__(self, dataplane: DataPlane, settings: KafkaSettings) -> None:
+    def __init__(self, dataplane: DataPlane, settings: KafkaSettings, security: dict[str, Any] | None = None) -> None:
         self.dataplane = dataplane
         self.settings = settings
         self.batch_lock = anyio.Lock()  # held while a batch is in flight; a rebalance waits for it
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=settings.bootstrap_servers, group_id=settings.group_id,
             client_id=settings.client_id, enable_auto_commit=False, auto_offset_reset="earliest",
-            max_partition_fetch_bytes=settings.max_message_bytes,
+            max_partition_fetch_bytes=settings.max_message_bytes, **(security or {}),
         )
         self.producer = AIOKafkaProducer(
             bootstrap_servers=settings.bootstrap_servers, client_id=settings.client_id, acks="all",
-            max_request_size=settings.max_message_bytes + 4096,
+            max_request_size=settings.max_message_bytes + 4096, **(security or {}),
         )
 
     async def run(self, stop: Shutdown, connected: Callable[[], None]) -> None:
