@@ -11,7 +11,8 @@ arq's pickles, which let anyone who can write to Redis run code in hostd.
 
 from __future__ import annotations
 
-from typing import Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 import structlog
 from anyio.abc import TaskStatus
@@ -20,6 +21,9 @@ from pydantic import ConfigDict, Field
 from hostd.hookspecs import RegisterTransport, hookimpl
 from hostd.reconnect import RetrySettings, reconnect
 from hostd.transports import Transport, TransportContext
+
+if TYPE_CHECKING:
+    from arq.connections import RedisSettings
 
 log = structlog.get_logger("hostd.arq")
 
@@ -35,6 +39,27 @@ class ArqSettings(RetrySettings):
     poll_delay_s: float = Field(default=0.05, gt=0)
     # pickle runs whatever code a job carries: only for a Redis no one else can write to.
     serializer: Literal["msgpack", "pickle"] = "msgpack"
+    # Redis security: a password (and an ACL user) and TLS (a rediss:// URL). The password may also be
+    # in the URL, e.g. redis://hostd:${REDIS_PASSWORD}@host:6379/0; files are relative to the config's folder.
+    redis_username: str | None = None
+    redis_password_file: str | None = None
+    ssl_ca_certs: str | None = None  # the CA that signs Redis's certificate (rediss://)
+    ssl_certfile: str | None = None  # a client certificate, if Redis requires one (tls-auth-clients)
+    ssl_keyfile: str | None = None
+
+    def redis_settings(self, folder: Path) -> RedisSettings:
+        """arq's RedisSettings for ``redis_url`` with the security settings applied."""
+        from arq.connections import RedisSettings
+
+        settings = RedisSettings.from_dsn(self.redis_url)
+        if self.redis_username is not None:
+            settings.username = self.redis_username
+        if self.redis_password_file is not None:
+            settings.password = (folder / self.redis_password_file).read_text().strip()
+        for name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
+            if (value := getattr(self, name)) is not None:
+                setattr(settings, name, str(folder / value))
+        return settings
 
 
 async def serve_arq(ctx: TransportContext[ArqSettings], *, task_status: TaskStatus[None]) -> None:
@@ -46,8 +71,10 @@ async def serve_arq(ctx: TransportContext[ArqSettings], *, task_status: TaskStat
     if settings.serializer == "pickle":
         log.warning("arq jobs are pickled: anyone who can write to this Redis can run code in hostd",
                     redis_url=settings.redis_url, queue_name=settings.queue_name)
+    redis = settings.redis_settings(ctx.daemon.folder)  # files are read once: a missing one fails the start
     task_status.started()  # readiness does not wait for Redis; reconnect() retries
-    await reconnect(lambda: WorkerSession(ctx.dataplane, settings), ctx.stop, settings, service="redis", log=log)
+    await reconnect(lambda: WorkerSession(ctx.dataplane, settings, redis), ctx.stop, settings, service="redis",
+                    log=log)
 
 
 @hookimpl

@@ -29,12 +29,12 @@ def make_predict(dataplane: DataPlane) -> Any:
 
 
 class WorkerSession:
-    def __init__(self, dataplane: DataPlane, settings: ArqSettings) -> None:
+    def __init__(self, dataplane: DataPlane, settings: ArqSettings, redis: RedisSettings | None = None) -> None:
         self.connected: Callable[[], None] = lambda: None
         serializer, deserializer = codec(settings.serializer)
         self.worker = Worker(
             functions=[func(make_predict(dataplane), name="predict")],
-            redis_settings=RedisSettings.from_dsn(settings.redis_url), queue_name=settings.queue_name,
+            redis_settings=redis or RedisSettings.from_dsn(settings.redis_url), queue_name=settings.queue_name,
             max_jobs=settings.max_jobs, job_timeout=settings.job_timeout_s, keep_result=settings.keep_result_s,
             poll_delay=settings.poll_delay_s, handle_signals=False, on_startup=self._on_startup,
             job_serializer=serializer, job_deserializer=deserializer,

@@ -382,3 +382,55 @@ def test_zeromq_curve_admits_only_allowed_clients_with_their_key_scopes(start_ho
     assert curve_request(endpoint, curve_keys, "stranger", request, wait_s=1) is None
     assert curve_request(endpoint, curve_keys, None, request, wait_s=1) is None
     assert curve_request(endpoint, curve_keys, "predictor", request) is not None  # still serving
+
+
+# -- arq over TLS to a Redis with a password ------------------------------------------------------
+
+
+def test_arq_over_tls_to_redis_with_a_password(start_hostd: Start, certs: Certs, tmp_path: Path) -> None:
+    import anyio
+    from arq import create_pool
+    from arq.connections import RedisSettings
+    from hostd_arq.serializer import deserialize_errors, serialize
+
+    from tests.e2e.brokers import Service
+
+    def command(port: int) -> list[str]:
+        return ["redis-server", "--bind", "127.0.0.1", "--port", "0", "--tls-port", str(port),
+                "--tls-cert-file", str(certs.folder / "server.pem"), "--tls-key-file", str(certs.folder / "server.key"),
+                "--tls-ca-cert-file", certs.ca_file, "--tls-auth-clients", "no", "--requirepass", "redis-s3cret",
+                "--save", "", "--appendonly", "no"]
+
+    redis = Service("redis-tls", command, tmp_path / "redis-tls.log")
+    redis.start(fresh_port_if_taken=True)
+    try:
+        (tmp_path / "redis.password").write_text("redis-s3cret\n")
+        server = start_hostd({"models": [IRIS], "transports": {"http": {}, "arq": {
+            "redis_url": f"rediss://127.0.0.1:{redis.port}/0", "queue_name": "secure",
+            "redis_password_file": str(tmp_path / "redis.password"), "ssl_ca_certs": certs.ca_file}}})
+
+        async def predict() -> Any:
+            pool = await create_pool(RedisSettings(host="127.0.0.1", port=redis.port, ssl=True, password="redis-s3cret",
+                                                   ssl_ca_certs=certs.ca_file, conn_timeout=5),
+                                     job_serializer=serialize, job_deserializer=deserialize_errors)
+            try:
+                job = await pool.enqueue_job("predict", "iris_model", iris_payload(), _queue_name="secure")
+                assert job is not None
+                return await job.result(timeout=PATIENCE_S)
+            finally:
+                await pool.aclose()
+
+        assert anyio.run(predict) == {"species": "Iris setosa"}
+        assert server.proc.poll() is None
+    finally:
+        redis.kill()
+
+
+def test_uvicorn_serves_https_and_checks_keys(start_hostd_tls: Any, certs: Certs) -> None:
+    server = start_hostd_tls({"models": [IRIS], "auth": auth(),
+                              "transports": {"http": {"server": "uvicorn", "tls": tls(certs)}}})
+    predict = https(server, "/api/models/iris_model/prediction")
+    assert curl(certs, "-X", "POST", predict, "-d", json.dumps(iris_payload()))[0] == 401
+    status, _, reply = curl(certs, "-X", "POST", predict, "-d", json.dumps(iris_payload()),
+                            "-H", f"Authorization: Bearer {key_of('predictor')}")
+    assert (status, json.loads(reply)) == (200, {"species": "Iris setosa"})
