@@ -62,7 +62,8 @@ def start_hostd(transports: dict[str, Any], models: list[dict[str, Any]] | None 
         log = (Path(tmp) / "hostd.log").open("wb")  # its warnings (e.g. clients leaving at the end of a run)
         proc = subprocess.Popen([hostd, "run", str(path)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
-            _wait_ready(proc, transports["http"]["port"], Path(tmp) / "hostd.log")
+            scheme = "https" if transports["http"].get("tls") else "http"
+            _wait_ready(proc, f"{scheme}://127.0.0.1:{transports['http']['port']}", Path(tmp) / "hostd.log")
             yield proc
         finally:
             proc.send_signal(signal.SIGTERM)
@@ -70,11 +71,11 @@ def start_hostd(transports: dict[str, Any], models: list[dict[str, Any]] | None 
             log.close()
 
 
-def _wait_ready(proc: subprocess.Popen[bytes], http_port: int, log: Path) -> None:
+def _wait_ready(proc: subprocess.Popen[bytes], base_url: str, log: Path) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            if httpx.get(f"http://127.0.0.1:{http_port}/api/health/ready", timeout=1).status_code == 200:
+        try:  # verify=False: the benchmarks' certificates come from a throwaway CA
+            if httpx.get(f"{base_url}/api/health/ready", timeout=1, verify=False).status_code == 200:
                 return
         except httpx.TransportError:
             pass

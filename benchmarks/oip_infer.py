@@ -44,11 +44,13 @@ def hostd_grpc_request() -> bytes:
 
 
 def wrk(url: str, body: bytes, concurrency: int, seconds: int, workdir: Path, *, server: str,
-        transport: str = "http", statuses: dict[int, int] | None = None) -> Result:
+        transport: str = "http", statuses: dict[int, int] | None = None, headers: dict[str, str] | None = None,
+        ) -> Result:
     """POST ``body`` to ``url`` from ``concurrency`` connections for ``seconds``. If ``statuses`` is
     given it is filled with the count of each response status (a Lua callback per response)."""
     script = workdir / "post.lua"
     lua = f'wrk.method = "POST"\nwrk.body = [[{body.decode()}]]\nwrk.headers["Content-Type"] = "application/json"\n'
+    lua += "".join(f'wrk.headers["{name}"] = "{value}"\n' for name, value in (headers or {}).items())
     script.write_text(lua + (STATUS_LUA if statuses is not None else ""))
     threads = min(2, concurrency)
     out = subprocess.run(["wrk", f"-t{threads}", f"-c{concurrency}", f"-d{seconds}s", "--latency", "-s", str(script),
@@ -66,14 +68,16 @@ def wrk(url: str, body: bytes, concurrency: int, seconds: int, workdir: Path, *,
                   errors, "wrk")
 
 
-def h2load(url: str, message: bytes, concurrency: int, seconds: int, workdir: Path, *, server: str) -> Result:
+def h2load(url: str, message: bytes, concurrency: int, seconds: int, workdir: Path, *, server: str,
+           headers: dict[str, str] | None = None) -> Result:
     """Replay one gRPC message (unary, one stream per connection at a time) for ``seconds``."""
     framed = workdir / "request.bin"
     framed.write_bytes(struct.pack(">?I", False, len(message)) + message)  # gRPC length-prefixed frame
     log = workdir / "h2load.log"
     threads = min(2, concurrency)
     out = subprocess.run(["h2load", f"-D{seconds}", "--log-file", str(log), f"-c{concurrency}", "-m1", f"-t{threads}",
-                          "-d", str(framed), "-H", "content-type: application/grpc", "-H", "te: trailers", url],
+                          "-d", str(framed), "-H", "content-type: application/grpc", "-H", "te: trailers",
+                          *[arg for name, value in (headers or {}).items() for arg in ("-H", f"{name}: {value}")], url],
                          capture_output=True, text=True, check=True, timeout=seconds + 30).stdout
     done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed", out)
     rps = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out)

@@ -111,7 +111,8 @@ def process_workers(seconds: int, workdir: Path) -> dict[str, Any]:
     return results
 
 
-def _probe(url: str, seconds: float, body: bytes = SLEEPY_BODY) -> dict[str, Any]:
+def _probe(url: str, seconds: float, body: bytes = SLEEPY_BODY, headers: dict[str, str] | None = None
+           ) -> dict[str, Any]:
     """One client sending one request at a time: latency of those admitted (200), statuses seen."""
     latencies: list[float] = []
     statuses: dict[int, int] = {}
@@ -119,7 +120,8 @@ def _probe(url: str, seconds: float, body: bytes = SLEEPY_BODY) -> dict[str, Any
     with httpx.Client(timeout=10) as client:
         while time.monotonic() < deadline:
             started = time.perf_counter()
-            status = client.post(url, content=body, headers={"content-type": "application/json"}).status_code
+            status = client.post(url, content=body, headers={"content-type": "application/json",
+                                                             **(headers or {})}).status_code
             statuses[status] = statuses.get(status, 0) + 1
             if status == 200:
                 latencies.append((time.perf_counter() - started) * 1000)

@@ -8,8 +8,8 @@
 - While the transport drains, every request gets 503 NOT_READY with ``Connection: close`` (so a
   kept-alive client knows to stop, rather than find its next request dropped), and a body still
   arriving is cut off at once instead of holding the drain.
-- A connection refused OVERLOADED again and again (a client that ignores Retry-After, like a load
-  generator) gets each further refusal after a pause that doubles up to Retry-After: otherwise the
+- A connection refused OVERLOADED (or RATE_LIMITED) again and again (a client that ignores Retry-After,
+  like a load generator) gets each further refusal after a pause that doubles up to Retry-After: otherwise the
   event loop spends itself answering refusals and the admitted requests wait behind them (goodput
   fell to ~35% of capacity under 4x overload). The first refusal is answered at once, and a run of
   refusals ends only after a quiet spell (an admitted request between two refusals does not end it:
@@ -32,8 +32,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hostd.auth import Guard
 from hostd.auth import Scope as AuthScope
+from hostd.clients import Client
 from hostd.dataplane import DataPlane
-from hostd.errors import HostdError, NotReady, Overloaded
+from hostd.errors import HostdError, NotReady, Overloaded, RateLimited
 from hostd_http import rest, v2
 from hostd_http.connections import CLIENT, Connection, Connections
 from hostd_http.responses import RETRY_AFTER_S, ErrorBody, error_response
@@ -74,15 +75,16 @@ class Front:
         client = connection.client if connection is not None else None
         scope[CLIENT] = client
         target = _prediction(scope)
-        refusal: HostdError | None = None
-        if self.dataplane.guard.active:
-            refusal = self._denied(scope, target)
-        if refusal is None and target is not None:
-            refusal = self.dataplane.refusal(*target, transport="http", client=client)
-        elif self.draining:
-            refusal = NotReady("hostd is shutting down; not accepting requests")
+        refusal = self._refusal(scope, target, client)
+        if isinstance(refusal, RateLimited) and connection is not None:
+            # Wait for the key's next token, then look again: a client over its rate is slowed to it
+            # (shaped) rather than answered refusals as fast as it can send.
+            await self._wait(min(refusal.retry_after_s, LONGEST_PAUSE_S))
+            refusal = self._refusal(scope, target, client)
+            if refusal is None:
+                connection.refused = 0  # it got in at its rate: its next refusal is not held back long
         if refusal is not None:
-            if isinstance(refusal, Overloaded) and connection is not None:
+            if isinstance(refusal, (Overloaded, RateLimited)) and connection is not None:
                 await self._pause(connection)
             await self._refuse(scope, receive, send, refusal)
             return
@@ -91,6 +93,15 @@ class Front:
             await self.app(scope, exchange.receive, exchange.send)
         else:
             await connection.serve(self.app, scope, exchange.receive, exchange.send)
+
+    def _refusal(self, scope: Scope, target: tuple[str, str | None] | None, client: Client | None,
+                 ) -> HostdError | None:
+        """Why this request is answered at once, without routing or reading its body (None: it goes on)."""
+        if self.draining:
+            return NotReady("hostd is shutting down; not accepting requests")
+        if self.dataplane.guard.active and (denied := self._denied(scope, target)) is not None:
+            return denied
+        return self.dataplane.refusal(*target, transport="http", client=client) if target is not None else None
 
     def _denied(self, scope: Scope, target: tuple[str, str | None] | None) -> HostdError | None:
         """Why the guard refuses this request (None: it may go on)."""
@@ -113,11 +124,15 @@ class Front:
         connection.refused_at = now
         if connection.refused == 1 or self.draining:
             return
+        await self._wait(min(LONGEST_PAUSE_S, FIRST_PAUSE_S * 2 ** (connection.refused - 2)))
+
+    async def _wait(self, seconds: float) -> None:
+        """Sleep ``seconds``, or until the transport drains."""
         pause = asyncio.get_running_loop().create_future()
         self.pausing.add(pause)
         try:
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(min(LONGEST_PAUSE_S, FIRST_PAUSE_S * 2 ** (connection.refused - 2))):
+                async with asyncio.timeout(seconds):
                     await pause
         finally:
             self.pausing.discard(pause)
