@@ -60,7 +60,8 @@ def warn_if_readable_by_others(path: Path) -> None:
         mode = path.stat().st_mode
     except OSError:
         return  # load_cert_chain says what is wrong with it
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+    # Group-readable is how Kubernetes mounts a secret for a non-root user (fsGroup); others must not.
+    if mode & (stat.S_IRWXO | stat.S_IWGRP):
         log.warning("a private key file is readable by other users; chmod 600 it", path=str(path),
                     mode=oct(stat.S_IMODE(mode)))
 

@@ -119,12 +119,31 @@ def test_the_manifests_ports_and_probes_match_its_host_yaml(manifest: dict[str, 
     ports = {port["name"]: port["containerPort"] for port in container["ports"]}
     assert ports == ports_of(settings)
     routes = http_routes()
-    for probe in ("startupProbe", "readinessProbe"):
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         check = container[probe]["httpGet"]
         assert check["port"] == "http" and check["path"] in routes
+        assert check["scheme"] == "HTTPS" and settings.transports["http"].tls is not None
     assert container["readinessProbe"]["httpGet"]["path"] == "/api/health/ready"
-    assert container["livenessProbe"]["grpc"]["port"] == settings.transports["grpc"].port
+    assert settings.auth is not None and settings.auth.open_health  # the probes carry no key
     assert {port["targetPort"] for port in manifest["Service"]["spec"]["ports"]} <= set(ports)
     assert pod["terminationGracePeriodSeconds"] > settings.shutdown_grace_s
     mount = container["volumeMounts"][0]["mountPath"]
     assert container["args"] == [f"{mount}/host.yaml"]
+
+
+def test_every_secret_host_yaml_names_is_mounted_from_a_secret(manifest: dict[str, Any]) -> None:
+    settings = parse_settings(manifest["ConfigMap"]["data"]["host.yaml"], "configmap", known_transports())
+    pod = manifest["Deployment"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    config = container["volumeMounts"][0]["mountPath"]
+    secrets = {volume["name"] for volume in pod["volumes"] if "secret" in volume}
+    mounted = [mount["mountPath"] for mount in container["volumeMounts"] if mount["name"] in secrets]
+    assert settings.auth is not None
+    files = [key.sha256_file for key in settings.auth.keys]
+    for name in ("http", "grpc", "ws"):
+        tls = settings.transports[name].tls
+        files += [tls.cert, tls.key]
+    curve = settings.transports["zmq"].curve
+    files += [curve.secret_key_file, curve.clients]
+    for file in files:
+        assert file is not None and any(f"{config}/{file}".startswith(path) for path in mounted), file
