@@ -90,38 +90,51 @@ def auth(**extra: Any) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def secure(certs: Certs, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostdProcess]:
     """One hostd for the module: TLS on HTTP, gRPC and WebSocket, API keys, admin calls on."""
-    folder = tmp_path_factory.mktemp("secure")
-    transports = with_free_ports({"http": {"tls": tls(certs)}, "grpc": {"tls": tls(certs)}, "ws": {"tls": tls(certs)}})
-    config = folder / "host.yaml"
-    config.write_text(yaml.safe_dump({"models": [IRIS, DIABETES], "auth": auth(), "admin": {"enabled": True},
-                                      "transports": transports}))
-    log = folder / "hostd.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen([HOSTD, "run", str(config)], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-    server = HostdProcess(proc, config, transports, log)
+    transports = {name: {"tls": tls(certs)} for name in ("http", "grpc", "ws")}
+    server = launch({"models": [IRIS, DIABETES], "auth": auth(), "admin": {"enabled": True}, "transports": transports},
+                    tmp_path_factory.mktemp("secure"), certs)
     try:
-        wait_until_serving(server, certs)
         yield server
     finally:
-        proc.kill()
-        proc.wait()
+        server.proc.kill()
+        server.proc.wait()
     assert "test-key-" not in server.output()  # no key is ever logged
     # Clients that failed TLS or authentication are the clients' problem: nothing at error level.
     assert problems_logged(server.output()) == []
 
 
 def wait_until_serving(server: HostdProcess, certs: Certs) -> None:
+    """Ready once its HTTPS port answers ready to a client with a certificate (mutual TLS or not)."""
     deadline = time.monotonic() + PATIENCE_S
     while time.monotonic() < deadline:
         assert server.proc.poll() is None, server.output()
         try:
-            if httpx.get(f"https://127.0.0.1:{server.port}/api/health/ready", verify=certs.client_context(),
-                         timeout=1).status_code == 200:
+            reply = httpx.get(https(server, "/api/health/ready"), verify=certs.client_context(client_cert=True),
+                              timeout=1)
+            if reply.status_code == 200:
                 return
         except httpx.TransportError:
             pass
         time.sleep(0.05)
     raise AssertionError(f"hostd not ready:\n{server.output()}")
+
+
+def launch(config: dict[str, Any], folder: Path, certs: Certs) -> HostdProcess:
+    """``hostd run`` on ``config`` (every listener on a free port) until it serves over HTTPS."""
+    transports = with_free_ports(config["transports"])
+    path = folder / f"host-{len(list(folder.glob('host-*.yaml')))}.yaml"
+    path.write_text(yaml.safe_dump({**config, "transports": transports}))
+    log = path.with_suffix(".log")
+    with log.open("wb") as out:
+        proc = subprocess.Popen([HOSTD, "run", str(path)], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    server = HostdProcess(proc, path, transports, log)
+    try:
+        wait_until_serving(server, certs)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    return server
 
 
 def https(server: HostdProcess, path: str) -> str:
@@ -294,37 +307,13 @@ def start_hostd_tls(tmp_path: Path, certs: Certs) -> Iterator[Any]:
     started: list[HostdProcess] = []
 
     def start(config: dict[str, Any]) -> HostdProcess:
-        transports = with_free_ports(config["transports"])
-        path, log = tmp_path / f"host-{len(started)}.yaml", tmp_path / f"hostd-{len(started)}.log"
-        path.write_text(yaml.safe_dump({**config, "transports": transports}))
-        with log.open("wb") as out:
-            proc = subprocess.Popen([HOSTD, "run", str(path)], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-        server = HostdProcess(proc, path, transports, log)
-        started.append(server)
-        wait_until_serving_any(server, certs)
-        return server
+        started.append(launch(config, tmp_path, certs))
+        return started[-1]
 
     yield start
     for server in started:
         server.proc.kill()
         server.proc.wait()
-
-
-def wait_until_serving_any(server: HostdProcess, certs: Certs) -> None:
-    """Ready once its HTTPS port accepts a TLS handshake with a client certificate (mutual TLS or not)."""
-    deadline = time.monotonic() + PATIENCE_S
-    while time.monotonic() < deadline:
-        assert server.proc.poll() is None, server.output()
-        try:
-            reply = httpx.get(https(server, "/api/health/ready"), verify=certs.client_context(client_cert=True),
-                              timeout=1)
-            if reply.status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
-    raise AssertionError(f"hostd not ready:\n{server.output()}")
-
 
 
 # -- ZeroMQ CURVE ----------------------------------------------------------------------------------
