@@ -200,12 +200,12 @@ def test_a_bind_failure_names_the_address_the_setting_and_its_environment_variab
 
 
 def test_a_transport_exposed_without_keys_or_encryption_is_a_warning() -> None:
+    from hostd_http.plugin import HttpSettings
+    from hostd_zmq.plugin import ZmqSettings
     from structlog.testing import capture_logs
 
     from hostd.daemon import _warn_if_exposed
     from hostd.settings import parse_settings
-    from hostd_http.plugin import HttpSettings
-    from hostd_zmq.plugin import ZmqSettings
 
     text = """
 models: [{class_path: tests.support.toy:EchoModel}]

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pytest
 import trustme
-from pydantic import ValidationError
-
 from hostd_kafka.plugin import KafkaSettings
+from pydantic import ValidationError
 
 
 def test_plaintext_by_default() -> None:
