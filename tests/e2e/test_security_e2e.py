@@ -423,3 +423,10 @@ def test_uvicorn_serves_https_and_checks_keys(start_hostd_tls: Any, certs: Certs
     status, _, reply = curl(certs, "-X", "POST", predict, "-d", json.dumps(iris_payload()),
                             "-H", f"Authorization: Bearer {key_of('predictor')}")
     assert (status, json.loads(reply)) == (200, {"species": "Iris setosa"})
+
+
+def test_http2_over_tls_by_alpn(secure: HostdProcess, certs: Certs) -> None:
+    with httpx.Client(http2=True, verify=certs.client_context(), timeout=PATIENCE_S) as client:
+        reply = client.post(https(secure, "/api/models/iris_model/prediction"), json=iris_payload(),
+                            headers={"Authorization": f"Bearer {key_of('predictor')}"})
+    assert (reply.http_version, reply.status_code, reply.json()) == ("HTTP/2", 200, {"species": "Iris setosa"})
