@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import ssl
 import sys
 import traceback
 import urllib.error
@@ -89,7 +90,11 @@ def run(config: Path, log_format: str) -> None:
               help="Send SIGHUP to this hostd process instead; its log says what was applied.")
 @click.option("--timeout", "timeout_s", type=float, default=120.0, show_default=True,
               help="Seconds to wait for the models to load.")
-def reload(config: Path, pid: int | None, timeout_s: float) -> None:
+@click.option("--api-key", envvar="HOSTD_API_KEY", default=None,
+              help="A key with the admin scope, if auth is on (or the environment variable HOSTD_API_KEY).")
+@click.option("--cacert", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The CA that signs the daemon's certificate, if its HTTP transport uses TLS.")
+def reload(config: Path, pid: int | None, timeout_s: float, api_key: str | None, cacert: Path | None) -> None:
     """Make the hostd serving CONFIG re-read it (and its model repository) and apply the difference:
     new models load, removed ones unload, changed ones reload. Asks the daemon over its HTTP transport
     (POST /api/admin/reload; needs admin: {enabled: true}), and prints what changed."""
@@ -107,10 +112,13 @@ def reload(config: Path, pid: int | None, timeout_s: float) -> None:
     if http is None:
         raise click.ClickException(f"{config} serves no http transport: send SIGHUP instead (hostd reload --pid PID)")
     host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(http.host, http.host)
-    url = f"http://{f'[{host}]' if ':' in host else host}:{http.port}/api/admin/reload"
-    request = urllib.request.Request(url, method="POST", data=b"")
+    scheme = "https" if http.tls is not None else "http"
+    url = f"{scheme}://{f'[{host}]' if ':' in host else host}:{http.port}/api/admin/reload"
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    request = urllib.request.Request(url, method="POST", data=b"", headers=headers)
+    context = ssl.create_default_context(cafile=cacert) if scheme == "https" else None
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+        with urllib.request.urlopen(request, timeout=timeout_s, context=context) as response:
             click.echo(response.read().decode())
     except urllib.error.HTTPError as exc:
         body = json.loads(exc.read() or b"{}")

@@ -17,6 +17,8 @@ from hostd.errors import ConfigError, ConfigErrors
 Loc = tuple[str | int, ...]
 ENV_PREFIX = "HOSTD_"
 MODEL_FILE_SUFFIXES = (".yaml", ".yml")  # a model repository's entries
+#: HOSTD_ variables that are not config overrides: the config's path, and the key `hostd reload` sends.
+NOT_OVERRIDES = frozenset({"HOSTD_CONFIG", "HOSTD_API_KEY"})
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -374,7 +376,7 @@ def _apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> dic
     """
     overridden: dict[Loc, str] = {}
     for name, text in environ.items():
-        if not name.startswith(ENV_PREFIX) or name == "HOSTD_CONFIG":
+        if not name.startswith(ENV_PREFIX) or name in NOT_OVERRIDES:
             continue
         path = name[len(ENV_PREFIX):].lower().split("__")
         target = raw

@@ -430,3 +430,15 @@ def test_http2_over_tls_by_alpn(secure: HostdProcess, certs: Certs) -> None:
         reply = client.post(https(secure, "/api/models/iris_model/prediction"), json=iris_payload(),
                             headers={"Authorization": f"Bearer {key_of('predictor')}"})
     assert (reply.http_version, reply.status_code, reply.json()) == ("HTTP/2", 200, {"species": "Iris setosa"})
+
+
+def test_hostd_reload_over_https_with_an_admin_key(secure: HostdProcess, certs: Certs) -> None:
+    def reload(key: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([HOSTD, "reload", str(secure.config), "--cacert", certs.ca_file], capture_output=True,
+                              text=True, timeout=PATIENCE_S, env={**os.environ, "HOSTD_API_KEY": key_of(key)})
+
+    done = reload("admin")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"loaded": [], "reloaded": [], "unloaded": [], "failed": {}}
+    refused = reload("reader")
+    assert refused.returncode == 1 and "lacks the 'admin' scope" in refused.stderr
