@@ -1,9 +1,8 @@
 """The Kafka transport's broker security settings become aiokafka's own arguments (issue 15).
 
-Tansu 0.6.0, the test broker, could not be used to prove these end to end: with ``--cert`` its
-listener still speaks plaintext (openssl s_client gets no TLS handshake), and with ``--authentication``
-a SCRAM user created with ``tansu user create`` is refused (aiokafka: KeyError 'v' in the server's
-final message). See the README's Security section.
+TLS is also proven end to end (tests/e2e/test_kafka_tls_e2e.py). SASL is not: Tansu 0.6.0, the test
+broker, refuses the SCRAM users ``tansu user create`` makes (aiokafka: KeyError 'v' in the server's
+final message) and offers no PLAIN; see the README's Security section.
 """
 
 from __future__ import annotations
