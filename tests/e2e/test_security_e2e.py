@@ -262,9 +262,17 @@ def test_grpcio_with_ssl_channel_credentials(secure: HostdProcess, certs: Certs)
 
 def test_websocket_over_tls_needs_a_key_at_the_handshake(secure: HostdProcess, certs: Certs) -> None:
     url = f"wss://127.0.0.1:{secure.transports['ws']['port']}"
-    with pytest.raises(InvalidStatus) as caught:
-        ws_connect(url, ssl=certs.client_context(), open_timeout=PATIENCE_S)
-    assert caught.value.response.status_code == 401
+    for refused in ({}, {"Authorization": "Bearer wrong"}):
+        with pytest.raises(InvalidStatus) as caught:
+            ws_connect(url, ssl=certs.client_context(), additional_headers=refused, open_timeout=PATIENCE_S)
+        assert caught.value.response.status_code == 401
+        assert caught.value.response.headers["WWW-Authenticate"] == 'Bearer realm="hostd"'
+    reader = {"Authorization": f"Bearer {key_of('reader')}"}
+    with ws_connect(url, ssl=certs.client_context(), additional_headers=reader, open_timeout=PATIENCE_S) as ws:
+        ws.send(json.dumps({"id": "1", "model": "iris_model", "data": iris_payload()}))
+        assert json.loads(ws.recv(timeout=PATIENCE_S))["error"]["code"] == "FORBIDDEN"
+        ws.send(json.dumps({"id": "2", "op": "models"}))
+        assert "models" in json.loads(ws.recv(timeout=PATIENCE_S))
     headers = {"Authorization": f"Bearer {key_of('predictor')}"}
     with ws_connect(url, ssl=certs.client_context(), additional_headers=headers, open_timeout=PATIENCE_S) as ws:
         ws.send(json.dumps({"id": "1", "model": "iris_model", "data": iris_payload()}))
