@@ -15,6 +15,7 @@ from grpclib.health.service import OVERALL, Health
 from grpclib.reflection.service import ServerReflection
 from pydantic import BaseModel, ConfigDict, Field
 
+from hostd.auth import Scope
 from hostd.dataplane import DataPlane
 from hostd.hookspecs import RegisterTransport, hookimpl
 from hostd.registry import Registry, ServedModel
@@ -25,7 +26,7 @@ from hostd_grpc import oip
 from hostd_grpc.inference import InferenceService
 from hostd_grpc.server import HostdServer
 from hostd_grpc.typed import ModelProto, ProtoError, TypedService, describe, render
-from hostd_grpc.unary import RequestLimits
+from hostd_grpc.unary import GuardedService, RequestLimits
 
 log = structlog.get_logger("hostd.grpc")
 
@@ -68,10 +69,12 @@ def build_services(dataplane: DataPlane, settings: GrpcSettings, in_flight: InFl
         return dataplane.ready
 
     check = ServiceCheck(ready, check_ttl=0.5)
-    services.append(Health({OVERALL: [check], **{service: [check] for service in services}}))
-    if settings.reflection:
-        services = ServerReflection.extend(services, pool=pool)
-    return services
+    health = Health({OVERALL: [check], **{service: [check] for service in services}})
+    served = [*services, health]  # what reflection describes
+    reflection = ServerReflection.extend(served, pool=pool)[len(served):] if settings.reflection else []
+    # With API keys, health stays open to probes (auth.open_health) and reflection needs the read scope.
+    return [*services, GuardedService(health, dataplane, Scope.READ, open_as="health"),
+            *(GuardedService(service, dataplane, Scope.READ) for service in reflection)]
 
 
 def typed_protos(dataplane: DataPlane) -> list[ModelProto]:

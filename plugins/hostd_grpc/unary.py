@@ -150,3 +150,26 @@ async def receive(stream: Stream[Any, Any], limit: int) -> bytes:
     except AssertionError:  # grpclib's Buffer: the stream ended before `size` bytes came
         raise GRPCError(Status.INVALID_ARGUMENT,
                         f"INVALID_INPUT: the request ended before the {size} bytes its prefix announced") from None
+
+
+class GuardedService:
+    """A service hostd did not write (grpclib's health and reflection) behind the same guard: every
+    call needs a key with ``scope`` (health: unless auth.open_health)."""
+
+    def __init__(self, service: Any, dataplane: DataPlane, scope: Scope, open_as: str | None = None) -> None:
+        self.service, self.dataplane, self.scope, self.open_as = service, dataplane, scope, open_as
+
+    def __mapping__(self) -> dict[str, Handler]:
+        return {path: Handler(self._guarded(handler.func), handler.cardinality, handler.request_type,
+                              handler.reply_type) for path, handler in self.service.__mapping__().items()}
+
+    def _guarded(self, func: Callable[[Stream[Any, Any]], Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+        async def call(stream: Stream[Any, Any]) -> None:
+            guard = self.dataplane.guard
+            if guard.active and not (self.open_as is not None and guard.open_to(self.open_as)):
+                with grpc_errors():
+                    peer = stream.peer.addr()
+                    guard.check(_key(stream), self.scope, peer=peer[0] if peer else "")
+            await func(stream)
+
+        return call

@@ -247,14 +247,30 @@ def test_tritonclient_grpc_with_ssl_and_keys(secure: HostdProcess, certs: Certs)
 
 
 def test_grpcio_with_ssl_channel_credentials(secure: HostdProcess, certs: Certs) -> None:
+    from grpclib.health.v1 import health_pb2
+    from grpclib.reflection.v1alpha import reflection_pb2
     from tritonclient.grpc import service_pb2, service_pb2_grpc
 
     credentials = grpc.ssl_channel_credentials(root_certificates=Path(certs.ca_file).read_bytes())
+    reader = [("authorization", f"Bearer {key_of('reader')}")]
     with grpc.secure_channel(f"127.0.0.1:{secure.transports['grpc']['port']}", credentials) as channel:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
-        reply = stub.ModelMetadata(service_pb2.ModelMetadataRequest(name="iris_model"), timeout=10,
-                                   metadata=[("authorization", f"Bearer {key_of('reader')}")])
+        reply = stub.ModelMetadata(service_pb2.ModelMetadataRequest(name="iris_model"), timeout=10, metadata=reader)
         assert reply.name == "iris_model"
+        # Health stays open to probes; reflection (it names every model) needs the read scope.
+        check = channel.unary_unary("/grpc.health.v1.Health/Check",
+                                    request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+                                    response_deserializer=health_pb2.HealthCheckResponse.FromString)
+        assert check(health_pb2.HealthCheckRequest(), timeout=10).status == health_pb2.HealthCheckResponse.SERVING
+        Request = reflection_pb2.ServerReflectionRequest
+        info = channel.stream_stream("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+                                     request_serializer=Request.SerializeToString,
+                                     response_deserializer=reflection_pb2.ServerReflectionResponse.FromString)
+        with pytest.raises(grpc.RpcError) as caught:
+            list(info(iter([Request(list_services="")]), timeout=10))
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        (listed,) = list(info(iter([Request(list_services="")]), timeout=10, metadata=reader))
+        assert "inference.GRPCInferenceService" in {s.name for s in listed.list_services_response.service}
 
 
 # -- WebSocket -------------------------------------------------------------------------------------
