@@ -12,9 +12,10 @@ from hostd_http.app import create_app
 from hostd_http.connections import Connections
 from hostd_http.front import QUIET_SPELL_S, Front, _prediction
 
+from hostd.auth import Guard
 from hostd.dataplane import DataPlane
 from hostd.errors import Overloaded
-from hostd.settings import HostSettings
+from hostd.settings import AuthSettings, HostSettings
 from tests.http.test_app import SETTINGS, anyio_backend, dataplane, settings
 
 pytestmark = pytest.mark.anyio
@@ -173,3 +174,27 @@ async def test_after_a_quiet_spell_a_connections_next_refusal_is_immediate_again
     with anyio.fail_after(5):
         await served(scope("POST", "/api/models/echo/prediction"), exchange.receive, exchange.send)
     assert exchange.status == 503 and connection.refused == 1
+
+
+async def test_a_connection_sending_bad_keys_again_and_again_is_held_back_too(
+        dataplane: DataPlane, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A flood of requests with a wrong key must not turn the loop into a 401 machine either.
+    monkeypatch.setattr("hostd_http.front.FIRST_PAUSE_S", 30.0)
+    dataplane.guard = Guard(AuthSettings.model_validate({"keys": [{"name": "k", "sha256": "0" * 64}]}))
+    served = front(dataplane)
+    assert served.connections.open(("127.0.0.1", 5000)) is not None
+    headers = [(b"authorization", b"Bearer wrong")]
+    first = Exchange(b'{"x": 1}')
+    with anyio.fail_after(5):
+        await served({**scope("POST", "/api/models/echo/prediction"), "headers": headers}, first.receive, first.send)
+    assert first.status == 401 and first.headers[b"www-authenticate"] == b'Bearer realm="hostd"'
+    second = Exchange(b'{"x": 1}')
+    refusing = asyncio.create_task(served({**scope("POST", "/api/models/echo/prediction"), "headers": headers},
+                                          second.receive, second.send))
+    await anyio.wait_all_tasks_blocked()
+    assert not refusing.done() and len(served.pausing) == 1  # held back
+    dataplane.start_draining()
+    served.drain()
+    with anyio.fail_after(5):
+        await refusing
+    assert second.status == 401
