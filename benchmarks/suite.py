@@ -14,13 +14,14 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from benchmarks import lifecycle, mlserver_peer, scenarios, security
+from benchmarks import lifecycle, mlserver_peer, scenarios, security, startup
 from benchmarks.common import ROOT, Result, free_port, start_hostd
 from benchmarks.messaging import ws_load, zmq_load
 from benchmarks.oip_infer import h2load, hostd_grpc_request, hostd_v2_body, wrk
 from benchmarks.streams import run_streams
 
-TRANSPORTS = ("http", "uvicorn", "grpc", "ws", "zmq", "streams", "overload", "workers", "lifecycle", "security")
+TRANSPORTS = ("http", "uvicorn", "grpc", "ws", "zmq", "streams", "overload", "workers", "lifecycle", "security",
+              "startup")
 RESULTS = ROOT / "benchmarks" / "results"
 INFER = "/v2/models/iris_model/infer"
 GRPC_INFER = "/inference.GRPCInferenceService/ModelInfer"
@@ -52,6 +53,8 @@ class Suite:
             self.scenarios["process_workers"] = scenarios.process_workers(self.seconds, self.workdir)
         if "lifecycle" in only:
             self.scenarios["lifecycle"] = lifecycle.lifecycle(self.seconds, self.workdir)
+        if "startup" in only:
+            self.scenarios["startup"] = startup.startup(self.seconds, self.workdir)
         if "security" in only:
             self.scenarios["security"] = security.security(self.seconds, self.workdir)
 
