@@ -35,6 +35,8 @@ async def serve(settings: HostSettings, pm: pluggy.PluginManager, stop: anyio.Ev
                 ) -> None:
     """Load the models, start every configured transport, serve until ``stop`` (or a signal)."""
     started = time.perf_counter()
+    if handle_signals:  # a SIGHUP before the handler is up (while models load) must not end the process
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     _raise_file_limit()
     stop = stop or anyio.Event()
     available = plugins.transports(pm)

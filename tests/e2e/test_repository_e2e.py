@@ -356,3 +356,27 @@ def test_a_loaded_or_unloaded_model_is_so_on_every_transport(start_hostd: Start,
             assert ask(server, request)["error"]["code"] == "MODEL_NOT_FOUND"
         assert "/api/models/echo/prediction" not in httpx.get(f"{server.url}/openapi.json", timeout=5).json()["paths"]
         assert not grpc_client.is_model_ready("echo")
+
+
+def test_a_sighup_while_models_load_does_not_end_the_daemon(tmp_path: Path) -> None:
+    from tests.conftest import ROOT, wait_ready, with_free_ports
+
+    gate = tmp_path / "gate"
+    transports = with_free_ports({"http": {}})
+    config = tmp_path / "host.yaml"
+    config.write_text(yaml.safe_dump({"models": [{"class_path": "tests.support.toy:SlowToLoad",
+                                                  "qualified_name": "echo", "configuration": {"gate": str(gate)}}],
+                                      "transports": transports}))
+    log = tmp_path / "hostd.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([HOSTD, "run", str(config)], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    server = HostdProcess(proc, config, transports, log)
+    try:
+        wait_for(lambda: "open-file limit" in server.output(), "hostd never started loading")
+        proc.send_signal(signal.SIGHUP)  # the default action of SIGHUP ends a process
+        gate.touch()
+        wait_ready(server)
+        assert echo_answer(server) == ("1.0.0", 2.0)
+    finally:
+        proc.kill()
+        proc.wait()

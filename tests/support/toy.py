@@ -170,3 +170,12 @@ class HeldEcho(ClosableEcho):
     def predict(self, data: EchoInput) -> EchoOutput:
         wait_for_gate(self.gate, 30)
         return super().predict(data)
+
+
+class SlowToLoad(EchoModel):
+    """An echo model whose loading waits until the file ``gate`` exists (a test does something
+    meanwhile, e.g. signals the daemon while its models load)."""
+
+    def __init__(self, gate: str) -> None:
+        super().__init__()
+        wait_for_gate(gate, 30)
