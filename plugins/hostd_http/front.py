@@ -34,7 +34,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from hostd.auth import Guard
 from hostd.auth import Scope as AuthScope
 from hostd.clients import Client
-from hostd.dataplane import DataPlane
+from hostd.dataplane import DataPlane, State
 from hostd.errors import Forbidden, HostdError, NotReady, Overloaded, RateLimited, Unauthenticated
 from hostd_http import rest, v2
 from hostd_http.connections import CLIENT, Connection, Connections
@@ -69,6 +69,12 @@ class Front:
         for pause in self.pausing:
             if not pause.done():
                 pause.set_result(None)
+
+    @property
+    def closing(self) -> bool:
+        """Whether replies tell clients to close: from the moment the daemon drains (the data plane
+        knows a moment before this transport's drain() runs, and answers NOT_READY meanwhile)."""
+        return self.draining or self.dataplane.state is State.DRAINING
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -146,7 +152,7 @@ class Front:
             # hypercorn (0.18) fails a whole HTTP/2 connection, every stream on it, when DATA comes for a
             # stream it has answered (a KeyError in H2Protocol._handle_events): take the body first.
             await _read_body(scope, receive, 0 if self.draining else self.body_timeout_s)
-        elif self.draining or not await _read_body(scope, receive, 0):
+        elif self.closing or not await _read_body(scope, receive, 0):
             response.headers["connection"] = "close"
         await response(scope, receive, send)
 
@@ -190,7 +196,7 @@ class _Exchange:
         return message
 
     async def send(self, message: Message) -> None:
-        if message["type"] == "http.response.start" and self._http1 and (self._close or self._front.draining):
+        if message["type"] == "http.response.start" and self._http1 and (self._close or self._front.closing):
             message = {**message, "headers": [*message.get("headers", ()), (b"connection", b"close")]}
         await self._send(message)
 

@@ -198,3 +198,14 @@ async def test_a_connection_sending_bad_keys_again_and_again_is_held_back_too(
     with anyio.fail_after(5):
         await refusing
     assert second.status == 401
+
+
+async def test_replies_say_close_from_the_moment_the_data_plane_drains(dataplane: DataPlane) -> None:
+    # The daemon drains the data plane a moment before the transport's drain() runs; a request in
+    # between was answered 503 NOT_READY without Connection: close (CI saw it under uvicorn).
+    served = front(dataplane)
+    dataplane.start_draining()
+    for method, path in (("POST", "/api/models/echo/prediction"), ("GET", "/api/models/echo/metadata")):
+        exchange = Exchange(b'{"x": 1}')
+        await served(scope(method, path), exchange.receive, exchange.send)
+        assert exchange.headers[b"connection"] == b"close", (path, exchange.status)
