@@ -18,7 +18,7 @@ import anyio
 import structlog
 from anyio.abc import TaskStatus
 from pydantic import BaseModel, ConfigDict, Field
-from websockets.asyncio.server import ServerConnection, serve
+from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
@@ -43,6 +43,9 @@ class WebSocketSettings(BaseModel):
     port: int = Field(default=8765, ge=0, le=65535)
     max_message_bytes: int = Field(default=1 << 20, ge=1024)  # bigger frames close with 1009
     max_in_flight: int = Field(default=256, ge=1)  # per connection
+    # Connections open at once; one more is refused at its handshake with 503 (so each costs only a
+    # socket until then: handshakes still under way are not counted).
+    max_connections: int = Field(default=1024, ge=1)
     ping_interval_s: float | None = Field(default=20.0, gt=0)
     ping_timeout_s: float | None = Field(default=20.0, gt=0)
     idle_timeout_s: float | None = Field(default=None, gt=0)  # close after this long without a frame
@@ -66,10 +69,15 @@ class Connections:
         self.readers: set[anyio.CancelScope] = set()
         self.stopping = False
         self.principals: WeakKeyDictionary[ServerConnection, Principal] = WeakKeyDictionary()  # at the handshake
+        self.server: Server | None = None
 
-    def authenticate(self, ws: ServerConnection, request: Request) -> Response | None:
-        """Before the upgrade: the handshake's ``Authorization: Bearer <key>`` (401, or 403 with no
-        scope to predict or read, or 429), so a client without a key never gets a WebSocket."""
+    def admit(self, ws: ServerConnection, request: Request) -> Response | None:
+        """Before the upgrade: under ``max_connections`` (else 503), and, with API keys, the
+        handshake's ``Authorization: Bearer <key>`` (401, or 403 with no scope to predict or read, or
+        429), so a client without a key never gets a WebSocket."""
+        if self.server is not None and len(self.server.connections) >= self.settings.max_connections:
+            return ws.respond(HTTPStatus.SERVICE_UNAVAILABLE,
+                              f"OVERLOADED: {self.settings.max_connections} connections are open (max_connections)\n")
         guard = self.dataplane.guard
         if not guard.active:
             return None
@@ -158,9 +166,10 @@ async def serve_ws(ctx: TransportContext[WebSocketSettings], *, task_status: Tas
     with ctx.binding("port", f"{settings.host}:{settings.port}"):
         tls = server_context(settings.tls, ctx.daemon.folder, ["http/1.1"]) if settings.tls else None
         server = await serve(connections.serve, settings.host, settings.port, max_size=settings.max_message_bytes,
-                             ssl=tls, process_request=connections.authenticate,
+                             ssl=tls, process_request=connections.admit,
                              ping_interval=settings.ping_interval_s, ping_timeout=settings.ping_timeout_s,
                              close_timeout=settings.send_timeout_s)
+    connections.server = server
     async with server:
         task_status.started()
         await ctx.stop.wait()

@@ -54,3 +54,27 @@ async def test_a_client_that_stopped_reading_does_not_hold_the_shutdown_for_the_
     assert code == 0, server.output()[-2000:]
     print(f"\nexited {took:.1f} s after SIGTERM (grace {GRACE_S} s, send_timeout_s {SEND_TIMEOUT_S})")
     assert problems_logged(server.output()) == []
+
+
+async def test_connections_over_max_connections_are_refused_at_the_handshake(start_hostd: Start) -> None:
+    from websockets.exceptions import InvalidStatus
+
+    server = await anyio.to_thread.run_sync(
+        lambda: start_hostd({"models": [echo()], "transports": {"http": {}, "ws": {"max_connections": 3}}}))
+    url = f"ws://127.0.0.1:{server.transports['ws']['port']}"
+    request = orjson.dumps({"id": "1", "model": "echo", "data": {"x": 1}}).decode()
+    opened = [await connect(url, open_timeout=10) for _ in range(3)]
+    try:
+        with pytest.raises(InvalidStatus) as caught:
+            await connect(url, open_timeout=10)
+        assert caught.value.response.status_code == 503
+        assert b"max_connections" in caught.value.response.body
+        await opened[0].send(request)  # those open keep working
+        assert orjson.loads(await opened[0].recv())["prediction"]["y"] == 2.0
+        await opened.pop().close()
+        async with connect(url, open_timeout=10) as again:  # a place is free again
+            await again.send(request)
+            assert orjson.loads(await again.recv())["prediction"]["y"] == 2.0
+    finally:
+        for ws in opened:
+            await ws.close()
