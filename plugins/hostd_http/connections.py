@@ -14,6 +14,7 @@ import structlog
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from hostd.auth import Principal
 from hostd.clients import Client
 from hostd.ratelimitedlog import RateLimitedLog
 
@@ -23,6 +24,16 @@ log = structlog.get_logger("hostd.http")
 Peer = tuple[str, int]
 #: The scope key of the Client of the request's connection (None outside a served connection).
 CLIENT = "hostd.client"
+
+
+#: The scope key of the principal (hostd.auth) the request's API key authenticated, if keys are checked.
+PRINCIPAL = "hostd.principal"
+
+
+def sees(request: Request, model: str) -> bool:
+    """Whether the request's key may see ``model`` (keys with a model allow-list see only those)."""
+    principal: Principal | None = request.scope.get(PRINCIPAL)
+    return principal is None or principal.models is None or model in principal.models
 
 
 def client_of(request: Request) -> Client | None:

@@ -37,7 +37,7 @@ from hostd.clients import Client
 from hostd.dataplane import DataPlane, State
 from hostd.errors import Forbidden, HostdError, NotReady, Overloaded, RateLimited, Unauthenticated
 from hostd_http import rest, v2
-from hostd_http.connections import CLIENT, Connection, Connections
+from hostd_http.connections import CLIENT, PRINCIPAL, Connection, Connections
 from hostd_http.responses import RETRY_AFTER_S, ErrorBody, error_response
 
 #: Refusals a connection gets held back when it keeps asking for them (a flood of bad keys included).
@@ -119,7 +119,7 @@ class Front:
             return None
         peer = scope.get("client")
         try:
-            self.dataplane.guard.check(_bearer(scope), *needed, peer=peer[0] if peer else "")
+            scope[PRINCIPAL] = self.dataplane.guard.check(_bearer(scope), *needed, peer=peer[0] if peer else "")
         except HostdError as exc:
             return exc
         return None

@@ -11,7 +11,7 @@ from starlette.routing import Route
 from hostd.dataplane import DataPlane
 from hostd.errors import InvalidInput
 from hostd.tasks import OFF_LOOP_BYTES, off_loop_if
-from hostd_http.connections import client_of
+from hostd_http.connections import client_of, sees
 from hostd_http.responses import ORJSONResponse, parse_json, read_body
 
 
@@ -36,7 +36,8 @@ def routes(dataplane: DataPlane, max_body: int) -> list[Route]:
         return ORJSONResponse({"startup_status": "STARTED"})
 
     async def list_models(request: Request) -> Response:
-        return ORJSONResponse({"models": [_details(served.metadata()) for served in dataplane.models()]})
+        return ORJSONResponse({"models": [_details(served.metadata()) for served in dataplane.models()
+                                          if sees(request, served.name)]})
 
     async def metadata(request: Request) -> Response:
         served = dataplane.model(request.path_params["name"], request.query_params.get("version"))

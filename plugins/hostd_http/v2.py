@@ -15,7 +15,7 @@ from hostd.errors import InvalidInput
 from hostd.registry import ServedModel
 from hostd.tasks import OFF_LOOP_BYTES, off_loop_if
 from hostd.tensors import TensorSpec, check_outputs, tensor_specs
-from hostd_http.connections import client_of
+from hostd_http.connections import client_of, sees
 from hostd_http.responses import ORJSONResponse, parse_json, read_body
 from hostd_http.tensors import decode_inputs, encode_outputs, parameters
 
@@ -91,7 +91,8 @@ def routes(dataplane: DataPlane, max_body: int) -> list[Route]:
         ready_only = query.get("ready", False)
         if not isinstance(ready_only, bool):
             raise InvalidInput("'ready' must be true or false")
-        return ORJSONResponse(dataplane.repository_index(ready_only))
+        index = dataplane.repository_index(ready_only)
+        return ORJSONResponse([entry for entry in index if sees(request, entry["name"])])
 
     async def load(request: Request) -> Response:
         await _optional_json(request, max_body)  # {"parameters": {...}}: none is needed

@@ -35,7 +35,8 @@ from tests.support.e2e import PATIENCE_S, Start, iris_payload, problems_logged
 
 pytestmark = pytest.mark.e2e
 
-KEYS = {"reader": ["read"], "predictor": ["infer"], "admin": ["admin", "read", "infer"]}
+KEYS = {"reader": ["read"], "predictor": ["infer"], "admin": ["admin", "read", "infer"], "iris_reader": ["read"]}
+ONLY_IRIS = ("predictor", "iris_reader")  # keys with a model allow-list: iris_model
 IRIS = {"class_path": "iris_model.model:IrisModel"}
 DIABETES = {"class_path": "diabetes_model.model:DiabetesModel"}
 
@@ -83,7 +84,9 @@ def key_of(name: str) -> str:
 def auth(**extra: Any) -> dict[str, Any]:
     keys = [{"name": name, "sha256": hashlib.sha256(key_of(name).encode()).hexdigest(), "scopes": scopes}
             for name, scopes in KEYS.items()]
-    keys[1]["models"] = ["iris_model"]  # predictor: iris only
+    for key in keys:
+        if key["name"] in ONLY_IRIS:
+            key["models"] = ["iris_model"]
     return {"keys": keys, **extra}
 
 
@@ -182,6 +185,22 @@ def test_health_is_open_and_metrics_and_docs_need_the_read_scope(secure: HostdPr
     for path in ("/metrics", "/openapi.json", "/api/models", "/v2/models/iris_model"):
         assert curl(certs, https(secure, path))[0] == 401, path
         assert curl(certs, https(secure, path), "-H", f"Authorization: Bearer {key_of('reader')}")[0] == 200, path
+
+
+def test_a_key_with_a_model_allow_list_sees_only_those_models(secure: HostdProcess, certs: Certs) -> None:
+    def models(key: str, path: str = "/api/models") -> list[str]:
+        status, _, reply = curl(certs, https(secure, path), "-H", f"Authorization: Bearer {key_of(key)}")
+        assert status == 200, reply
+        return sorted(model["qualified_name"] for model in json.loads(reply)["models"])
+
+    assert models("reader") == ["diabetes_model", "iris_model"]
+    assert models("iris_reader") == ["iris_model"]
+    status, _, reply = curl(certs, "-X", "POST", https(secure, "/v2/repository/index"),
+                            "-H", f"Authorization: Bearer {key_of('iris_reader')}")
+    assert status == 200 and {entry["name"] for entry in json.loads(reply)} == {"iris_model"}
+    status, _, reply = curl(certs, https(secure, "/api/models/diabetes_model/metadata"),
+                            "-H", f"Authorization: Bearer {key_of('iris_reader')}")
+    assert status == 403 and "may not use model 'diabetes_model'" in reply
 
 
 def test_admin_calls_need_the_admin_scope(secure: HostdProcess, certs: Certs) -> None:
