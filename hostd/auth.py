@@ -40,6 +40,10 @@ class Principal:
     scopes: frozenset[Scope]
     models: frozenset[str] | None = None  # None: every model
 
+    def sees(self, model: str) -> bool:
+        """Whether ``model`` is on this principal's allow-list (lists of models show only those)."""
+        return self.models is None or model in self.models
+
     def may(self, scope: Scope, model: str | None = None) -> bool:
         return scope in self.scopes and (model is None or self.models is None or model in self.models)
 

@@ -48,7 +48,7 @@ async def answer(dataplane: DataPlane, request: dict[str, Any], transport: str,
         call = prediction(request)
         permit(dataplane, client, Scope.INFER if call else Scope.READ, call.model if call else request.get("model"))
         if call is None:
-            return {"id": request["id"], **_describe(dataplane, request)}
+            return {"id": request["id"], **_describe(dataplane, request, client)}
         result = await dataplane.predict(call.model, call.data, call.version, transport=transport, client=client)
     except HostdError as exc:
         return error_reply(request.get("id"), exc)
@@ -126,8 +126,10 @@ def _target(request: dict[str, Any]) -> tuple[str, str | None]:
     return model, version
 
 
-def _describe(dataplane: DataPlane, request: dict[str, Any]) -> dict[str, Any]:
+def _describe(dataplane: DataPlane, request: dict[str, Any], client: Client | None) -> dict[str, Any]:
     if request.get("op") == "models":
-        return {"models": [served.metadata() for served in dataplane.models()]}
+        principal = client.principal if client is not None else None
+        return {"models": [served.metadata() for served in dataplane.models()
+                           if principal is None or principal.sees(served.name)]}
     model, version = _target(request)
     return {"metadata": dataplane.model(model, version).metadata()}

@@ -88,8 +88,10 @@ class InferenceService:
         return pb.ServerMetadataResponse(name="hostd", version=__version__, extensions=["model_repository"])
 
     async def repository_index(self, request: pb.RepositoryIndexRequest, call: Call) -> pb.RepositoryIndexResponse:
+        principal = call.principal
         return pb.RepositoryIndexResponse(models=[pb.RepositoryIndexResponse.ModelIndex(**entry)
-                                                  for entry in self.dataplane.repository_index(request.ready)])
+                                                  for entry in self.dataplane.repository_index(request.ready)
+                                                  if principal is None or principal.sees(entry["name"])])
 
     async def load(self, request: pb.RepositoryModelLoadRequest, call: Call) -> pb.RepositoryModelLoadResponse:
         await self.dataplane.admin().load(request.model_name)

@@ -21,7 +21,7 @@ from grpclib.exceptions import GRPCError
 from grpclib.metadata import Deadline
 from grpclib.server import Stream
 
-from hostd.auth import Scope
+from hostd.auth import Principal, Scope
 from hostd.clients import Client
 from hostd.tasks import OFF_LOOP_BYTES, InFlight, off_loop_if
 from hostd_grpc.server import client_of
@@ -51,6 +51,7 @@ class Call:
     size: int = 0  # bytes of the request message
     deadline: Deadline | None = None  # the client's (grpc-timeout), counted from when its headers came
     client: Client | None = None  # the HTTP/2 connection it came on, for per-client admission
+    principal: Principal | None = None  # the caller's API key (hostd.auth), when keys are checked
 
     @property
     def deadline_s(self) -> float | None:
@@ -101,7 +102,7 @@ def unary_handler(respond: Respond, request_type: type[Message], reply_type: typ
                 raise GRPCError(Status.DEADLINE_EXCEEDED,
                                 f"INVALID_INPUT: the request message did not arrive within {limits.body_timeout_s:g} s "
                                 "(grpc body_timeout_s)") from None
-            call = Call(len(body), stream.deadline, client_of(stream))
+            call = Call(len(body), stream.deadline, client_of(stream), principal)
             try:
                 request = await call.run(request_type.FromString, body)
             except Exception as exc:  # the bytes are not that message

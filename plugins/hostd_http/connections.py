@@ -33,7 +33,7 @@ PRINCIPAL = "hostd.principal"
 def sees(request: Request, model: str) -> bool:
     """Whether the request's key may see ``model`` (keys with a model allow-list see only those)."""
     principal: Principal | None = request.scope.get(PRINCIPAL)
-    return principal is None or principal.models is None or model in principal.models
+    return principal is None or principal.sees(model)
 
 
 def client_of(request: Request) -> Client | None:

@@ -79,7 +79,9 @@ async def _call(dataplane: DataPlane, name: str, args: Any, client: Client | Non
     try:
         if name == "_zerorpc_list":
             envelope.permit(dataplane, client, Scope.READ, None)
-            return "OK", [sorted({served.name for served in dataplane.models()})]
+            principal = client.principal if client is not None else None
+            return "OK", [sorted({served.name for served in dataplane.models()
+                                  if principal is None or principal.sees(served.name)})]
         envelope.permit(dataplane, client, Scope.INFER, name)
         if not isinstance(args, list) or len(args) != 1:
             raise InvalidInput(f"call {name}(data) with one argument, the model's input")

@@ -263,6 +263,8 @@ def test_tritonclient_grpc_with_ssl_and_keys(secure: HostdProcess, certs: Certs)
         with pytest.raises(InferenceServerException) as caught:
             client.unload_model("iris_model", headers={"authorization": f"Bearer {key_of('predictor')}"})
         assert caught.value.status() == "StatusCode.PERMISSION_DENIED"
+        index = client.get_model_repository_index(headers={"authorization": f"Bearer {key_of('iris_reader')}"})
+        assert [entry.name for entry in index.models] == ["iris_model"]  # its allow-list only
 
 
 def test_grpcio_with_ssl_channel_credentials(secure: HostdProcess, certs: Certs) -> None:
