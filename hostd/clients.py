@@ -11,12 +11,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from hostd.refusals import RefusalRun
+
 if TYPE_CHECKING:
     from hostd.auth import Principal
 
 
 class Client:
-    __slots__ = ("address", "label", "pending", "principal")
+    __slots__ = ("address", "label", "pending", "principal", "refusals")
 
     def __init__(self, label: str, principal: Principal | None = None, address: str | None = None) -> None:
         self.label = label  # who it is, for logs: "127.0.0.1:53422", a ZeroMQ identity
@@ -26,6 +28,7 @@ class Client:
         # ZeroMQ CURVE); each message is then held to that key's scopes, models and rate limit.
         # None: the transport checks per request (HTTP, gRPC) or trusts its broker (Kafka, arq).
         self.principal = principal
+        self.refusals = RefusalRun()  # its current run of refusals, to hold back a client that keeps asking
 
     def __repr__(self) -> str:
         return f"Client({self.label!r})"

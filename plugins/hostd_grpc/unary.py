@@ -23,6 +23,7 @@ from grpclib.server import Stream
 
 from hostd.auth import Principal, Scope
 from hostd.clients import Client
+from hostd.refusals import HELD_BACK
 from hostd.tasks import OFF_LOOP_BYTES, InFlight, off_loop_if
 from hostd_grpc.server import client_of
 from hostd_grpc.status import grpc_errors
@@ -83,37 +84,45 @@ def unary_handler(respond: Respond, request_type: type[Message], reply_type: typ
                   limits: RequestLimits = DEFAULT_LIMITS, guarded: Guarded | None = None) -> Handler:
     async def handle(stream: Stream[Any, Any]) -> None:
         with in_flight.track():
-            guard = guarded.dataplane.guard if guarded is not None else None
-            principal = None
-            if guard is not None and guarded is not None and guarded.open_as is not None \
-                    and guard.open_to(guarded.open_as):
-                guard = None
-            if guard is not None and guard.active:  # the key and its rate limit, before the message is read
-                with grpc_errors():
-                    principal = guard.authenticate(_key(stream))
-                    peer = stream.peer.addr()
-                    guard.admit(principal.name if guard.required else f"address {peer[0] if peer else ''}")
-            # A client that announces a message and then stalls would otherwise hold its stream (and
-            # the drain at shutdown) for ever: the message must arrive within body_timeout_s.
             try:
-                async with asyncio.timeout(limits.body_timeout_s):
-                    body = await receive(stream, limits.max_bytes)
-            except TimeoutError:
-                raise GRPCError(Status.DEADLINE_EXCEEDED,
-                                f"INVALID_INPUT: the request message did not arrive within {limits.body_timeout_s:g} s "
-                                "(grpc body_timeout_s)") from None
-            call = Call(len(body), stream.deadline, client_of(stream), principal)
-            try:
-                request = await call.run(request_type.FromString, body)
-            except Exception as exc:  # the bytes are not that message
-                raise GRPCError(Status.INVALID_ARGUMENT,
-                                f"INVALID_INPUT: request is not a valid {request_type.__name__}: {exc}") from exc
-            del body
+                await serve(stream)
+            except GRPCError as exc:
+                if isinstance(exc.__cause__, HELD_BACK):  # a client that keeps asking to be refused waits
+                    await asyncio.sleep(client_of(stream).refusals.pause_s(asyncio.get_running_loop().time()))
+                raise
+
+    async def serve(stream: Stream[Any, Any]) -> None:
+        guard = guarded.dataplane.guard if guarded is not None else None
+        principal = None
+        if guard is not None and guarded is not None and guarded.open_as is not None \
+                and guard.open_to(guarded.open_as):
+            guard = None
+        if guard is not None and guard.active:  # the key and its rate limit, before the message is read
             with grpc_errors():
-                if guard is not None and principal is not None and guarded is not None:
-                    guard.authorize(principal, *guarded.needs(request))
-                reply = await respond(request, call)
-            await stream.send_message(reply)
+                principal = guard.authenticate(_key(stream))
+                peer = stream.peer.addr()
+                guard.admit(principal.name if guard.required else f"address {peer[0] if peer else ''}")
+        # A client that announces a message and then stalls would otherwise hold its stream (and
+        # the drain at shutdown) for ever: the message must arrive within body_timeout_s.
+        try:
+            async with asyncio.timeout(limits.body_timeout_s):
+                body = await receive(stream, limits.max_bytes)
+        except TimeoutError:
+            raise GRPCError(Status.DEADLINE_EXCEEDED,
+                            f"INVALID_INPUT: the request message did not arrive within {limits.body_timeout_s:g} s "
+                            "(grpc body_timeout_s)") from None
+        call = Call(len(body), stream.deadline, client_of(stream), principal)
+        try:
+            request = await call.run(request_type.FromString, body)
+        except Exception as exc:  # the bytes are not that message
+            raise GRPCError(Status.INVALID_ARGUMENT,
+                            f"INVALID_INPUT: request is not a valid {request_type.__name__}: {exc}") from exc
+        del body
+        with grpc_errors():
+            if guard is not None and principal is not None and guarded is not None:
+                guard.authorize(principal, *guarded.needs(request))
+            reply = await respond(request, call)
+        await stream.send_message(reply)
 
     return Handler(handle, Cardinality.UNARY_UNARY, request_type, reply_type)
 

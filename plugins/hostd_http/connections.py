@@ -52,15 +52,13 @@ def peer_of(transport: asyncio.BaseTransport) -> Peer | None:
 class Connection:
     """One open connection: its Client (admission's view of it) and the requests it has in flight."""
 
-    __slots__ = ("client", "gone", "peer", "refused", "refused_at", "tasks")
+    __slots__ = ("client", "gone", "peer", "tasks")
 
     def __init__(self, peer: Peer | None) -> None:
         self.peer = peer
         self.client = Client(f"{peer[0]}:{peer[1]}" if peer else "?")
         self.tasks: set[asyncio.Task[Any]] = set()
         self.gone = False
-        self.refused = 0  # OVERLOADED answers in the current run of them (front.py pauses all but the first)
-        self.refused_at = 0.0  # when the last one was decided, on the loop's clock
 
     def leave(self) -> None:
         """The client went (end of its stream, or the connection closed): cancel what it left behind;

@@ -8,13 +8,9 @@
 - While the transport drains, every request gets 503 NOT_READY with ``Connection: close`` (so a
   kept-alive client knows to stop, rather than find its next request dropped), and a body still
   arriving is cut off at once instead of holding the drain.
-- A connection refused OVERLOADED (or RATE_LIMITED, UNAUTHENTICATED, FORBIDDEN) again and again (a client
-  that ignores Retry-After, like a load generator) gets each further refusal after a pause that doubles up
-  to Retry-After: otherwise the event loop spends itself answering refusals and the admitted requests
-  wait behind them (goodput fell to ~35% of capacity under 4x overload). The first refusal is answered
-  at once, and a run of refusals ends only after a quiet spell (an admitted request between two
-  refusals does not end it: with 16x overload, restarting at no pause after every admission kept
-  goodput at ~55%).
+- A connection refused OVERLOADED (or RATE_LIMITED, UNAUTHENTICATED, FORBIDDEN) again and again gets
+  each further refusal after a doubling pause (hostd.refusals), so the event loop serves the admitted
+  requests instead of answering refusals; a pause never holds the drain.
 - Who may do what (hostd.auth): the API key of ``Authorization: Bearer <key>`` is checked against the
   scope the path needs (and the model it names), and the key's rate limit taken, before anything
   else: 401 UNAUTHENTICATED (with WWW-Authenticate), 403 FORBIDDEN, 429 RATE_LIMITED (Retry-After).
@@ -35,18 +31,11 @@ from hostd.auth import Guard
 from hostd.auth import Scope as AuthScope
 from hostd.clients import Client
 from hostd.dataplane import DataPlane, State
-from hostd.errors import Forbidden, HostdError, NotReady, Overloaded, RateLimited, Unauthenticated
+from hostd.errors import HostdError, NotReady, RateLimited
+from hostd.refusals import HELD_BACK, LONGEST_PAUSE_S
 from hostd_http import rest, v2
 from hostd_http.connections import CLIENT, PRINCIPAL, Connection, Connections
-from hostd_http.responses import RETRY_AFTER_S, ErrorBody, error_response
-
-#: Refusals a connection gets held back when it keeps asking for them (a flood of bad keys included).
-HELD_BACK = (Overloaded, RateLimited, Unauthenticated, Forbidden)
-#: The pause before a connection's second refusal in a row; each further one doubles it, up to Retry-After.
-FIRST_PAUSE_S = 0.01
-LONGEST_PAUSE_S = float(RETRY_AFTER_S)
-#: A connection not refused for this long starts its next run of refusals with no pause again.
-QUIET_SPELL_S = 2 * LONGEST_PAUSE_S
+from hostd_http.responses import ErrorBody, error_response
 
 
 class Front:
@@ -91,7 +80,7 @@ class Front:
             await self._wait(min(refusal.retry_after_s, LONGEST_PAUSE_S))
             refusal = self._refusal(scope, target, client)
             if refusal is None:
-                connection.refused = 0  # it got in at its rate: its next refusal is not held back long
+                connection.client.refusals.end()  # it got in at its rate: its next refusal is not held back long
         if refusal is not None:
             if isinstance(refusal, HELD_BACK) and connection is not None:
                 await self._pause(connection)
@@ -126,14 +115,9 @@ class Front:
 
     async def _pause(self, connection: Connection) -> None:
         """Hold back a connection's refusal if the one before was a refusal too (see the module's doc)."""
-        now = asyncio.get_running_loop().time()
-        if now - connection.refused_at > QUIET_SPELL_S:
-            connection.refused = 0
-        connection.refused += 1
-        connection.refused_at = now
-        if connection.refused == 1 or self.draining:
-            return
-        await self._wait(min(LONGEST_PAUSE_S, FIRST_PAUSE_S * 2 ** (connection.refused - 2)))
+        seconds = connection.client.refusals.pause_s(asyncio.get_running_loop().time())
+        if seconds and not self.draining:
+            await self._wait(seconds)
 
     async def _wait(self, seconds: float) -> None:
         """Sleep ``seconds``, or until the transport drains."""

@@ -194,3 +194,30 @@ async def test_contents_and_raw_input_contents_together_are_invalid_argument(tar
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error.details() == ("INVALID_INPUT: input 'x' has values in contents and the request has "
                                "raw_input_contents: use one or the other")
+
+
+async def test_a_connection_refused_again_and_again_is_held_back(server: HostdServer, target: str,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    # As over HTTP: a client that ignores RESOURCE_EXHAUSTED and asks again at once gets its next
+    # refusal only after a pause, so the loop is not spent answering refusals.
+    from hostd.errors import Overloaded
+
+    monkeypatch.setattr("hostd.refusals.FIRST_PAUSE_S", 30.0)  # long: the client's deadline comes first
+    monkeypatch.setattr("hostd.refusals.LONGEST_PAUSE_S", 30.0)
+    plane: DataPlane = server.plane  # type: ignore[attr-defined]
+    monkeypatch.setattr(plane, "refusal", lambda *args, **kwargs: Overloaded("model 'iris_model' is busy"))
+    rows = load_iris().data[:1].astype(np.float32)
+
+    def twice() -> list[str]:
+        statuses = []
+        with triton.InferenceServerClient(url=target) as client:  # one connection
+            for _ in range(2):
+                try:
+                    client.infer("iris_model", [tensor("input__0", rows, "FP32")], client_timeout=5)
+                except InferenceServerException as exc:
+                    statuses.append(str(exc.status()))
+        return statuses
+
+    first, second = await asyncio.to_thread(twice)
+    assert first == "StatusCode.RESOURCE_EXHAUSTED"  # at once
+    assert second == "StatusCode.DEADLINE_EXCEEDED"  # held back past the client's deadline

@@ -10,11 +10,12 @@ import orjson
 import pytest
 from hostd_http.app import create_app
 from hostd_http.connections import Connections
-from hostd_http.front import QUIET_SPELL_S, Front, _prediction
+from hostd_http.front import Front, _prediction
 
 from hostd.auth import Guard
 from hostd.dataplane import DataPlane
 from hostd.errors import Overloaded
+from hostd.refusals import QUIET_SPELL_S
 from hostd.settings import AuthSettings, HostSettings
 from tests.http.test_app import SETTINGS, anyio_backend, dataplane, settings
 
@@ -139,7 +140,7 @@ async def test_a_connection_refused_again_and_again_waits_longer_for_each_refusa
         dataplane: DataPlane, monkeypatch: pytest.MonkeyPatch) -> None:
     # A load generator ignoring Retry-After turned the event loop into a refusal machine: goodput fell to
     # ~35% of capacity under 4x overload. The first refusal is immediate; the next ones are held back.
-    monkeypatch.setattr("hostd_http.front.FIRST_PAUSE_S", 30.0)  # long: only the drain can end the pause
+    monkeypatch.setattr("hostd.refusals.FIRST_PAUSE_S", 30.0)  # long: only the drain can end the pause
     overloaded = Overloaded("model 'echo' has 4 requests pending (max_pending: 4); retry later")
     monkeypatch.setattr(dataplane, "refusal", lambda *args, **kwargs: overloaded)
     served = front(dataplane)
@@ -163,23 +164,24 @@ async def test_a_connection_refused_again_and_again_waits_longer_for_each_refusa
 
 async def test_after_a_quiet_spell_a_connections_next_refusal_is_immediate_again(
         dataplane: DataPlane, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("hostd_http.front.FIRST_PAUSE_S", 30.0)
+    monkeypatch.setattr("hostd.refusals.FIRST_PAUSE_S", 30.0)
     overloaded = Overloaded("model 'echo' has 4 requests pending (max_pending: 4); retry later")
     monkeypatch.setattr(dataplane, "refusal", lambda *args, **kwargs: overloaded)
     served = front(dataplane)
     connection = served.connections.open(("127.0.0.1", 5000))
     assert connection is not None
-    connection.refused, connection.refused_at = 8, asyncio.get_running_loop().time() - QUIET_SPELL_S - 1
+    refusals = connection.client.refusals
+    refusals.count, refusals.last = 8, asyncio.get_running_loop().time() - QUIET_SPELL_S - 1
     exchange = Exchange(b'{"x": 1}')
     with anyio.fail_after(5):
         await served(scope("POST", "/api/models/echo/prediction"), exchange.receive, exchange.send)
-    assert exchange.status == 503 and connection.refused == 1
+    assert exchange.status == 503 and refusals.count == 1
 
 
 async def test_a_connection_sending_bad_keys_again_and_again_is_held_back_too(
         dataplane: DataPlane, monkeypatch: pytest.MonkeyPatch) -> None:
     # A flood of requests with a wrong key must not turn the loop into a 401 machine either.
-    monkeypatch.setattr("hostd_http.front.FIRST_PAUSE_S", 30.0)
+    monkeypatch.setattr("hostd.refusals.FIRST_PAUSE_S", 30.0)
     dataplane.guard = Guard(AuthSettings.model_validate({"keys": [{"name": "k", "sha256": "0" * 64}]}))
     served = front(dataplane)
     assert served.connections.open(("127.0.0.1", 5000)) is not None
