@@ -7,6 +7,7 @@ import gc
 import ipaddress
 import resource
 import signal
+import sys
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -28,6 +29,11 @@ from hostd.transports import Shutdown, Transport, TransportContext
 
 log = structlog.get_logger("hostd.daemon")
 WATCH_INTERVAL_S = 1.0
+# How long a thread holding the GIL may run before another that waits for it gets it (Python's default:
+# 5 ms). The event loop gives up the GIL at each turn (its select), so behind a model holding the GIL
+# in pure Python each turn waited up to 5 ms: a health check took 1-7 s while such a model ran
+# (tests/e2e/test_http_e2e.py::test_cpu_heavy_request_does_not_block_health), 5 ms at 1 ms.
+SWITCH_INTERVAL_S = 0.001
 
 
 async def serve(settings: HostSettings, pm: pluggy.PluginManager, stop: anyio.Event | None = None, *,
@@ -38,6 +44,7 @@ async def serve(settings: HostSettings, pm: pluggy.PluginManager, stop: anyio.Ev
     if handle_signals:  # a SIGHUP before the handler is up (while models load) must not end the process
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
     _raise_file_limit()
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     stop = stop or anyio.Event()
     available = plugins.transports(pm)
     selected = [available[name] for name in settings.transports]
