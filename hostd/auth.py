@@ -153,6 +153,12 @@ class Guard:
         bucket[0] -= 1
 
 
+def bearer_key(authorization: str | None) -> str | None:
+    """The key of an ``Authorization: Bearer <key>`` value (HTTP, the WebSocket handshake, gRPC metadata)."""
+    kind, _, key = (authorization or "").partition(" ")
+    return key.strip() if kind.lower() == "bearer" else None
+
+
 def _digest_of(sha256: str | None, sha256_file: str | None, base: Path | None) -> bytes:
     if sha256 is not None:
         return bytes.fromhex(sha256)

@@ -50,7 +50,8 @@ async def serve(settings: HostSettings, pm: pluggy.PluginManager, stop: anyio.Ev
     selected = [available[name] for name in settings.transports]
     guard = Guard.of(settings)  # before any model loads: a key file that cannot be read stops the start
     _warn_if_exposed(settings)
-    reread = functools.partial(reread_settings, settings.source, {name: t.settings for name, t in available.items()})
+    # host.yaml as it is now, validated as at start (for a reload)
+    reread = functools.partial(load_settings, settings.source, {name: t.settings for name, t in available.items()})
     repository = await anyio.to_thread.run_sync(ModelRepository, settings, None, reread)
     try:
         await repository.start()
@@ -68,11 +69,6 @@ async def serve(settings: HostSettings, pm: pluggy.PluginManager, stop: anyio.Ev
         with anyio.CancelScope(shield=True):
             await repository.close()
         log.info("stopped")
-
-
-def reread_settings(source: str, transports: dict[str, type[Any]]) -> HostSettings:
-    """host.yaml as it is now, validated as at start (for a reload)."""
-    return load_settings(source, transports)
 
 
 async def _serve_until_stopped(transports: list[Transport[Any]], dataplane: DataPlane, settings: HostSettings,

@@ -187,7 +187,7 @@ class Registry:
 
     def __iter__(self) -> Iterator[ServedModel]:
         for name in self.names():
-            yield from sorted(self._models[name].values(), key=lambda served: _sortable(served.version))
+            yield from sorted(self._models[name].values(), key=lambda served: release_order(served.version))
 
     def __len__(self) -> int:
         return sum(len(versions) for versions in self._models.values())
@@ -232,9 +232,10 @@ def version_key(version: str) -> Version | tuple[int, str]:
 
 
 def _newest(versions: dict[str, ServedModel]) -> ServedModel:
-    return versions[max(versions, key=_sortable)]
+    return versions[max(versions, key=release_order)]
 
 
-def _sortable(version: str) -> tuple[int, Any]:
+def release_order(version: str) -> tuple[int, Any]:
+    """A sort key putting versions in release order (see version_key)."""
     key = version_key(version)
     return (0, key) if isinstance(key, tuple) else (1, key)

@@ -16,67 +16,20 @@ import ctypes
 import ctypes.util
 import gc
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
-from typing import Any
 
 import anyio
 import structlog
 
 from hostd.auth import Guard
+from hostd.entries import Change, Entry, ModelState, at_startup, by_name, configured_twice, entries_of, same
 from hostd.errors import ConfigError, ConfigErrors, LoadFailed, ModelNotFound
-from hostd.loading import Where, declared, declared_name
-from hostd.registry import Registry, ServedModel, build_model, close_models, version_key
+from hostd.registry import Registry, ServedModel, build_model, close_models, release_order
 from hostd.routing import routing_problems
-from hostd.settings import MODEL_FILE_SUFFIXES, HostSettings, ModelSettings
+from hostd.settings import MODEL_FILE_SUFFIXES, HostSettings
 
 log = structlog.get_logger("hostd.repository")
 DRAIN_POLL_S = 0.01
-
-
-class ModelState(str, Enum):
-    """As the Open Inference Protocol's repository extension names them (Triton, MLServer)."""
-
-    READY = "READY"
-    UNAVAILABLE = "UNAVAILABLE"
-    LOADING = "LOADING"
-    UNLOADING = "UNLOADING"
-
-
-@dataclass(eq=False)
-class Entry:
-    """One model entry and what became of it."""
-
-    settings: ModelSettings
-    where: Where  # where(*keys): file:line of a key in the entry
-    name: str | None  # known before loading (declared), else once built
-    known_version: str = ""  # the class's own (a plain attribute), then the last one built
-    state: ModelState = ModelState.UNAVAILABLE
-    reason: str = "not loaded"
-    served: ServedModel | None = None  # what it serves now
-    built: ServedModel | None = None  # built, not yet published
-
-    @property
-    def version(self) -> str:
-        return self.served.version if self.served is not None else self.known_version
-
-    def index(self) -> dict[str, str]:
-        return {"name": self.name or self.settings.class_path, "version": self.version, "state": self.state.value,
-                "reason": self.reason}
-
-
-@dataclass
-class Change:
-    """What applying new settings did, by model name."""
-
-    loaded: list[str] = field(default_factory=list)
-    reloaded: list[str] = field(default_factory=list)
-    unloaded: list[str] = field(default_factory=list)
-    failed: dict[str, str] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"loaded": self.loaded, "reloaded": self.reloaded, "unloaded": self.unloaded, "failed": self.failed}
 
 
 class ModelRepository:
@@ -92,7 +45,7 @@ class ModelRepository:
     # -- reading -----------------------------------------------------------------------------------
 
     def index(self, ready_only: bool = False) -> list[dict[str, str]]:
-        entries = sorted(self.entries, key=lambda e: (e.name or e.settings.class_path, _sortable(e.version)))
+        entries = sorted(self.entries, key=lambda e: (e.name or e.settings.class_path, release_order(e.version)))
         return [entry.index() for entry in entries if not ready_only or entry.state is ModelState.READY]
 
     def named(self, name: str) -> list[Entry]:
@@ -107,7 +60,7 @@ class ModelRepository:
     async def start(self) -> None:
         """Load what ``startup`` names (and every entry whose name is known only once built); any
         failure is fatal, reported for every entry that failed."""
-        wanted = [entry for entry in self.entries if _at_startup(entry, self.settings.startup)]
+        wanted = [entry for entry in self.entries if at_startup(entry, self.settings.startup)]
         async with self._lock:
             problems = await self._build_all(wanted)
             if problems:
@@ -159,10 +112,10 @@ class ModelRepository:
         new = await anyio.to_thread.run_sync(entries_of, settings)
         async with self._lock:
             change, kept = Change(), []
-            old_by_name = _by_name(self.entries)
-            for name, entries in _by_name(new).items():
+            old_by_name = by_name(self.entries)
+            for name, entries in by_name(new).items():
                 before = old_by_name.pop(name, [])
-                if _same(before, entries):
+                if same(before, entries):
                     kept += before
                     continue
                 serving = any(entry.served is not None for entry in before)
@@ -267,7 +220,7 @@ class ModelRepository:
                 problems.append(exc)
                 entry.reason = f"load failed: {exc}"
                 log.error("model failed to load", entry=entry.where(), error=str(exc))
-        problems += _configured_twice(entries)
+        problems += configured_twice(entries)
         if problems:
             built = [entry.built for entry in entries if entry.built is not None]
             await anyio.to_thread.run_sync(close_models, built)
@@ -292,7 +245,7 @@ class ModelRepository:
             if routing.serve_newest is None:
                 continue
             serving = [entry for entry in self.entries if entry.name == name and entry.served is not None]
-            serving.sort(key=lambda entry: _sortable(entry.version), reverse=True)
+            serving.sort(key=lambda entry: release_order(entry.version), reverse=True)
             older = serving[routing.serve_newest:]
             await self._retire([entry.served for entry in older if entry.served is not None], "routing.serve_newest")
             for entry in older:
@@ -314,55 +267,6 @@ class ModelRepository:
             log.info("model closed", model=served.name, version=served.version, why=why)
         models.clear()  # the last references to them here: their memory can go
         await anyio.to_thread.run_sync(_return_memory)
-
-
-def entries_of(settings: HostSettings) -> list[Entry]:
-    """The entries of ``models:`` and of the repository directory, with the names they declare (a
-    repository file's name, if the model does not say). Imports the model classes."""
-    entries, problems = [], []
-    for model in settings.model_entries():
-        try:
-            entries.append(Entry(model.settings, model.where, declared_name(model.settings, model.where)
-                                 or model.file_name, declared(model.settings, "version", model.where) or ""))
-        except ConfigError as exc:
-            problems.append(exc)
-    if problems:
-        raise problems[0] if len(problems) == 1 else ConfigErrors(problems)
-    return entries
-
-
-def _configured_twice(entries: list[Entry]) -> list[ConfigError]:
-    """Two entries built into the same model name and version: one would hide the other."""
-    first: dict[tuple[str, str], Entry] = {}
-    problems = []
-    for entry in entries:
-        if entry.built is None:
-            continue
-        key = (entry.built.name, entry.built.version)
-        if key in first:
-            problems.append(ConfigError(f"{entry.where()}: {key[0]} {key[1]} is configured twice (also at "
-                                        f"{first[key].where()})"))
-        first.setdefault(key, entry)
-    return problems
-
-
-def _at_startup(entry: Entry, startup: str | list[str]) -> bool:
-    if entry.name is None or startup == "all":
-        return True
-    return startup != "none" and entry.name in startup
-
-
-def _by_name(entries: Iterable[Entry]) -> dict[str, list[Entry]]:
-    named: dict[str, list[Entry]] = {}
-    for entry in entries:
-        named.setdefault(entry.name or entry.settings.class_path, []).append(entry)
-    return named
-
-
-def _same(before: list[Entry], after: list[Entry]) -> bool:
-    def key(entries: list[Entry]) -> list[str]:
-        return sorted(entry.settings.model_dump_json() for entry in entries)
-    return key(before) == key(after)
 
 
 def _still_served(registry: Registry, served: ServedModel) -> bool:
@@ -403,8 +307,3 @@ def _return_memory() -> None:
         libc = ctypes.CDLL(libc_name)
         if hasattr(libc, "malloc_trim"):
             libc.malloc_trim(0)
-
-
-def _sortable(version: str) -> tuple[int, Any]:
-    key = version_key(version)
-    return (0, key) if isinstance(key, tuple) else (1, key)

@@ -21,7 +21,7 @@ from grpclib.exceptions import GRPCError
 from grpclib.metadata import Deadline
 from grpclib.server import Stream
 
-from hostd.auth import Principal, Scope
+from hostd.auth import Principal, Scope, bearer_key
 from hostd.clients import Client
 from hostd.refusals import HELD_BACK
 from hostd.tasks import OFF_LOOP_BYTES, InFlight, off_loop_if
@@ -132,8 +132,7 @@ def _key(stream: Stream[Any, Any]) -> str | None:
     value = stream.metadata.get("authorization") if stream.metadata is not None else None
     if not isinstance(value, str):
         return None
-    kind, _, key = value.partition(" ")
-    return key.strip() if kind.lower() == "bearer" else value.strip()
+    return bearer_key(value) or value.strip()
 
 
 async def receive(stream: Stream[Any, Any], limit: int) -> bytes:

@@ -27,7 +27,7 @@ from starlette.datastructures import QueryParams
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from hostd.auth import Guard
+from hostd.auth import Guard, bearer_key
 from hostd.auth import Scope as AuthScope
 from hostd.clients import Client
 from hostd.dataplane import DataPlane, State
@@ -230,8 +230,7 @@ def _needs(path: str, guard: Guard, prediction: tuple[str, str | None] | None) -
 def _bearer(scope: Scope) -> str | None:
     for name, value in scope["headers"]:
         if name == b"authorization":
-            kind, _, key = value.decode("latin-1").partition(" ")
-            return key.strip() if kind.lower() == "bearer" else None
+            return bearer_key(value.decode("latin-1"))
     return None
 
 

@@ -24,7 +24,7 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 
 from hostd import envelope
-from hostd.auth import Principal, Scope
+from hostd.auth import Principal, Scope, bearer_key
 from hostd.clients import Client
 from hostd.dataplane import DataPlane
 from hostd.errors import ErrorCode, Forbidden, HostdError
@@ -81,10 +81,10 @@ class Connections:
         guard = self.dataplane.guard
         if not guard.active:
             return None
-        kind, _, key = request.headers.get("Authorization", "").partition(" ")
+        key = bearer_key(request.headers.get("Authorization"))
         peer = str((ws.remote_address or ("",))[0])
         try:
-            principal = guard.authenticate(key.strip() if kind.lower() == "bearer" else None)
+            principal = guard.authenticate(key)
             if not ({Scope.INFER, Scope.READ} & principal.scopes):
                 raise Forbidden(f"key '{principal.name}' has neither the 'infer' nor the 'read' scope")
             guard.admit(principal.name if guard.required else f"address {peer}")
