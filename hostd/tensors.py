@@ -25,6 +25,7 @@ NUMPY_TYPES = {
     "FP16": np.float16, "FP32": np.float32, "FP64": np.float64,
 }
 NUMERIC = {name for name in NUMPY_TYPES if name != "BOOL"}
+_DATATYPE_OF = {np.dtype(kind): name for name, kind in NUMPY_TYPES.items()}  # looked up per tensor
 DATATYPES = {*NUMPY_TYPES, "BYTES"}
 JSON_TYPES = {"number": "FP64", "integer": "INT64", "boolean": "BOOL", "string": "BYTES"}
 
@@ -158,7 +159,7 @@ def _kind(datatype: str) -> str:
 def _sent_as(array: np.ndarray) -> str:
     if array.dtype == object:
         return "BYTES"
-    return next((name for name, kind in NUMPY_TYPES.items() if array.dtype == np.dtype(kind)), str(array.dtype))
+    return _DATATYPE_OF.get(array.dtype) or str(array.dtype)
 
 
 def _not_numbers(sent: str, expected: str) -> str:

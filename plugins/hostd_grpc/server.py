@@ -35,6 +35,7 @@ from h2.errors import ErrorCodes
 
 from hostd.clients import Client
 from hostd.ratelimitedlog import RateLimitedLog
+from hostd_grpc.corked import Corked
 
 log = structlog.get_logger("hostd.grpc")
 _clients: weakref.WeakKeyDictionary[Connection, Client] = weakref.WeakKeyDictionary()
@@ -127,7 +128,7 @@ class _Protocol(H2Protocol):
                                         max_connections=self.server.max_connections)
             return
         self.server.connections += 1
-        super().connection_made(transport)
+        super().connection_made(Corked(transport))  # type: ignore[arg-type]  # a transport by duck typing
         self._handshake = asyncio.get_running_loop().call_later(HANDSHAKE_S, self._handshake_timeout, transport)
 
     def _handshake_timeout(self, transport: Any) -> None:
