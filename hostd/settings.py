@@ -48,6 +48,9 @@ class ComponentSettings(Strict):
 class WorkerSettings(Strict):
     kind: Literal["thread", "process"] = "thread"
     count: int = Field(default=1, ge=1, le=256)
+    # Process workers forked from one loaded copy of the model (hostd.zygote). false: each loads its
+    # own, for models whose libraries are not safe to fork once loaded (e.g. they start threads).
+    share_memory: bool = True
 
 
 class BatchingSettings(Strict):
