@@ -232,9 +232,13 @@ class DataPlane:
         if (overloaded := _overloaded(served, client)) is not None:
             raise overloaded
         pending, rows = self.metrics.model(served.name)
-        served.pending += 1
+        # Each unit is a request (a message of a read-ahead group, a Kafka record, an HTTP body), so
+        # max_pending and a client's share count requests however they arrived. A group is admitted
+        # whole when there is room at its start.
+        requests = len(units)
+        served.pending += requests
         if client is not None:
-            client.pending[served.name] = client.pending.get(served.name, 0) + 1
+            client.pending[served.name] = client.pending.get(served.name, 0) + requests
         pending.set(served.pending)
         rows.observe(sum(len(unit) for unit in units))
         loop = asyncio.get_running_loop()
@@ -247,10 +251,10 @@ class DataPlane:
         except TimeoutError:
             raise Timeout(f"model '{served.name}' did not answer within {round(timeout * 1000)} ms") from None
         finally:
-            served.pending -= 1
+            served.pending -= requests
             pending.set(served.pending)
             if client is not None:
-                client.pending[served.name] -= 1
+                client.pending[served.name] -= requests
 
     def refusal(self, model: str, version: str | None = None, *, transport: str,
                 client: Client | None = None) -> HostdError | None:

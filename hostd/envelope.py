@@ -7,7 +7,9 @@ Reply ``{"id", "model", "version", "prediction"}`` or ``{"id", "error": {"code",
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,6 +73,68 @@ async def handle(dataplane: DataPlane, raw: bytes | str, transport: str, limit: 
     except HostdError as exc:
         return encode(error_reply(None, exc))
     return encode(await answer(dataplane, request, transport, client))
+
+
+#: Sends the answer to the message at an index of ``handle_all``'s list.
+Reply = Callable[[int, bytes], Awaitable[None]]
+
+
+async def handle_all(dataplane: DataPlane, raws: Sequence[bytes | str], transport: str, reply: Reply,
+                     limit: int | None = None, client: Client | None = None) -> None:
+    """``handle`` for many messages from one client (a burst it pipelined), each answer sent with
+    ``reply`` as soon as it is ready. The predictions for a model that batches go to the data plane as
+    one call (``predict_each``: one validation pass and one model call, each row still its own answer;
+    they wait for each other, as rows of a batch do). For a model that does not batch each runs on its
+    own, so one slow request holds up no other."""
+    groups: dict[tuple[str, str | None], list[tuple[int, Call]]] = {}
+    work: list[Coroutine[Any, Any, None]] = []
+    for index, raw in enumerate(raws):
+        request: dict[str, Any] = {}
+        try:
+            request = parse(raw, limit)
+            call = prediction(request)
+            if call is not None:
+                permit(dataplane, client, Scope.INFER, call.model)
+                groups.setdefault((call.model, call.version), []).append((index, call))
+                continue
+        except HostdError as exc:
+            await reply(index, encode(error_reply(request.get("id"), exc)))
+            continue
+        work.append(_answer_one(dataplane, index, request, transport, reply, client))  # describes the models
+    for (model, version), calls in groups.items():
+        if len(calls) > 1 and _batches(dataplane, model, version):
+            work.append(_predict_group(dataplane, model, version, calls, transport, reply, client))
+        else:
+            work += [_answer_one(dataplane, index, {"id": call.id, "model": model, "version": version,
+                                                    "data": call.data}, transport, reply, client)
+                     for index, call in calls]
+    if len(work) == 1:  # the common cases, one request or one model's burst: no task to make
+        await work[0]
+        return
+    async with asyncio.TaskGroup() as tasks:
+        for coroutine in work:
+            tasks.create_task(coroutine)
+
+
+def _batches(dataplane: DataPlane, model: str, version: str | None) -> bool:
+    try:
+        return dataplane.model(model, version).batcher is not None
+    except HostdError:
+        return True  # answered per row with the error by predict_each
+
+
+async def _answer_one(dataplane: DataPlane, index: int, request: dict[str, Any], transport: str, reply: Reply,
+                      client: Client | None) -> None:
+    await reply(index, encode(await answer(dataplane, request, transport, client)))
+
+
+async def _predict_group(dataplane: DataPlane, model: str, version: str | None, calls: list[tuple[int, Call]],
+                         transport: str, reply: Reply, client: Client | None) -> None:
+    results = await dataplane.predict_each(model, [call.data for _, call in calls], version, transport=transport,
+                                           client=client)
+    for (index, call), result in zip(calls, results, strict=True):
+        await reply(index, encode(error_reply(call.id, result) if isinstance(result, HostdError)
+                                  else prediction_reply(call.id, result)))
 
 
 def _is_utf8(raw: bytes) -> bool:

@@ -321,3 +321,41 @@ async def test_prediction_raises_what_answer_replies(request_: dict[str, Any], w
         envelope.prediction(request_)
     reply = await envelope.answer(dataplane(), request_, "test")
     assert reply == envelope.error_reply("e", raised.value)
+
+
+# -- handle_all: a burst read from one connection ------------------------------------------------------
+
+async def burst(plane: DataPlane, raws: list[bytes]) -> dict[int, dict[str, Any]]:
+    replies: dict[int, dict[str, Any]] = {}
+
+    async def reply(index: int, answer: bytes) -> None:
+        assert index not in replies, "one answer per message"
+        replies[index] = orjson.loads(answer)
+
+    await envelope.handle_all(plane, raws, "test", reply, limit=4096)
+    return replies
+
+
+async def test_a_burst_for_a_batching_model_is_one_model_call_and_every_message_its_own_answer() -> None:
+    plane = dataplane()
+    raws = [orjson.dumps({"id": i, "model": "echo", "data": {"x": i}}) for i in range(40)]
+    raws[7] = orjson.dumps({"id": 7, "model": "echo", "data": {"x": "seven"}})  # invalid: answered alone
+    raws[9] = b"not json"
+    replies = await burst(plane, raws)
+    assert sorted(replies) == list(range(40))
+    assert error_of(replies[7])["code"] == "INVALID_INPUT" and replies[7]["id"] == 7
+    assert error_of(replies[9])["code"] == "INVALID_INPUT"
+    for i in set(range(40)) - {7, 9}:
+        assert replies[i] == {"id": i, "model": "echo", "version": "1.0.0", "prediction": {"y": 2.0 * i, "text": ""}}
+    assert plane.model("echo").model.batches == [38]  # type: ignore[attr-defined]
+
+
+async def test_a_burst_for_a_model_that_does_not_batch_is_answered_message_by_message() -> None:
+    plane = dataplane({"class_path": f"{TOY}:EchoModel", "batching": {"max_batch_size": 1},
+                       "workers": {"count": 4}})
+    raws = [orjson.dumps({"id": i, "model": "echo", "data": {"x": i}}) for i in range(8)]
+    raws.append(orjson.dumps({"id": "m", "op": "models"}))
+    replies = await burst(plane, raws)
+    assert [replies[i]["prediction"]["y"] for i in range(8)] == [2.0 * i for i in range(8)]
+    assert replies[8]["id"] == "m" and len(replies[8]["models"]) == 1
+    assert plane.model("echo").model.batches == [1] * 8  # type: ignore[attr-defined]

@@ -34,8 +34,8 @@ from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 
 from hostd.clients import Client
+from hostd.corked import Corked
 from hostd.ratelimitedlog import RateLimitedLog
-from hostd_grpc.corked import Corked
 
 log = structlog.get_logger("hostd.grpc")
 _clients: weakref.WeakKeyDictionary[Connection, Client] = weakref.WeakKeyDictionary()

@@ -1,7 +1,8 @@
 """The WebSocket transport (websockets): the JSON envelope, many requests in flight per connection.
 
-Replies carry the request's ``id`` and may arrive out of order. A connection reads a new frame only
-while it has fewer than ``max_in_flight`` requests unanswered, and a reply waits while the client's
+Replies carry the request's ``id`` and may arrive out of order. What a connection received in one burst
+is answered as one group (hostd.readahead). A connection reads a new frame only while it has fewer
+than ``max_in_flight`` requests unanswered, and a reply waits while the client's
 socket buffer is full, so a client that stops reading cannot make the daemon buffer without bound; one
 that has not read for ``send_timeout_s`` while a reply waits is dropped. Each connection is one
 ``Client`` to admission; when it closes, its requests still unanswered are cancelled.
@@ -26,9 +27,11 @@ from websockets.protocol import State
 from hostd import envelope
 from hostd.auth import Principal, Scope, bearer_key
 from hostd.clients import Client
+from hostd.corked import Corked
 from hostd.dataplane import DataPlane
 from hostd.errors import ErrorCode, Forbidden, HostdError
 from hostd.hookspecs import RegisterTransport, hookimpl
+from hostd.readahead import ReadAhead
 from hostd.tasks import BoundedTasks
 from hostd.tls import TlsSettings, server_context
 from hostd.transports import Shutdown, Transport, TransportContext
@@ -53,6 +56,13 @@ class WebSocketSettings(BaseModel):
     # also how long a closing handshake may take, so such a client cannot hold up the shutdown.
     send_timeout_s: float = Field(default=5.0, gt=0)
     tls: TlsSettings | None = None  # wss://, with mutual TLS if client_ca is set
+
+
+class CorkedConnection(ServerConnection):
+    """Replies finished in one turn of the event loop leave in one write (hostd.corked)."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(Corked(transport))  # type: ignore[arg-type]  # a transport by duck typing
 
 
 class _Left(Exception):
@@ -107,23 +117,33 @@ class Connections:
         address = ws.remote_address or ()
         client = Client(":".join(map(str, address)), self.principals.pop(ws, None),
                         str(address[0]) if address else None)
+        ahead: ReadAhead[str | bytes] = ReadAhead(self.settings.max_in_flight)
         try:
             async with BoundedTasks(self.settings.max_in_flight, self.drain) as replies:
-                with anyio.CancelScope() as reader:
-                    self.readers.add(reader)
-                    if self.stopping:
-                        reader.cancel()
-                    try:
-                        reason = await self._read(ws, replies, client)
-                    finally:
-                        self.readers.discard(reader)
+                grouping = asyncio.create_task(self._answer_groups(ws, ahead, replies, client))
+                try:
+                    with anyio.CancelScope() as reader:
+                        self.readers.add(reader)
+                        if self.stopping:
+                            reader.cancel()
+                        try:
+                            reason = await self._read(ws, ahead)
+                        finally:
+                            self.readers.discard(reader)
+                finally:
+                    ahead.close()
+                    if reason == "closed":
+                        grouping.cancel()
+                    await asyncio.wait({grouping})
+                    if not grouping.cancelled() and (failure := grouping.exception()) is not None:
+                        raise failure
                 if reason == "closed":
                     raise _Left  # cancels the replies no one can receive, before they reach the model
         except _Left:
             return
         await ws.close(1001 if self.stopping else 1000, reason)
 
-    async def _read(self, ws: ServerConnection, replies: BoundedTasks, client: Client) -> str:
+    async def _read(self, ws: ServerConnection, ahead: ReadAhead[str | bytes]) -> str:
         idle = self.settings.idle_timeout_s
         while True:
             try:
@@ -135,19 +155,29 @@ class Connections:
                 return "closed"
             if ws.state is not State.OPEN:  # it said goodbye (a close frame): no reply can reach it
                 return "closed"
-            await replies.spawn(self._reply(ws, frame, client))
+            await ahead.put(frame)
 
-    async def _reply(self, ws: ServerConnection, frame: str | bytes, client: Client) -> None:
-        try:
-            reply = await envelope.handle(self.dataplane, frame, "ws", client=client)
+    async def _answer_groups(self, ws: ServerConnection, ahead: ReadAhead[str | bytes], replies: BoundedTasks,
+                             client: Client) -> None:
+        async for group in ahead.groups():
+            await replies.spawn(self._reply(ws, group, ahead, client))
+
+    async def _reply(self, ws: ServerConnection, group: list[str | bytes], ahead: ReadAhead[str | bytes],
+                     client: Client) -> None:
+        async def reply(_: int, answer: bytes) -> None:
             if ws.state is not State.OPEN:  # closing: a send would wait for the close to finish
                 return
-            if ws.transport.get_write_buffer_size() + len(reply) <= ws.transport.get_write_buffer_limits()[1]:
-                await ws.send(reply, text=True)  # fits below the high-water mark: no wait (the common case)
+            if ws.transport.get_write_buffer_size() + len(answer) <= ws.transport.get_write_buffer_limits()[1]:
+                await ws.send(answer, text=True)  # fits below the high-water mark: no wait (the common case)
             else:
-                await self._send_or_drop(ws, reply, client)
-        except ConnectionClosed:
+                await self._send_or_drop(ws, answer, client)
+
+        try:
+            await envelope.handle_all(self.dataplane, group, "ws", reply, client=client)
+        except* ConnectionClosed:
             log.debug("client left before its reply", client=client.label)
+        finally:
+            ahead.answered(len(group))
 
     async def _send_or_drop(self, ws: ServerConnection, reply: bytes, client: Client) -> None:
         """Send a reply that may wait for the client to read; drop the connection if it does not."""
@@ -168,7 +198,7 @@ async def serve_ws(ctx: TransportContext[WebSocketSettings], *, task_status: Tas
         server = await serve(connections.serve, settings.host, settings.port, max_size=settings.max_message_bytes,
                              ssl=tls, process_request=connections.admit,
                              ping_interval=settings.ping_interval_s, ping_timeout=settings.ping_timeout_s,
-                             close_timeout=settings.send_timeout_s)
+                             close_timeout=settings.send_timeout_s, create_connection=CorkedConnection)
     connections.server = server
     async with server:
         task_status.started()

@@ -1,5 +1,8 @@
 """A ROUTER socket served on the event loop: read, answer concurrently (bounded), drain on stop.
 
+What was read in one burst is answered as one group per peer (hostd.readahead): a pipelined DEALER's
+requests reach the data plane together.
+
 Each peer (routing identity) is one ``Client`` to admission, so one DEALER holds at most its share
 of a model. A peer that has gone is learned when a reply to it cannot be routed (ROUTER_MANDATORY's
 EHOSTUNREACH; libzmq's ROUTER_NOTIFY is a draft API, not in pyzmq's wheels); its outstanding
@@ -19,15 +22,17 @@ import zmq.asyncio
 
 from hostd.auth import Principal
 from hostd.clients import Client
+from hostd.readahead import ReadAhead
 from hostd.tasks import BoundedTasks
 from hostd.transports import Shutdown
 
 log = structlog.get_logger("hostd.zmq")
 
 Send = Callable[[list[bytes]], Awaitable[None]]
-#: Takes the received frames (routing identity first), a way to send extra frames (heartbeats) and
-#: the peer as admission sees it; returns the frames to send back, or None.
-Respond = Callable[[list[bytes], Send, Client], Awaitable[list[bytes] | None]]
+#: Answers one peer's messages (each its received frames, routing identity first, in the order read):
+#: sends each reply (and anything else, such as heartbeats) with the given Send, as soon as it is ready.
+#: Gets the peer as admission sees it.
+Respond = Callable[[list[list[bytes]], Send, Client], Awaitable[None]]
 #: The principal (hostd.auth) of a peer from its CURVE User-Id, or None when it has none.
 Identify = Callable[[str | None], Principal]
 #: Departed peers remembered, so the requests they left unread in the socket are dropped unanswered.
@@ -78,7 +83,7 @@ class Peers:
         # they left can be dropped; a peer that chose its identity may reconnect under it.
         self.departed: dict[bytes, None] = {}
 
-    def admit(self, identity: bytes) -> Peer | None:
+    def admit(self, identity: bytes) -> Peer | None:  # one message
         """The peer a request read from ``identity`` belongs to; None if that peer is known to be gone."""
         peer = self.active.get(identity)
         if peer is None:
@@ -88,8 +93,8 @@ class Peers:
         peer.outstanding += 1
         return peer
 
-    def done(self, identity: bytes, peer: Peer) -> None:
-        peer.outstanding -= 1
+    def done(self, identity: bytes, peer: Peer, messages: int = 1) -> None:
+        peer.outstanding -= messages
         if not peer.outstanding and self.active.get(identity) is peer:
             del self.active[identity]
 
@@ -126,42 +131,56 @@ async def serve_router(sock: zmq.asyncio.Socket, respond: Respond, stop: Shutdow
     """Answer what ``sock`` receives until ``stop``, then what was accepted by the drain deadline.
     With ``identify``, each peer's Client carries the principal of its CURVE User-Id (None without CURVE)."""
     peers = Peers(sock, bind)
+    ahead: ReadAhead[tuple[list[bytes], Peer]] = ReadAhead(max_in_flight)
 
-    async def answer(frames: list[bytes], peer: Peer) -> None:
-        if peer.gone:  # left before this request started
-            peers.done(frames[0], peer)
-            return
-        task = asyncio.current_task()
-        assert task is not None
-        peer.tasks.add(task)
+    async def answer(messages: list[list[bytes]], peer: Peer) -> None:
+        identity = messages[0][0]
         try:
-            reply = await respond(frames, peers.send, peer.client)
-            if reply is not None:
-                await peers.send(reply)
-        except Exception:
-            log.exception("zmq reply failed", bind=bind)
+            if peer.gone:  # left before these requests started
+                return
+            task = asyncio.current_task()
+            assert task is not None
+            peer.tasks.add(task)
+            try:
+                await respond(messages, peers.send, peer.client)
+            except Exception:
+                log.exception("zmq reply failed", bind=bind)
+            finally:
+                peer.tasks.discard(task)
         finally:
-            peer.tasks.discard(task)
-            peers.done(frames[0], peer)
+            peers.done(identity, peer, len(messages))
+            ahead.answered(len(messages))
+
+    async def answer_groups(replies: BoundedTasks) -> None:
+        async for group in ahead.groups():
+            by_peer: dict[int, tuple[Peer, list[list[bytes]]]] = {}
+            for frames, peer in group:
+                by_peer.setdefault(id(peer), (peer, []))[1].append(frames)
+            for peer, messages in by_peer.values():
+                await replies.spawn(answer(messages, peer))
 
     async with BoundedTasks(max_in_flight, stop) as replies, anyio.create_task_group() as tg:
-        with anyio.CancelScope() as reading:
-            tg.start_soon(_cancel_on, stop, reading)
-            while True:
-                if curve:  # Frame objects carry the User-Id the authenticator gave the connection
-                    received = await sock.recv_multipart(copy=False)
-                    user: str | None = str(received[-1].get("User-Id"))
-                    frames = [frame.bytes for frame in received]
-                else:
-                    frames, user = await sock.recv_multipart(), None
-                if (peer := peers.admit(frames[0])) is not None:
-                    if identify is not None:
-                        peer.client.principal = identify(user)
-                    try:
-                        await replies.spawn(answer(frames, peer))
-                    except BaseException:  # stopped while waiting for a slot: it never starts
-                        peers.done(frames[0], peer)
-                        raise
+        tg.start_soon(answer_groups, replies)
+        try:
+            with anyio.CancelScope() as reading:
+                tg.start_soon(_cancel_on, stop, reading)
+                while True:
+                    if curve:  # Frame objects carry the User-Id the authenticator gave the connection
+                        received = await sock.recv_multipart(copy=False)
+                        user: str | None = str(received[-1].get("User-Id"))
+                        frames = [frame.bytes for frame in received]
+                    else:
+                        frames, user = await sock.recv_multipart(), None
+                    if (peer := peers.admit(frames[0])) is not None:
+                        if identify is not None:
+                            peer.client.principal = identify(user)
+                        try:
+                            await ahead.put((frames, peer))
+                        except BaseException:  # stopped while waiting for room: it never starts
+                            peers.done(frames[0], peer)
+                            raise
+        finally:
+            ahead.close()
 
 
 async def _cancel_on(stop: Shutdown, scope: anyio.CancelScope) -> None:

@@ -27,7 +27,18 @@ IGNORED_EVENTS = {"_zpc_hb", "_zpc_more"}  # channel housekeeping from the clien
 
 
 def responder(dataplane: DataPlane, max_message_bytes: int | None = None) -> Respond:
-    async def respond(frames: list[bytes], send: Send, client: Client) -> list[bytes] | None:
+    async def respond(messages: list[list[bytes]], send: Send, client: Client) -> None:
+        # Each call on its own: a zerorpc call is one model request, answered as soon as it is done.
+        async with anyio.create_task_group() as tg:
+            for frames in messages:
+                tg.start_soon(respond_one, frames, send, client)
+
+    async def respond_one(frames: list[bytes], send: Send, client: Client) -> None:
+        reply = await answer(frames, send, client)
+        if reply is not None:
+            await send(reply)
+
+    async def answer(frames: list[bytes], send: Send, client: Client) -> list[bytes] | None:
         route, blob = frames[:-1], frames[-1]
         if not route or route[-1] != b"":
             route = [*route, b""]

@@ -7,6 +7,7 @@ from typing import Any
 import msgpack
 import pytest
 from hostd_zmq import zerorpc
+from hostd_zmq.router import Respond
 
 from hostd.clients import Client
 from hostd.dataplane import DataPlane
@@ -29,13 +30,22 @@ def dataplane() -> DataPlane:
     return plane
 
 
-async def call(dataplane: DataPlane, name: str, args: Any) -> tuple[str, list[Any]]:
-    async def send(frames: list[bytes]) -> None:
-        raise AssertionError("no heartbeat expected from a quick call")
+async def replies_to(respond: Respond, messages: list[list[bytes]]) -> list[list[bytes]]:
+    """What ``respond`` sends for ``messages`` from one peer; a quick call sends no heartbeat."""
+    sent: list[list[bytes]] = []
 
+    async def send(frames: list[bytes]) -> None:
+        assert b"_zpc_hb" not in frames[-1], "no heartbeat expected from a quick call"
+        sent.append(frames)
+
+    await respond(messages, send, Client("peer"))
+    return sent
+
+
+async def call(dataplane: DataPlane, name: str, args: Any) -> tuple[str, list[Any]]:
     event = msgpack.packb([{"message_id": b"m-1", "v": 3}, name, args], use_bin_type=True)
-    reply = await zerorpc.responder(dataplane)([b"peer", b"", event], send, Client("peer"))
-    assert reply is not None and reply[:2] == [b"peer", b""]
+    (reply,) = await replies_to(zerorpc.responder(dataplane), [[b"peer", b"", event]])
+    assert reply[:2] == [b"peer", b""]
     header, status, result = msgpack.unpackb(reply[-1], raw=False)
     assert header["response_to"] == b"m-1"
     return status, result
@@ -65,9 +75,6 @@ async def test_an_unknown_model_is_model_not_found(dataplane: DataPlane) -> None
 
 
 async def test_a_malformed_event_is_answered_with_err_naming_what_is_wrong(dataplane: DataPlane) -> None:
-    async def send(frames: list[bytes]) -> None:
-        raise AssertionError("no heartbeat expected")
-
     respond = zerorpc.responder(dataplane, max_message_bytes=1024)
     for blob, response_to, code, words in [
         (msgpack.packb([{"message_id": b"m-2"}, ["echo"], [{"x": 1}]]), b"m-2", "INVALID_INPUT", "must be a string"),
@@ -75,8 +82,17 @@ async def test_a_malformed_event_is_answered_with_err_naming_what_is_wrong(datap
         (b"\xc1", None, "INVALID_INPUT", "not msgpack"),
         (msgpack.packb([{"message_id": b"m-3"}, "echo", ["x" * 2000]]), None, "PAYLOAD_TOO_LARGE", "limit is 1024"),
     ]:
-        reply = await respond([b"peer", blob], send, Client("peer"))
-        assert reply is not None and reply[:2] == [b"peer", b""]
+        (reply,) = await replies_to(respond, [[b"peer", blob]])
+        assert reply[:2] == [b"peer", b""]
         header, status, (name, message, _) = msgpack.unpackb(reply[-1], raw=False)
         assert (header["response_to"], status, name) == (response_to, "ERR", code)
         assert words in message
+
+
+async def test_calls_read_together_are_each_answered_as_soon_as_done(dataplane: DataPlane) -> None:
+    events = [msgpack.packb([{"message_id": f"m-{i}".encode(), "v": 3}, "echo", [{"x": i}]], use_bin_type=True)
+              for i in range(3)]
+    replies = await replies_to(zerorpc.responder(dataplane), [[b"peer", b"", event] for event in events])
+    answers = {header["response_to"]: (status, result) for header, status, result
+               in (msgpack.unpackb(reply[-1], raw=False) for reply in replies)}
+    assert answers == {f"m-{i}".encode(): ("OK", [{"y": 2.0 * i, "text": ""}]) for i in range(3)}

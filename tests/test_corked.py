@@ -1,4 +1,5 @@
-"""Corked: the writes of one event-loop turn leave as one write, in order; close() sends what is pending."""
+"""Corked (gRPC and WebSocket connections): the writes of one event-loop turn leave as one write, in
+order; close() sends what is pending."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import asyncio
 from typing import Any
 
 import pytest
-from hostd_grpc.corked import Corked
+
+from hostd.corked import Corked
 
 pytestmark = pytest.mark.anyio
 
@@ -33,6 +35,12 @@ class Recording:
     def get_extra_info(self, name: str) -> Any:
         return f"info:{name}"
 
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def write_eof(self) -> None:
+        self.writes.append(b"<eof>")
+
 
 async def test_one_turns_writes_leave_as_one_write_in_order() -> None:
     transport = Recording()
@@ -57,3 +65,12 @@ async def test_close_sends_what_is_pending_and_a_closing_transport_gets_nothing(
     await asyncio.sleep(0)
     assert transport.writes == [b"goaway"]
     assert corked.get_extra_info("peername") == "info:peername"
+
+
+async def test_pending_bytes_count_as_buffered_and_go_before_the_eof() -> None:
+    transport = Recording()
+    corked = Corked(transport)  # type: ignore[arg-type]
+    corked.write(b"close frame")
+    assert corked.get_write_buffer_size() == len(b"close frame")
+    corked.write_eof()
+    assert transport.writes == [b"close frame", b"<eof>"]
