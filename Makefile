@@ -38,10 +38,15 @@ stop-brokers:
 test: setup-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# The load tests: `make bench`, or `make bench ARGS="--vs mlserver"` (see benchmarks/__main__.py).
+# The load tests: `make bench` (hostd alone), `make bench ARGS="--vs mlserver"`, or `make bench-all`
+# (= ARGS="--vs all": every peer, each installed once into .bench/<name>-venv; see benchmarks/__main__.py).
 bench: setup $(VENV)/.bench-installed
 	@scripts/system_deps.sh bench
 	$(BIN)/python -m benchmarks $(ARGS)
+
+.PHONY: bench-all
+bench-all:
+	$(MAKE) bench ARGS="--vs all $(ARGS)"
 
 $(VENV)/.bench-installed: $(SERVE_STAMP)
 	$(PIP) -e ".[bench]"

@@ -45,16 +45,18 @@ def hostd_grpc_request() -> bytes:
 
 def wrk(url: str, body: bytes, concurrency: int, seconds: int, workdir: Path, *, server: str,
         transport: str = "http", statuses: dict[int, int] | None = None, headers: dict[str, str] | None = None,
-        ) -> Result:
+        timeout_s: float | None = None) -> Result:
     """POST ``body`` to ``url`` from ``concurrency`` connections for ``seconds``. If ``statuses`` is
-    given it is filled with the count of each response status (a Lua callback per response)."""
+    given it is filled with the count of each response status (a Lua callback per response). A request
+    unanswered after ``timeout_s`` (wrk's default: 2 s) counts as an error and is left out of the latencies."""
     script = workdir / "post.lua"
     lua = f'wrk.method = "POST"\nwrk.body = [[{body.decode()}]]\nwrk.headers["Content-Type"] = "application/json"\n'
     lua += "".join(f'wrk.headers["{name}"] = "{value}"\n' for name, value in (headers or {}).items())
     script.write_text(lua + (STATUS_LUA if statuses is not None else ""))
     threads = min(2, concurrency)
-    out = subprocess.run(["wrk", f"-t{threads}", f"-c{concurrency}", f"-d{seconds}s", "--latency", "-s", str(script),
-                          url], capture_output=True, text=True, check=True, timeout=seconds + 30).stdout
+    timeout = [f"--timeout={timeout_s}s"] if timeout_s else []
+    out = subprocess.run(["wrk", f"-t{threads}", f"-c{concurrency}", f"-d{seconds}s", "--latency", *timeout, "-s",
+                          str(script), url], capture_output=True, text=True, check=True, timeout=seconds + 30).stdout
     latency = dict(re.findall(r"^\s+(50|99)%\s+([\d.]+\w+)", out, re.M))
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
     assert rps and latency, out
