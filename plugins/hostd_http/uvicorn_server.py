@@ -1,4 +1,4 @@
-"""The opt-in uvicorn server (``server: uvicorn``): raw HTTP/1.1 speed with httptools and uvloop.
+"""The default HTTP server, uvicorn (``server: uvicorn``): raw HTTP/1.1 speed with httptools and uvloop.
 
 It caps and drains like the hypercorn server (hypercorn_server.py): its protocol counts each
 connection in (closing one over ``max_connections`` at once) and reports its client leaving; at the
@@ -29,10 +29,7 @@ if TYPE_CHECKING:
 
 async def serve_uvicorn(front: Front, ctx: TransportContext[HttpSettings], *,
                         task_status: TaskStatus[None]) -> None:
-    try:
-        import uvicorn
-    except ImportError as exc:
-        raise RuntimeError("server: uvicorn needs uvicorn: pip install 'hostd[uvicorn]'") from exc
+    import uvicorn  # here, not at the top: `server: hypercorn` never pays for its import
 
     class Server(uvicorn.Server):
         @contextmanager

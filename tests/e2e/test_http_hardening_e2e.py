@@ -321,7 +321,7 @@ def test_a_client_that_leaves_has_its_queued_request_dropped_before_the_model(
 async def test_one_connection_is_one_client_held_to_its_share(start_hostd: Start, gates: Any) -> None:
     """max_pending 4, so a client may have 1 pending: a second request on the same (HTTP/2) connection
     is refused OVERLOADED, while another connection's request is admitted."""
-    hostd = start_hostd({"models": [echo(max_pending=4)]})
+    hostd = start_hostd({"models": [echo(max_pending=4)], "transports": {"http": {"server": "hypercorn"}}})
     gate = gates()
     url = f"{hostd.url}/api/models/echo/prediction"
     held = {"x": 1, "gate": str(gate)}

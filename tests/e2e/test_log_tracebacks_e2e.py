@@ -94,8 +94,8 @@ async def test_every_line_is_json_whatever_goes_wrong(start_redis: StartRedis, s
     arq = {"redis_url": redis.url, "queue_name": QUEUE, "retry_backoff_s": 0.2}
     models = [echo(), {"class_path": "tests.e2e.test_log_tracebacks_e2e:NoisyModel",
                        "configuration": {"name": "noisy"}}]
-    server = await anyio.to_thread.run_sync(lambda: start_hostd({"models": models,
-                                                                  "transports": {"http": {}, "arq": arq}}))
+    transports = {"http": {"server": "hypercorn"}, "arq": arq}  # h2_abuse speaks HTTP/2
+    server = await anyio.to_thread.run_sync(lambda: start_hostd({"models": models, "transports": transports}))
     async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
         for text in ("warn", "thread", "unraisable"):
             response = await http.post("/api/models/noisy/prediction", json={"x": 1, "text": text})

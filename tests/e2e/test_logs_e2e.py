@@ -12,15 +12,19 @@ from tests.support.e2e import Start, echo
 pytestmark = pytest.mark.e2e
 
 
-def test_hypercorns_access_log_and_a_brokers_absence_come_out_as_hostd_json_lines(start_hostd: Start) -> None:
+@pytest.mark.parametrize(("server_name", "request_line"), [
+    ("uvicorn", '"POST /api/models/echo/prediction HTTP/1.1" 200'),
+    ("hypercorn", '"POST /api/models/echo/prediction 1.1" 200')])
+def test_the_access_log_and_a_brokers_absence_come_out_as_hostd_json_lines(start_hostd: Start, server_name: str,
+                                                                           request_line: str) -> None:
     server = start_hostd({"models": [echo()], "transports": {
-        "http": {"access_log": True},
+        "http": {"access_log": True, "server": server_name},
         "kafka": {"bootstrap_servers": "127.0.0.1:9", "retry_backoff_s": 0.2}}})  # nothing listens on 9
     assert httpx.post(f"{server.url}/api/models/echo/prediction", json={"x": 1}).status_code == 200
     server.stop()
     lines = [json.loads(line) for line in server.output().splitlines() if line.startswith("{")]
-    access = [line for line in lines if line.get("logger") == "hypercorn.access"]
-    predictions = [line for line in access if '"POST /api/models/echo/prediction 1.1" 200' in line["event"]]
+    access = [line for line in lines if line.get("logger") == f"{server_name}.access"]
+    predictions = [line for line in access if request_line in line["event"]]
     assert len(predictions) == 1, access
     assert {"timestamp", "level"} <= set(predictions[0])
     kafka = [line for line in lines if str(line.get("logger", "")).startswith("aiokafka")]

@@ -460,20 +460,13 @@ def test_arq_over_tls_to_redis_with_a_password(start_hostd: Start, certs: Certs,
         redis.kill()
 
 
-def test_uvicorn_serves_https_and_checks_keys(start_hostd_tls: Any, certs: Certs) -> None:
+def test_hypercorn_serves_https_and_http2_by_alpn_and_checks_keys(start_hostd_tls: Any, certs: Certs) -> None:
     server = start_hostd_tls({"models": [IRIS], "auth": auth(),
-                              "transports": {"http": {"server": "uvicorn", "tls": tls(certs)}}})
+                              "transports": {"http": {"server": "hypercorn", "tls": tls(certs)}}})
     predict = https(server, "/api/models/iris_model/prediction")
     assert curl(certs, "-X", "POST", predict, "-d", json.dumps(iris_payload()))[0] == 401
-    status, _, reply = curl(certs, "-X", "POST", predict, "-d", json.dumps(iris_payload()),
-                            "-H", f"Authorization: Bearer {key_of('predictor')}")
-    assert (status, json.loads(reply)) == (200, {"species": "Iris setosa"})
-
-
-def test_http2_over_tls_by_alpn(secure: HostdProcess, certs: Certs) -> None:
     with httpx.Client(http2=True, verify=certs.client_context(), timeout=PATIENCE_S) as client:
-        reply = client.post(https(secure, "/api/models/iris_model/prediction"), json=iris_payload(),
-                            headers={"Authorization": f"Bearer {key_of('predictor')}"})
+        reply = client.post(predict, json=iris_payload(), headers={"Authorization": f"Bearer {key_of('predictor')}"})
     assert (reply.http_version, reply.status_code, reply.json()) == ("HTTP/2", 200, {"species": "Iris setosa"})
 
 

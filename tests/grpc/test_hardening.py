@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton
 from hostd_grpc import inference
-from hostd_grpc.plugin import GrpcSettings, build_services
+from hostd_grpc.plugin import GrpcSettings
 from hostd_grpc.server import HostdServer
+from hostd_grpc.serving import build_services
 from sklearn.datasets import load_iris
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException

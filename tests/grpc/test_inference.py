@@ -21,7 +21,8 @@ from grpclib.testing import ChannelFor
 from hostd_grpc import inference, oip
 from hostd_grpc._proto import inference as pb
 from hostd_grpc.inference import SERVICE
-from hostd_grpc.plugin import GrpcSettings, build_services
+from hostd_grpc.plugin import GrpcSettings
+from hostd_grpc.serving import build_services
 from hostd_grpc.status import grpc_errors
 from sklearn.datasets import load_iris
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import betterproto2
 from google.protobuf.message import Message
-from hostd_grpc.plugin import GrpcSettings, build_services
+from hostd_grpc.plugin import GrpcSettings
+from hostd_grpc.serving import build_services
 
 from hostd.dataplane import DataPlane
 from hostd.registry import Registry
