@@ -42,7 +42,8 @@ def main() -> None:
     unknown = set(only) - set(TRANSPORTS)
     if unknown:
         raise SystemExit(f"unknown --only {', '.join(sorted(unknown))}; choose from {', '.join(TRANSPORTS)}")
-    needs = {"wrk": {"http", "uvicorn", "overload", "workers", "lifecycle", "security"}, "h2load": {"grpc", "security"}}
+    needs = {"wrk": {"http", "hypercorn", "overload", "memory", "workers", "lifecycle", "security"},
+             "h2load": {"grpc", "security"}}
     for tool, used_by in needs.items():
         if used_by & set(only) and not shutil.which(tool):
             raise SystemExit(f"{tool} is not installed (apt-get install wrk nghttp2-client; `make bench` does it)")

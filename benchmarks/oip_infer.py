@@ -70,14 +70,23 @@ def wrk(url: str, body: bytes, concurrency: int, seconds: int, workdir: Path, *,
                   errors, "wrk")
 
 
+#: gRPC load: at most this many connections, the calls in flight multiplexed over them as streams.
+GRPC_CONNECTIONS = 4
+
+
 def h2load(url: str, message: bytes, concurrency: int, seconds: int, workdir: Path, *, server: str,
            headers: dict[str, str] | None = None) -> Result:
-    """Replay one gRPC message (unary, one stream per connection at a time) for ``seconds``."""
+    """Replay one gRPC message for ``seconds`` with ``concurrency`` unary calls in flight, as gRPC
+    clients make them: many streams over a few connections (a grpcio or tritonclient channel is one
+    connection), here up to GRPC_CONNECTIONS connections with the streams spread over them."""
     framed = workdir / "request.bin"
     framed.write_bytes(struct.pack(">?I", False, len(message)) + message)  # gRPC length-prefixed frame
     log = workdir / "h2load.log"
-    threads = min(2, concurrency)
-    out = subprocess.run(["h2load", f"-D{seconds}", "--log-file", str(log), f"-c{concurrency}", "-m1", f"-t{threads}",
+    connections = min(GRPC_CONNECTIONS, concurrency)
+    streams = max(1, concurrency // connections)
+    threads = min(2, connections)
+    out = subprocess.run(["h2load", f"-D{seconds}", "--log-file", str(log), f"-c{connections}", f"-m{streams}",
+                          f"-t{threads}",
                           "-d", str(framed), "-H", "content-type: application/grpc", "-H", "te: trailers",
                           *[arg for name, value in (headers or {}).items() for arg in ("-H", f"{name}: {value}")], url],
                          capture_output=True, text=True, check=True, timeout=seconds + 30).stdout

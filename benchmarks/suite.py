@@ -23,7 +23,7 @@ from benchmarks.peers.compare import HOSTD_ENDPOINT, TIMEOUT_S, Comparison, comp
 from benchmarks.peers.table import markdown, ratio_line
 from benchmarks.streams import run_streams
 
-TRANSPORTS = ("http", "uvicorn", "grpc", "ws", "zmq", "streams", "overload", "workers", "lifecycle", "security",
+TRANSPORTS = ("http", "hypercorn", "grpc", "ws", "zmq", "streams", "overload", "workers", "lifecycle", "security",
               "startup")
 RESULTS = ROOT / "benchmarks" / "results"
 INFER = "/v2/models/iris_model/infer"
@@ -48,7 +48,7 @@ class Suite:
         if self.vs == "all" and "http" in only:
             self.versus = compare(PEERS, self.concurrency, self.seconds, self.workdir, self.record)
             only = [name for name in only if name != "http"]  # hostd's HTTP runs were the comparison's
-        if {"http", "uvicorn", "grpc"} & set(only):
+        if {"http", "hypercorn", "grpc"} & set(only):
             self.oip(only)
         if {"ws", "zmq"} & set(only):
             self.messaging(only)
@@ -67,23 +67,23 @@ class Suite:
 
     def oip(self, only: list[str]) -> None:
         """HTTP and gRPC ModelInfer: every server is up at once, and at each concurrency they take
-        turns (hostd, hostd under uvicorn, MLServer), so a drift of the machine hits them all."""
-        http, uvicorn, grpc = free_port(), free_port(), free_port()
+        turns (hostd, hostd under hypercorn, MLServer), so a drift of the machine hits them all."""
+        http, hypercorn, grpc = free_port(), free_port(), free_port()
         targets: list[tuple[str, str, str, bytes]] = []  # (server, transport, url, body)
         with ExitStack() as running:
             if "http" in only or "grpc" in only:
                 running.enter_context(start_hostd({"http": {"port": http}, "grpc": {"port": grpc}}))
                 if "http" in only:
                     targets.append(("hostd", "http", f"http://127.0.0.1:{http}{INFER}", hostd_v2_body()))
-            if "uvicorn" in only:
-                running.enter_context(start_hostd({"http": {"port": uvicorn, "server": "uvicorn"}}))
-                targets.append(("hostd-uvicorn", "http", f"http://127.0.0.1:{uvicorn}{INFER}", hostd_v2_body()))
+            if "hypercorn" in only:
+                running.enter_context(start_hostd({"http": {"port": hypercorn, "server": "hypercorn"}}))
+                targets.append(("hostd-hypercorn", "http", f"http://127.0.0.1:{hypercorn}{INFER}", hostd_v2_body()))
             if "grpc" in only:
                 targets.append(("hostd", "grpc", f"http://127.0.0.1:{grpc}{GRPC_INFER}", hostd_grpc_request()))
             if self.vs == "mlserver":
                 peer_grpc = free_port()
                 url, body = running.enter_context(mlserver.start_mlserver(free_port(), peer_grpc))
-                if "http" in only or "uvicorn" in only:
+                if "http" in only or "hypercorn" in only:
                     targets.append(("mlserver", "http", url, body))
                 if "grpc" in only:
                     targets.append(("mlserver", "grpc", f"http://127.0.0.1:{peer_grpc}{GRPC_INFER}",

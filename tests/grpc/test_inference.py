@@ -24,6 +24,7 @@ from hostd_grpc.inference import SERVICE
 from hostd_grpc.plugin import GrpcSettings
 from hostd_grpc.serving import build_services
 from hostd_grpc.status import grpc_errors
+from pydantic import BaseModel
 from sklearn.datasets import load_iris
 
 from hostd.dataplane import DataPlane, Prediction
@@ -41,7 +42,7 @@ from hostd.errors import (
 from hostd.registry import Registry
 from hostd.settings import HostSettings
 from hostd.tasks import InFlight
-from hostd.tensors import output_arrays, tensor_specs
+from hostd.tensors import output_arrays, rows_from_arrays, tensor_specs
 
 pytestmark = pytest.mark.anyio
 
@@ -429,3 +430,35 @@ def test_the_status_table_covers_every_error_code() -> None:
     from hostd_grpc.status import STATUS
 
     assert set(STATUS) == set(ErrorCode)
+
+
+class _Scalars(BaseModel):
+    a: float
+    n: int
+
+
+def _one_row(datatype_a: str, shape: list[int], value_a: Any, field: str = "fp64_contents",
+             n: tuple[str, str, Any] = ("INT64", "int64_contents", 3)) -> oip.ModelInferRequest:
+    request = oip.ModelInferRequest(model_name="m")
+    request.inputs.add(name="a", datatype=datatype_a, shape=shape).contents.MergeFrom(
+        oip.InferTensorContents(**{field: [value_a]}))
+    request.inputs.add(name="n", datatype=n[0], shape=[1]).contents.MergeFrom(oip.InferTensorContents(**{n[1]: [n[2]]}))
+    return request
+
+
+@pytest.mark.parametrize("request_", [
+    _one_row("FP64", [1], 5.1), _one_row("FP64", [1, 1], 5.1), _one_row("FP32", [1], 0.5, "fp32_contents"),
+    _one_row("INT64", [1], 7, "int64_contents"), _one_row("FP64", [1], 1.0, n=("INT32", "int_contents", -4)),
+], ids=["fp64", "fp64-column", "fp32", "int64-for-a-float", "int32"])
+def test_the_one_row_fast_path_reads_what_the_general_path_reads(request_: oip.ModelInferRequest) -> None:
+    specs = tensor_specs(_Scalars)
+    fast = inference._scalar_row(request_, specs)
+    assert fast is not None and fast == rows_from_arrays(inference.decode_inputs(request_), specs)
+
+
+@pytest.mark.parametrize("request_", [
+    _one_row("INT8", [1], 7, "int_contents"), _one_row("FP64", [2], 5.1), _one_row("BOOL", [1], True, "bool_contents"),
+    _one_row("FP64", [], 5.1),
+], ids=["narrow-int", "two-values-one-tensor", "bool", "no-shape"])
+def test_anything_else_goes_the_general_way_which_names_the_problem(request_: oip.ModelInferRequest) -> None:
+    assert inference._scalar_row(request_, tensor_specs(_Scalars)) is None
