@@ -129,10 +129,19 @@ def _fork_worker(conn: Connection, control: Connection, predict: Predict) -> int
     try:
         control.close()  # only the zygote takes fork requests
         _die_with(zygote)
+        _reseed()
         serve(conn, predict)
         status = 0
     finally:
         os._exit(status)  # never return into the zygote's loop, nor run its exit handlers
+
+
+def _reseed() -> None:
+    """A fork copies numpy's global random state: without this, every worker of a model that samples
+    (a non-deterministic one) would draw the same numbers. Python's own random reseeds itself at fork."""
+    numpy = sys.modules.get("numpy")
+    if numpy is not None:
+        numpy.random.seed()  # from the OS's entropy
 
 
 def _die_with(parent: int) -> None:

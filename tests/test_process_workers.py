@@ -361,3 +361,29 @@ def test_a_model_that_does_not_load_in_the_workers_fails_warm_up_saying_why(shar
             workers.warm_up()
     finally:
         workers.close()
+
+
+def test_each_forked_worker_draws_its_own_random_numbers() -> None:
+    """A fork copies numpy's global random state; a worker reseeds it (hostd.zygote._reseed)."""
+    from hostd.zygote import _reseed
+
+    def first_draws(reseed: bool) -> set[bytes]:
+        np.random.seed(16)  # the state the children copy
+        read, write = os.pipe()
+        children = []
+        for _ in range(2):
+            pid = os.fork()
+            if pid == 0:  # the child only draws a number and leaves
+                if reseed:
+                    _reseed()
+                os.write(write, np.random.random().hex().encode() + b"\n")
+                os._exit(0)
+            children.append(pid)
+        for pid in children:
+            os.waitpid(pid, 0)
+        os.close(write)
+        with os.fdopen(read, "rb") as drawn:
+            return set(drawn.read().split())
+
+    assert len(first_draws(reseed=False)) == 1  # what a plain fork does
+    assert len(first_draws(reseed=True)) == 2
