@@ -8,8 +8,6 @@ import signal
 import ssl
 import sys
 import traceback
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +96,9 @@ def reload(config: Path, pid: int | None, timeout_s: float, api_key: str | None,
     """Make the hostd serving CONFIG re-read it (and its model repository) and apply the difference:
     new models load, removed ones unload, changed ones reload. Asks the daemon over its HTTP transport
     (POST /api/admin/reload; needs admin: {enabled: true}), and prints what changed."""
+    import urllib.error  # here: only this command talks HTTP, and `hostd run` starts sooner without it
+    import urllib.request
+
     if pid is not None:
         os.kill(pid, signal.SIGHUP)
         click.echo(f"sent SIGHUP to {pid}")
