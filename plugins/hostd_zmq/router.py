@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import anyio
 import structlog
@@ -132,6 +133,17 @@ async def serve_router(sock: zmq.asyncio.Socket, respond: Respond, stop: Shutdow
     With ``identify``, each peer's Client carries the principal of its CURVE User-Id (None without CURVE)."""
     peers = Peers(sock, bind)
     ahead: ReadAhead[tuple[list[bytes], Peer]] = ReadAhead(max_in_flight)
+    queued: zmq.Socket[bytes] = zmq.Socket.shadow(sock.underlying)  # the same socket, not owned: its blocking API
+
+    async def receive(copy: bool = True) -> Any:
+        """The next message: one already queued is taken at once, without the asyncio socket's future
+        and event check per message (more than a third of the loop's time under pipelined load);
+        only when none is queued does it wait, through the asyncio socket (which checks the
+        socket's events again, so nothing that arrived meanwhile goes unnoticed)."""
+        try:
+            return queued.recv_multipart(zmq.NOBLOCK, copy=copy)
+        except zmq.Again:
+            return await sock.recv_multipart(copy=copy)
 
     async def answer(messages: list[list[bytes]], peer: Peer) -> None:
         identity = messages[0][0]
@@ -166,11 +178,11 @@ async def serve_router(sock: zmq.asyncio.Socket, respond: Respond, stop: Shutdow
                 tg.start_soon(_cancel_on, stop, reading)
                 while True:
                     if curve:  # Frame objects carry the User-Id the authenticator gave the connection
-                        received = await sock.recv_multipart(copy=False)
+                        received = await receive(copy=False)
                         user: str | None = str(received[-1].get("User-Id"))
                         frames = [frame.bytes for frame in received]
                     else:
-                        frames, user = await sock.recv_multipart(), None
+                        frames, user = await receive(), None
                     if (peer := peers.admit(frames[0])) is not None:
                         if identify is not None:
                             peer.client.principal = identify(user)
