@@ -1,7 +1,7 @@
 """Files for `hostd batch`: read input records and write result rows as JSONL, CSV or Parquet.
 
-Reading streams (a line, a CSV row or a Parquet row group at a time), so a file of any size is read
-in bounded memory. Each input record becomes ``{"row": n, "id": ..., "data": {...}}``: ``row``
+Reading streams (a chunk of lines, a CSV row or a Parquet row group at a time), so a file of any
+size is read in bounded memory. Each input record becomes ``{"row": n, "id": ..., "data": {...}}``: ``row``
 counts records from 1, and an ``id`` key or column, if present, is taken out of the data and
 carried to the result. A record that cannot be read (a line that is not a JSON object) becomes
 ``{"row": n, "id": None, "error": {...}}`` instead, so it is reported, never dropped.
@@ -10,9 +10,11 @@ carried to the result. A record that cannot be read (a line that is not a JSON o
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterator
+import itertools
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import orjson
 
@@ -22,6 +24,8 @@ FORMATS = ("jsonl", "csv", "parquet")
 EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet",
               ".pq": "parquet"}
 ERROR_COLUMNS = ["row", "id", "code", "message"]
+
+T = TypeVar("T")
 
 
 def detect_format(path: Path, explicit: str | None = None) -> str:
@@ -37,17 +41,51 @@ def detect_format(path: Path, explicit: str | None = None) -> str:
 def read_records(path: Path, fmt: str) -> Iterator[dict[str, Any]]:
     """Every record of ``path`` in order, as ``{"row", "id", "data"}`` (or ``"error"``)."""
     if fmt == "jsonl":
-        return _read_jsonl(path)
+        return itertools.chain.from_iterable(read_chunks(path, fmt, 1024))
     if fmt == "csv":
         return _read_csv(path)
     return _read_parquet(path)
 
 
+def read_chunks(path: Path, fmt: str, size: int) -> Iterator[list[dict[str, Any]]]:
+    """The records of ``path`` in order, in lists of at most ``size``."""
+    return map(parsed, read_unparsed(path, fmt, size))
+
+
+@dataclass(frozen=True)
+class Lines:
+    """JSONL lines not parsed yet, the first of them row ``first_row``: what a parent process hands
+    to a worker (pickling bytes costs ~10x less than pickling the records they make)."""
+
+    first_row: int
+    lines: list[bytes]
+
+
+def read_unparsed(path: Path, fmt: str, size: int) -> Iterator[Lines | list[dict[str, Any]]]:
+    """``read_chunks``, but a JSONL file's chunks come as ``Lines`` for ``parsed`` to parse later."""
+    if fmt == "jsonl":
+        return _jsonl_lines(path, size)
+    return chunks(read_records(path, fmt), size)
+
+
+def parsed(chunk: Lines | list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return _jsonl_records(chunk.lines, chunk.first_row) if isinstance(chunk, Lines) else chunk
+
+
+def chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """``items`` in lists of ``size`` (the last one shorter)."""
+    items = iter(items)
+    while chunk := list(itertools.islice(items, size)):  # the per-item loop runs in C
+        yield chunk
+
+
 def record(row: int, data: Any) -> dict[str, Any]:
     if not isinstance(data, dict):
         return failure(row, InvalidInput(f"row {row} is not an object (a JSON object per line, or a CSV/Parquet row)"))
-    data = dict(data)
-    row_id = data.pop("id", None)
+    if "id" not in data:  # most records: no copy
+        return {"row": row, "id": None, "data": data}
+    data = dict(data)  # the caller's dict keeps its id
+    row_id = data.pop("id")
     return {"row": row, "id": None if row_id == "" else row_id, "data": data}
 
 
@@ -55,19 +93,31 @@ def failure(row: int, exc: HostdError, row_id: Any = None) -> dict[str, Any]:
     return {"row": row, "id": row_id, "error": {"code": exc.code.value, "message": exc.message}}
 
 
-def _read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    with path.open("rb") as lines:
-        row = 0
-        for line in lines:
-            if not line.strip():
-                continue  # blank lines are not records
-            row += 1
-            try:
-                data = orjson.loads(line)
-            except orjson.JSONDecodeError as exc:
-                yield failure(row, InvalidInput(f"row {row} is not valid JSON: {exc}"))
-                continue
-            yield record(row, data)
+def _jsonl_lines(path: Path, size: int) -> Iterator[Lines]:
+    with path.open("rb") as file:
+        row = 1
+        for block in chunks(file, size):
+            lines = [line for line in block if not line.isspace()]  # blank lines are no records
+            if lines:
+                yield Lines(row, lines)
+                row += len(lines)
+
+
+def _jsonl_records(lines: list[bytes], first_row: int) -> list[dict[str, Any]]:
+    # Comprehensions over the chunk (~15% faster than a generator yielding a record at a time);
+    # line by line, to say which line is not JSON, only in a chunk where one is not.
+    try:
+        values = [orjson.loads(line) for line in lines]
+    except orjson.JSONDecodeError:
+        return [_jsonl_record(row, line) for row, line in enumerate(lines, start=first_row)]
+    return [record(row, value) for row, value in enumerate(values, start=first_row)]
+
+
+def _jsonl_record(row: int, line: bytes) -> dict[str, Any]:
+    try:
+        return record(row, orjson.loads(line))
+    except orjson.JSONDecodeError as exc:
+        return failure(row, InvalidInput(f"row {row} is not valid JSON: {exc}"))
 
 
 def _read_csv(path: Path) -> Iterator[dict[str, Any]]:
@@ -102,6 +152,8 @@ def _read_parquet(path: Path) -> Iterator[dict[str, Any]]:
 class Writer(Protocol):
     def write(self, row: dict[str, Any]) -> None: ...
 
+    def write_many(self, rows: list[dict[str, Any]]) -> None: ...
+
     def close(self) -> None: ...
 
 
@@ -122,6 +174,13 @@ class JsonlWriter:
     def write(self, row: dict[str, Any]) -> None:
         self._file.write(orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE))
 
+    def write_many(self, rows: list[dict[str, Any]]) -> None:
+        # A line at a time, not one b"".join: orjson gives each result a 1 KiB buffer before trimming
+        # it, and holding a chunk's worth of them at once made each dumps ~10x slower (malloc).
+        write, dumps, newline = self._file.write, orjson.dumps, orjson.OPT_APPEND_NEWLINE
+        for row in rows:
+            write(dumps(row, option=newline))
+
     def close(self) -> None:
         self._file.close()
 
@@ -134,6 +193,9 @@ class CsvWriter:
 
     def write(self, row: dict[str, Any]) -> None:
         self._writer.writerow({key: _flat(value) for key, value in row.items()})
+
+    def write_many(self, rows: list[dict[str, Any]]) -> None:
+        self._writer.writerows([{key: _flat(value) for key, value in row.items()} for row in rows])
 
     def close(self) -> None:
         self._file.close()
@@ -160,6 +222,10 @@ class ParquetWriter:
         self._rows.append(row)
         if len(self._rows) >= 8192:
             self._flush()
+
+    def write_many(self, rows: list[dict[str, Any]]) -> None:
+        for row in rows:
+            self.write(row)
 
     def _flush(self) -> None:
         table = self._pa.Table.from_pylist(self._rows) if self._rows else self._pa.table(

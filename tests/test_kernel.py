@@ -45,6 +45,12 @@ def ys(outcome: kernel.Outcome) -> list[float]:
     return [output.y for output in outcome]
 
 
+def y(outcome: Any) -> float:
+    """An outcome of execute_rows: one row's output."""
+    assert not isinstance(outcome, Exception), outcome
+    return float(outcome.y)
+
+
 # --- execute ---------------------------------------------------------------------------------------
 
 
@@ -113,6 +119,44 @@ async def test_no_units_makes_no_call() -> None:
     assert model.calls == []
 
 
+# --- execute_rows ----------------------------------------------------------------------------------
+
+
+async def test_execute_rows_hands_back_one_calls_outputs_as_they_are() -> None:
+    model = Model()
+    outcomes = await kernel.execute_rows(model, [EchoInput(x=1), EchoInput(x=2)], model="m")
+    assert [y(output) for output in outcomes] == [2, 4]
+    assert model.calls == [[1, 2]]
+
+
+async def test_execute_rows_fails_a_bad_row_alone_found_by_splitting() -> None:
+    model = Model()
+    outcomes = await kernel.execute_rows(model, [EchoInput(x=i, fail=i == 5) for i in range(16)], model="m")
+    assert isinstance(outcomes[5], ModelError)
+    assert outcomes[5].message == "model 'm' failed: RuntimeError: asked to fail"
+    assert [y(output) for i, output in enumerate(outcomes) if i != 5] == [2 * i for i in range(16) if i != 5]
+    assert len(model.calls) == 1 + 2 * 4  # as execute: the whole, then halves down to the bad row
+
+
+async def test_execute_rows_isolates_a_wrong_output_count_and_times_out_at_the_deadline() -> None:
+    short = await kernel.execute_rows(Model(short_by=1), [EchoInput(x=1), EchoInput(x=2, text="short")], model="m")
+    assert y(short[0]) == 2 and isinstance(short[1], ModelError)
+
+    async def never(rows: list[EchoInput]) -> list[Any]:
+        await asyncio.sleep(30)
+        return []
+
+    late = await kernel.execute_rows(never, [EchoInput(x=1), EchoInput(x=2)], model="m",
+                                     deadline=asyncio.get_running_loop().time() + 0.1)
+    assert [type(outcome) for outcome in late] == [Timeout, Timeout]
+
+
+async def test_execute_rows_of_no_rows_makes_no_call() -> None:
+    model = Model()
+    assert await kernel.execute_rows(model, [], model="m") == []
+    assert model.calls == []
+
+
 # --- validate_rows / validate_all ------------------------------------------------------------------------
 
 
@@ -152,6 +196,21 @@ def test_dump_output_checks_the_output_schema() -> None:
     assert kernel.dump_output("m", EchoOutput, {"y": 1}) == {"y": 1.0, "text": ""}
     with pytest.raises(ModelError, match="does not match its output schema"):
         kernel.dump_output("m", EchoOutput, {"nope": 1})
+
+
+def test_dump_outputs_dumps_a_list_as_dump_output_dumps_each() -> None:
+    class More(EchoOutput):  # a subclass keeps its own fields, as model_dump keeps them
+        extra: int = 7
+
+    outputs = [EchoOutput(y=1), EchoOutput(y=2, text="b"), More(y=3)]
+    assert kernel.dump_outputs("m", EchoOutput, outputs) == [kernel.dump_output("m", EchoOutput, o) for o in outputs]
+    assert kernel.dump_outputs("m", EchoOutput, outputs)[2] == {"y": 3.0, "text": "", "extra": 7}
+
+
+def test_dump_outputs_fails_an_output_that_does_not_match_alone() -> None:
+    dumped = kernel.dump_outputs("m", EchoOutput, [EchoOutput(y=1), {"nope": 1}, {"y": 3}])
+    assert dumped[0] == {"y": 1.0, "text": ""} and dumped[2] == {"y": 3.0, "text": ""}
+    assert isinstance(dumped[1], ModelError) and "does not match its output schema" in dumped[1].message
 
 
 async def test_units_of_several_rows_and_none_get_their_own_rows_back() -> None:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import gc
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from hostd import recordfiles
 from hostd.errors import ModelNotFound
-from hostd.offline import Scorer
+from hostd.offline import BatchEngine, BatchJob, Scorer, run_job
 
 
 @pytest.fixture
@@ -59,6 +62,60 @@ def test_jsonl_lines_that_are_not_objects_become_error_records(tmp_path: Path) -
     assert "error" in read[1] and "not valid JSON" in read[1]["error"]["message"]
     assert "error" in read[2]
     assert read[3] == {"row": 4, "id": "k", "data": {"x": 2}}
+
+
+def test_jsonl_chunks_number_rows_across_chunks_as_records_do(tmp_path: Path) -> None:
+    path = tmp_path / "in.jsonl"
+    path.write_text('{"x": 1}\n\n{broken\n{"id": "k", "x": 2}\n\n\n[1]\n{"x": 3}\n')
+    chunked = list(recordfiles.read_chunks(path, "jsonl", 2))
+    assert [len(chunk) for chunk in chunked] == [1, 2, 2]  # chunks of 2 lines, less the blank ones
+    flat = [item for chunk in chunked for item in chunk]
+    assert flat == list(recordfiles.read_records(path, "jsonl"))
+    assert [item["row"] for item in flat] == [1, 2, 3, 4, 5]
+    assert "not valid JSON" in flat[1]["error"]["message"] and "not an object" in flat[3]["error"]["message"]
+    unparsed = list(recordfiles.read_unparsed(path, "jsonl", 2))  # what --workers hands its processes
+    assert [item for chunk in unparsed for item in recordfiles.parsed(chunk)] == flat
+
+
+def test_a_record_takes_the_id_out_of_a_copy_of_the_data() -> None:
+    data = {"id": "a", "x": 1}
+    assert recordfiles.record(3, data) == {"row": 3, "id": "a", "data": {"x": 1}}
+    assert data == {"id": "a", "x": 1}
+
+
+def test_run_job_writes_the_same_files_from_results_one_at_a_time_or_in_chunks(config: Path, tmp_path: Path) -> None:
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"x": 1}\n{"x": "bad"}\n{"id": "c", "x": 3, "fail": true}\nnope\n{"x": 4}\n')
+    scorer = Scorer.load(config, "echo", "1.0.0")
+
+    def chunked(job: BatchJob) -> Iterator[list[dict[str, Any]]]:
+        return (scorer.score(chunk) for chunk in recordfiles.read_chunks(job.input, job.input_format, 2))
+
+    def flat(job: BatchJob) -> Iterator[dict[str, Any]]:
+        return (result for chunk in chunked(job) for result in chunk)
+
+    thresholds = gc.get_threshold()
+    for engine in (BatchEngine("flat", flat), BatchEngine("chunked", flat, run_chunks=chunked)):
+        job = BatchJob(config, "echo", "1.0.0", source, tmp_path / f"{engine.name}.jsonl",
+                       tmp_path / f"{engine.name}.errors.jsonl", "jsonl", "jsonl", chunk_size=2)
+        summary = run_job(job, engine, scorer.output_columns(), progress=False)
+        assert (summary.rows_in, summary.predicted, summary.failed) == (5, 2, 3)
+    assert (tmp_path / "flat.jsonl").read_bytes() == (tmp_path / "chunked.jsonl").read_bytes()
+    assert (tmp_path / "flat.errors.jsonl").read_bytes() == (tmp_path / "chunked.errors.jsonl").read_bytes()
+    assert (tmp_path / "flat.jsonl").read_text().splitlines() == [
+        '{"id":1,"prediction":{"y":2.0,"text":""}}', '{"id":5,"prediction":{"y":8.0,"text":""}}']
+    assert [line.split(",")[:2] for line in (tmp_path / "flat.errors.jsonl").read_text().splitlines()] == [
+        ['{"row":2', '"id":null'], ['{"row":3', '"id":"c"'], ['{"row":4', '"id":null']]
+    assert gc.get_threshold() == thresholds  # run_job collects less only while it runs
+
+
+def test_a_scorers_event_loop_closes_with_it(config: Path) -> None:
+    scorer = Scorer.load(config, "echo")
+    scorer.score(records({"x": 1}))
+    loop = scorer._loop
+    assert loop is not None and not loop.is_closed()
+    del scorer
+    assert loop.is_closed()
 
 
 def test_csv_cells_holding_json_are_decoded(tmp_path: Path) -> None:
