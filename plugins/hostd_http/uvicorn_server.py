@@ -38,7 +38,8 @@ async def serve_uvicorn(front: Front, ctx: TransportContext[HttpSettings], *,
 
     settings = ctx.settings
     config = uvicorn.Config(front, host=settings.host, port=settings.port, lifespan="off", log_config=None,
-                            access_log=settings.access_log, http=_counted(front.connections),
+                            access_log=settings.access_log,
+                            http=_counted(front.connections, settings.keep_alive_timeout_s),
                             # scope["client"] stays the connection's peer, as the front looks it up
                             proxy_headers=False,
                             timeout_keep_alive=max(1, int(settings.keep_alive_timeout_s)))
@@ -66,15 +67,19 @@ async def serve_uvicorn(front: Front, ctx: TransportContext[HttpSettings], *,
         server.should_exit = True
 
 
-def _counted(connections: Connections) -> type[asyncio.Protocol]:
-    """uvicorn's HTTP protocol, counting each connection in (or closing it at once, over the cap)
-    and reporting it closed, which is when uvicorn sees its client leave."""
-    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+def _counted(connections: Connections, headers_timeout_s: float) -> type[asyncio.Protocol]:
+    """uvicorn's HTTP protocol (httptools), counting each connection in (or closing it at once, over
+    the cap) and reporting it closed, which is when uvicorn sees its client leave; and closing a
+    connection whose request headers do not arrive within ``headers_timeout_s`` of it opening or of
+    the request's first byte (uvicorn has no such limit: a client sending headers a byte at a time
+    held a connection for ever; hypercorn closes it at its keep-alive timeout)."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-    base: Any = AutoHTTPProtocol
+    base: Any = HttpToolsProtocol
 
     class Counted(base):  # type: ignore[misc]
         _connection: Connection | None = None
+        _headers_due: asyncio.TimerHandle | None = None
 
         def connection_made(self, transport: asyncio.Transport) -> None:
             self._connection = connections.open(peer_of(transport))
@@ -82,11 +87,30 @@ def _counted(connections: Connections) -> type[asyncio.Protocol]:
                 transport.close()
                 return
             super().connection_made(transport)
+            self._expect_headers()
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._expect_headers()
+
+        def on_headers_complete(self) -> None:
+            self._headers_in()
+            super().on_headers_complete()
 
         def connection_lost(self, exc: Exception | None) -> None:
             if self._connection is None:
                 return  # refused: uvicorn never saw it
+            self._headers_in()
             super().connection_lost(exc)
             connections.close(self._connection)
+
+        def _expect_headers(self) -> None:
+            self._headers_in()
+            self._headers_due = self.loop.call_later(headers_timeout_s, self.transport.close)
+
+        def _headers_in(self) -> None:
+            if self._headers_due is not None:
+                self._headers_due.cancel()
+                self._headers_due = None
 
     return Counted

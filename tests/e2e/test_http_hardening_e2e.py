@@ -133,6 +133,42 @@ def test_stalled_bodies_get_408_and_leave_descriptors_for_every_transport(start_
 
 
 @SERVERS
+def test_headers_sent_a_byte_at_a_time_close_the_connection_at_the_keep_alive_timeout(start_hostd: Start,
+                                                                                      server: str) -> None:
+    """A slowloris client (headers never finished, a byte now and then, or nothing after connecting)
+    is closed once keep_alive_timeout_s has passed since the request began; others are served meanwhile."""
+    hostd = start_hostd({"models": [echo()], "transports": {"http": {"server": server, "keep_alive_timeout_s": 1}}})
+    dribbling, silent = connect(hostd.port), connect(hostd.port)
+    try:
+        started = time.monotonic()
+        dribbling.sendall(b"GET /api/health HTTP/1.1\r\nHost: h")
+        assert httpx.post(f"{hostd.url}/api/models/echo/prediction", json={"x": 1}, timeout=PATIENCE_S).json()["y"] == 2
+        for byte in b"ostd\r\nX-Slow: 1":  # a byte every 0.2 s: each arrives well within the timeout
+            if closed_within(dribbling, 0.2):
+                break
+            dribbling.sendall(bytes([byte]))
+        assert closed_within(dribbling, PATIENCE_S) and closed_within(silent, PATIENCE_S)
+        assert time.monotonic() - started < PATIENCE_S  # closed by the server, not by our patience
+    finally:
+        dribbling.close()
+        silent.close()
+    assert httpx.get(f"{hostd.url}/api/health", timeout=PATIENCE_S).status_code == 200
+
+
+def closed_within(sock: socket.socket, seconds: float) -> bool:
+    """Whether the server closed ``sock`` (EOF or reset) within ``seconds``; any data it sent is read past."""
+    sock.settimeout(seconds)
+    try:
+        while sock.recv(4096):
+            pass
+    except TimeoutError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+@SERVERS
 def test_a_connection_over_max_connections_is_closed_at_once_and_the_open_ones_keep_working(
         start_hostd: Start, server: str) -> None:
     hostd = start_hostd({"models": [echo()], "transports": {"http": {"server": server, "max_connections": 8}}})
