@@ -33,7 +33,7 @@ def main() -> None:
                         help="also load MLServer (HTTP and gRPC), or every peer (HTTP), with the same model")
     parser.add_argument("--seconds", type=int, default=10, help="length of each timed run")
     parser.add_argument("--concurrency", default="1,16,64", help="HTTP/gRPC connections, comma-separated")
-    parser.add_argument("--in-flight", type=int, default=100, help="pipelined WebSocket/ZeroMQ requests")
+    parser.add_argument("--in-flight", type=int, default=200, help="pipelined WebSocket/ZeroMQ requests (2 clients)")
     parser.add_argument("--only", default=",".join(TRANSPORTS),
                         help=f"what to run, comma-separated, of: {', '.join(TRANSPORTS)}")
     parser.add_argument("--results", type=Path, default=RESULTS, help="where the JSON and the chart go")

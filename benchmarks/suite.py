@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import hostd
-from benchmarks import lifecycle, scenarios, security, startup
+from benchmarks import batch, lifecycle, memory, scenarios, security, startup
 from benchmarks.common import ROOT, Result, free_port, start_hostd
 from benchmarks.messaging import ws_load, zmq_load
 from benchmarks.oip_infer import h2load, hostd_grpc_request, hostd_v2_body, wrk
@@ -24,7 +24,7 @@ from benchmarks.peers.table import markdown, ratio_line
 from benchmarks.streams import run_streams
 
 TRANSPORTS = ("http", "hypercorn", "grpc", "ws", "zmq", "streams", "overload", "workers", "lifecycle", "security",
-              "startup")
+              "startup", "memory", "batch")
 RESULTS = ROOT / "benchmarks" / "results"
 INFER = "/v2/models/iris_model/infer"
 GRPC_INFER = "/inference.GRPCInferenceService/ModelInfer"
@@ -64,6 +64,10 @@ class Suite:
             self.scenarios["startup"] = startup.startup(self.seconds, self.workdir)
         if "security" in only:
             self.scenarios["security"] = security.security(self.seconds, self.workdir)
+        if "memory" in only:
+            self.scenarios["memory"] = memory.memory(self.seconds, self.workdir)
+        if "batch" in only:
+            self.scenarios["batch"] = batch.batch(self.seconds, self.workdir)
 
     def oip(self, only: list[str]) -> None:
         """HTTP and gRPC ModelInfer: every server is up at once, and at each concurrency they take
@@ -80,7 +84,7 @@ class Suite:
                 targets.append(("hostd-hypercorn", "http", f"http://127.0.0.1:{hypercorn}{INFER}", hostd_v2_body()))
             if "grpc" in only:
                 targets.append(("hostd", "grpc", f"http://127.0.0.1:{grpc}{GRPC_INFER}", hostd_grpc_request()))
-            if self.vs == "mlserver":
+            if self.vs in ("mlserver", "all"):  # with all, MLServer is also the gRPC peer
                 peer_grpc = free_port()
                 url, body = running.enter_context(mlserver.start_mlserver(free_port(), peer_grpc))
                 if "http" in only or "hypercorn" in only:
