@@ -168,7 +168,32 @@ def _scalar_row(request: pb.ModelInferRequest, specs: list[TensorSpec]) -> list[
 
 def _reply(result: Prediction, request: pb.ModelInferRequest, specs: list[TensorSpec],
            requested: list[str]) -> pb.ModelInferResponse:
-    return encode_outputs(result, request, output_arrays(result.outputs, specs, requested))
+    return _scalar_reply(result, request, specs, requested) or \
+        encode_outputs(result, request, output_arrays(result.outputs, specs, requested))
+
+
+#: Output datatypes a one-row reply writes straight from the row's values, the exact type each needs.
+EXACT_OUTPUTS = {"BYTES": ("bytes_contents", (str, bytes)), "FP64": ("fp64_contents", (float,)),
+                 "INT64": ("int64_contents", (int,))}
+
+
+def _scalar_reply(result: Prediction, request: pb.ModelInferRequest, specs: list[TensorSpec],
+                  requested: list[str]) -> pb.ModelInferResponse | None:
+    """The reply to a one-row request whose outputs are strings or numbers, written without numpy
+    (as ``_scalar_row`` reads such a request); None for anything else, which encode_outputs writes."""
+    if request.raw_input_contents or len(result.outputs) != 1:
+        return None
+    (row,) = result.outputs
+    response = pb.ModelInferResponse(model_name=result.model, model_version=result.version, id=request.id)
+    for spec in specs:
+        if requested and spec.name not in requested:
+            continue
+        value, (field, kinds) = row[spec.name], EXACT_OUTPUTS.get(spec.datatype, ("", ()))
+        if type(value) not in kinds or spec.shape or spec.as_json:  # type(): a bool is no INT64 here
+            return None
+        tensor = response.outputs.add(name=spec.name, datatype=spec.datatype, shape=[1])
+        getattr(tensor.contents, field).append(value.encode() if isinstance(value, str) else value)
+    return response
 
 
 def _tensor_metadata(spec: TensorSpec) -> pb.ModelMetadataResponseTensorMetadata:

@@ -462,3 +462,38 @@ def test_the_one_row_fast_path_reads_what_the_general_path_reads(request_: oip.M
 ], ids=["narrow-int", "two-values-one-tensor", "bool", "no-shape"])
 def test_anything_else_goes_the_general_way_which_names_the_problem(request_: oip.ModelInferRequest) -> None:
     assert inference._scalar_row(request_, tensor_specs(_Scalars)) is None
+
+
+class _Outputs(BaseModel):
+    label: str
+    score: float
+    count: int
+
+
+@pytest.mark.parametrize("requested", [[], ["score"], ["label", "count"]], ids=["all", "one", "two"])
+def test_the_one_row_reply_fast_path_writes_what_the_general_path_writes(requested: list[str]) -> None:
+    request = _one_row("FP64", [1], 5.1)
+    request.id = "r-1"
+    result = Prediction("m", "1.0.0", [{"label": "Iris setosa", "score": 0.25, "count": 3}])
+    specs = tensor_specs(_Outputs)
+    fast = inference._scalar_reply(result, request, specs, requested)
+    general = inference.encode_outputs(result, request, output_arrays(result.outputs, specs, requested))
+    assert fast is not None and fast == general
+
+
+@pytest.mark.parametrize("row", [
+    {"label": "a", "score": True, "count": 3}, {"label": "a", "score": 1.0, "count": True},
+    {"label": "a", "score": 1, "count": 3},
+], ids=["bool-for-float", "bool-for-int", "int-for-float"])
+def test_values_numpy_would_convert_go_the_general_way(row: dict[str, Any]) -> None:
+    result = Prediction("m", "1.0.0", [row])
+    assert inference._scalar_reply(result, _one_row("FP64", [1], 5.1), tensor_specs(_Outputs), []) is None
+
+
+def test_two_rows_or_raw_contents_go_the_general_way() -> None:
+    rows = [{"label": "a", "score": 1.0, "count": 3}] * 2
+    specs = tensor_specs(_Outputs)
+    assert inference._scalar_reply(Prediction("m", "1", rows), _one_row("FP64", [1], 5.1), specs, []) is None
+    raw = _one_row("FP64", [1], 5.1)
+    raw.raw_input_contents.append(b"\0" * 8)
+    assert inference._scalar_reply(Prediction("m", "1", rows[:1]), raw, specs, []) is None
