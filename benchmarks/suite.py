@@ -39,6 +39,7 @@ class Suite:
         self.in_flight = in_flight
         self.vs = vs  # None, "mlserver" or "all"
         self.versus: Comparison | None = None  # --vs all's runs, skips and ratios
+        self.compared: list[Result] = []  # the runs of --vs all's comparison (its own tables and chart)
         self.results: list[Result] = []
         self.scenarios: dict[str, Any] = {}
         self.workdir = Path(tempfile.mkdtemp(prefix="hostd-bench-"))
@@ -46,7 +47,9 @@ class Suite:
 
     def run(self, only: list[str]) -> None:
         if self.vs == "all" and "http" in only:
+            first = len(self.results)
             self.versus = compare(PEERS, self.concurrency, self.seconds, self.workdir, self.record)
+            self.compared = self.results[first:]
             only = [name for name in only if name != "http"]  # hostd's HTTP runs were the comparison's
         if {"http", "hypercorn", "grpc"} & set(only):
             self.oip(only)
@@ -115,11 +118,12 @@ class Suite:
     def ratios(self) -> list[dict[str, Any]]:
         """--vs all: hostd over each peer, per phase and concurrency. --vs mlserver: hostd (and hostd
         under uvicorn) over MLServer, same transport and concurrency."""
-        if self.versus is not None:
-            return self.versus.ratios
-        peer = {(r.transport, r.concurrency): r for r in self.results if r.server == "mlserver"}
-        return [ratio(r, peer[key]) for r in self.results
-                if r.server.startswith("hostd") and (key := (r.transport, r.concurrency)) in peer]
+        compared = {id(r) for r in self.compared}
+        others = [r for r in self.results if id(r) not in compared]  # e.g. gRPC, also run with --vs all
+        peer = {(r.transport, r.concurrency): r for r in others if r.server == "mlserver"}
+        return (self.versus.ratios if self.versus is not None else []) + [
+            ratio(r, peer[key]) for r in others
+            if r.server.startswith("hostd") and (key := (r.transport, r.concurrency)) in peer]
 
     def report(self) -> None:
         print(f"\n{HEADER}")
@@ -139,7 +143,7 @@ class Suite:
             report["peers"] = self.peers_report(path.with_suffix(".md"), machine)
         path.write_text(json.dumps(report, indent=2) + "\n")
         print(f"\nresults: {path}")
-        chart = _chart(self.results, path.with_suffix(".png"), peers=self.versus is not None)
+        chart = _chart(self.compared or self.results, path.with_suffix(".png"), peers=self.versus is not None)
         if chart:
             print(f"chart:   {chart}")
 
@@ -152,7 +156,7 @@ class Suite:
         dirty = " (with uncommitted changes)" if machine["dirty"] else ""
         text = (f"Measured at commit {machine['commit']}{dirty}, {self.started}, {machine['cpus']} cores, "
                 f"wrk {self.seconds} s per run, timeout {TIMEOUT_S} s\n\n"
-                + markdown(self.results, self.versus.ratios, self.versus.skipped, names, self.concurrency))
+                + markdown(self.compared, self.versus.ratios, self.versus.skipped, names, self.concurrency))
         print(f"\n{text}")
         path.write_text(text)
         print(f"table:   {path}")
