@@ -1,0 +1,77 @@
+"""A scikit-learn file served with no code (hostd.runtimes.sklearn), end to end: a real `hostd run`
+answers over the author's HTTP API and OIP v2 (tritonclient), in a process worker too, and
+`hostd batch` scores a file with it; every answer equals the estimator's own prediction."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import skops.io as sio
+import tritonclient.http as triton
+import yaml
+from sklearn.datasets import load_iris
+from sklearn.linear_model import LogisticRegression
+
+from tests.support.e2e import PATIENCE_S, Start
+
+pytestmark = pytest.mark.e2e
+FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+Trained = tuple[Path, LogisticRegression, np.ndarray]  # the file, the estimator, rows to ask about
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
+    data = load_iris()
+    estimator = LogisticRegression(max_iter=500).fit(data.data, np.array(data.target_names)[data.target])
+    path = tmp_path_factory.mktemp("artifact") / "flowers.skops"
+    sio.dump(estimator, path)
+    return path, estimator, data.data[::10]  # 15 rows, every species
+
+
+def entry(path: Path, **extra: object) -> dict[str, object]:
+    return {"class_path": "hostd.runtimes.sklearn:SklearnModel",
+            "configuration": {"uri": str(path), "features": FEATURES, "probabilities": True}, **extra}
+
+
+@pytest.mark.parametrize("workers", ["thread", "process"])
+def test_http_and_oip_v2_answer_what_the_estimator_predicts(start_hostd: Start, trained: Trained,
+                                                            workers: str) -> None:
+    path, estimator, matrix = trained
+    server = start_hostd({"models": [entry(path, workers={"kind": workers, "count": 1})]})
+    expected = estimator.predict(matrix).tolist()
+    answers = [httpx.post(f"{server.url}/api/models/flowers/prediction", timeout=PATIENCE_S,
+                          json=dict(zip(FEATURES, row.tolist(), strict=True))).json() for row in matrix]
+    assert [answer["prediction"] for answer in answers] == expected
+    sent = np.array([list(answer["probabilities"].values()) for answer in answers])
+    assert np.allclose(sent, estimator.predict_proba(matrix))
+    client = triton.InferenceServerClient(f"127.0.0.1:{server.port}")
+    try:
+        inputs = []
+        for index, name in enumerate(FEATURES):
+            tensor = triton.InferInput(name, [len(matrix)], "FP64")
+            tensor.set_data_from_numpy(matrix[:, index].astype(np.float64))
+            inputs.append(tensor)
+        result = client.infer("flowers", inputs, outputs=[triton.InferRequestedOutput("prediction")])
+        assert [label.decode() for label in result.as_numpy("prediction").tolist()] == expected
+    finally:
+        client.close()
+
+
+def test_hostd_batch_scores_a_file_with_it(tmp_path: Path, trained: Trained) -> None:
+    path, estimator, matrix = trained
+    config = tmp_path / "host.yaml"
+    config.write_text(yaml.safe_dump({"models": [entry(path)]}))
+    source, target = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    source.write_text("".join(json.dumps(dict(zip(FEATURES, row.tolist(), strict=True))) + "\n" for row in matrix))
+    hostd = str(Path(sys.executable).with_name("hostd"))
+    done = subprocess.run([hostd, "batch", str(config), "--model", "flowers", "--input", str(source),
+                           "--output", str(target)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    predictions = [json.loads(line)["prediction"]["prediction"] for line in target.read_text().splitlines()]
+    assert predictions == estimator.predict(matrix).tolist()
