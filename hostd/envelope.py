@@ -105,9 +105,7 @@ async def handle_all(dataplane: DataPlane, raws: Sequence[bytes | str], transpor
         if len(calls) > 1 and _batches(dataplane, model, version):
             work.append(_predict_group(dataplane, model, version, calls, transport, reply, client))
         else:
-            work += [_answer_one(dataplane, index, {"id": call.id, "model": model, "version": version,
-                                                    "data": call.data}, transport, reply, client)
-                     for index, call in calls]
+            work += [_predict_one(dataplane, index, call, transport, reply, client) for index, call in calls]
     if len(work) == 1:  # the common cases, one request or one model's burst: no task to make
         await work[0]
         return
@@ -126,6 +124,18 @@ def _batches(dataplane: DataPlane, model: str, version: str | None) -> bool:
 async def _answer_one(dataplane: DataPlane, index: int, request: dict[str, Any], transport: str, reply: Reply,
                       client: Client | None) -> None:
     await reply(index, encode(await answer(dataplane, request, transport, client)))
+
+
+async def _predict_one(dataplane: DataPlane, index: int, call: Call, transport: str, reply: Reply,
+                       client: Client | None) -> None:
+    """One prediction already permitted (answer() would check the key, and take a rate-limit token,
+    a second time)."""
+    try:
+        answered = prediction_reply(call.id, await dataplane.predict(call.model, call.data, call.version,
+                                                                     transport=transport, client=client))
+    except HostdError as exc:
+        answered = error_reply(call.id, exc)
+    await reply(index, encode(answered))
 
 
 async def _predict_group(dataplane: DataPlane, model: str, version: str | None, calls: list[tuple[int, Call]],

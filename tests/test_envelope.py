@@ -10,10 +10,12 @@ import orjson
 import pytest
 
 from hostd import envelope
+from hostd.auth import ANONYMOUS, Guard
+from hostd.clients import Client
 from hostd.dataplane import DataPlane
 from hostd.errors import InvalidInput, PayloadTooLarge
 from hostd.registry import Registry
-from hostd.settings import HostSettings
+from hostd.settings import HostSettings, RateLimitSettings
 
 pytestmark = pytest.mark.anyio
 
@@ -359,3 +361,24 @@ async def test_a_burst_for_a_model_that_does_not_batch_is_answered_message_by_me
     assert [replies[i]["prediction"]["y"] for i in range(8)] == [2.0 * i for i in range(8)]
     assert replies[8]["id"] == "m" and len(replies[8]["models"]) == 1
     assert plane.model("echo").model.batches == [1] * 8  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("batching", [64, 1], ids=["batching-model", "unbatched-model"])
+async def test_each_message_takes_one_rate_limit_token_however_it_is_answered(batching: int) -> None:
+    plane = DataPlane(Registry.from_settings(HostSettings.model_validate(
+        {"models": [{"class_path": f"{TOY}:EchoModel", "batching": {"max_batch_size": batching}}]})),
+        guard=Guard(None, RateLimitSettings(per_s=0.001, burst=3)))
+    plane.set_ready()
+    client = Client("ws-1", ANONYMOUS, "127.0.0.1")
+    codes: list[str] = []
+
+    async def reply(_: int, answer: bytes) -> None:
+        decoded = orjson.loads(answer)
+        codes.append(decoded["error"]["code"] if "error" in decoded else "OK")
+
+    for i in range(3):  # one message per burst: the single-message path
+        await envelope.handle_all(plane, [orjson.dumps({"id": i, "model": "echo", "data": {"x": i}})], "ws",
+                                  reply, client=client)
+    await envelope.handle_all(plane, [orjson.dumps({"id": 9, "model": "echo", "data": {"x": 9}})], "ws", reply,
+                              client=client)
+    assert codes == ["OK", "OK", "OK", "RATE_LIMITED"]
