@@ -67,12 +67,14 @@ def permit(dataplane: DataPlane, client: Client | None, scope: Scope, model: Any
 
 async def handle(dataplane: DataPlane, raw: bytes | str, transport: str, limit: int | None = None,
                  client: Client | None = None) -> bytes:
-    """Parse, answer and encode: the whole envelope round trip for one message."""
-    try:
-        request = parse(raw, limit)
-    except HostdError as exc:
-        return encode(error_reply(None, exc))
-    return encode(await answer(dataplane, request, transport, client))
+    """Parse, answer and encode: the whole envelope round trip for one message (``handle_all`` for one)."""
+    answers: list[bytes] = []
+
+    async def keep(_: int, answer: bytes) -> None:
+        answers.append(answer)
+
+    await handle_all(dataplane, [raw], transport, keep, limit, client)
+    return answers[0]
 
 
 #: Sends the answer to the message at an index of ``handle_all``'s list.
