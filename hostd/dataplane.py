@@ -73,6 +73,7 @@ class DataPlane:
         self.repository = repository
         self.shadows = Shadows(self.metrics)
         self._in_flight = InFlight()
+        self._started: asyncio.Event | None = None  # made only when a transport waits for the start
         self._failures = RateLimitedLog(log)  # clients cause these: a line per kind per interval, not per request
         self.models_changed()
 
@@ -114,9 +115,22 @@ class DataPlane:
 
     def set_ready(self) -> None:
         self.state = State.READY
+        if self._started is not None:
+            self._started.set()
 
     def start_draining(self) -> None:
         self.state = State.DRAINING
+        if self._started is not None:
+            self._started.set()
+
+    async def until_started(self) -> None:
+        """Return once hostd has finished starting (ready, or already draining). A transport that pulls
+        its work (arq) can take a job before the other transports are up; it waits here instead of
+        failing the job with NOT_READY."""
+        while self.state is State.STARTING:
+            if self._started is None:
+                self._started = asyncio.Event()
+            await self._started.wait()
 
     async def wait_idle(self) -> None:
         """Return once every admitted request has been answered (after ``start_draining``, none

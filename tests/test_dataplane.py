@@ -426,3 +426,22 @@ async def test_a_models_own_input_check_is_invalid_input_not_a_model_error() -> 
     with pytest.raises(InvalidInput, match="x must not be negative"):
         await plane.predict("echo", {"x": -1})
     assert requests(plane, "INVALID_INPUT") == 1.0
+
+
+@pytest.mark.parametrize("then", ["ready", "draining"])
+async def test_until_started_waits_while_hostd_starts_and_not_after(then: str) -> None:
+    plane = dataplane(ready=False)
+    waited = anyio.Event()
+
+    async def pull() -> None:
+        await plane.until_started()
+        waited.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(pull)
+        await anyio.sleep(0.01)  # the waiter is parked: nothing has started
+        assert not waited.is_set()
+        plane.set_ready() if then == "ready" else plane.start_draining()
+        with anyio.fail_after(5):
+            await waited.wait()
+    await plane.until_started()  # started: returns at once

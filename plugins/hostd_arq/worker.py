@@ -23,6 +23,7 @@ log = structlog.get_logger("hostd.arq")
 def make_predict(dataplane: DataPlane) -> Any:
     async def predict(ctx: dict[str, Any], model: str, data: Any, version: str | None = None) -> dict[str, Any]:
         """arq job: one prediction; a HostdError is stored as its code, message and details."""
+        await dataplane.until_started()  # the worker may pick a job up before hostd is ready
         return (await dataplane.predict(model, data, version, transport="arq")).output
 
     return predict

@@ -41,15 +41,28 @@ async def tls_front(port: int, upstream: int, context: ssl.SSLContext) -> AsyncI
         finally:
             writer.close()
 
+    writers: set[asyncio.StreamWriter] = set()
+    handlers: set[asyncio.Task[None]] = set()
+
     async def connection(client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        handlers.add(asyncio.current_task())  # type: ignore[arg-type]
+        writers.add(client_writer)
         broker_reader, broker_writer = await asyncio.open_connection("127.0.0.1", upstream)
+        writers.add(broker_writer)
         await asyncio.gather(pipe(client_reader, broker_writer), pipe(broker_reader, client_writer))
 
     server = await asyncio.start_server(connection, "127.0.0.1", port, ssl=context)
     try:
         yield
     finally:
+        # Server.close() closes only the listener: the piped connections are closed here, or their
+        # sockets would be collected unclosed later, failing whichever test then runs (ResourceWarning).
         server.close()
+        for task in handlers:
+            task.cancel()
+        for writer in writers:
+            writer.close()
+        await asyncio.wait(handlers | {asyncio.create_task(server.wait_closed())}, timeout=PATIENCE_S)
 
 
 async def test_requests_and_replies_go_over_tls(start_hostd: Start, tmp_path: Path) -> None:
