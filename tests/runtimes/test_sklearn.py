@@ -122,7 +122,7 @@ def test_joblib_and_pickle_load_only_with_trust(tmp_path: Path, classifier: Logi
     ("not-a-zip.skops", {}, "is not a skops file"),
     ("graph.onnx", {}, "not a scikit-learn file hostd knows"),
     ("logistic.skops", {"sha256": "0" * 64}, "not the configured"),
-    ("logistic.skops", {"features": ["a", "b"]}, "lists 2 names, but the estimator takes 4"),
+    ("logistic.skops", {"features": ["a", "b"]}, "lists 2 names, but the model takes 4"),
     ("svc.skops", {"probabilities": True}, "has no predict_proba"),
 ], ids=["missing", "not-skops", "unknown-format", "checksum", "feature-count", "no-probabilities"])
 def test_a_bad_artifact_is_a_config_error_naming_the_entry_and_what_to_do(

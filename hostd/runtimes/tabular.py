@@ -1,0 +1,101 @@
+"""What every tabular runtime shares: a fixed list of numeric features in, a prediction (and, for a
+classifier, each class's probability) out; the generated schemas and the batch path.
+
+A runtime loads its artifact, works out the features, the classes and how to predict a matrix, and
+hands them to ``TabularModel``; nothing downstream can tell it from a hand-written model.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, TypeAdapter
+
+from hostd.model import MLModel
+from hostd.runtimes.artifact import ArtifactError
+from hostd.runtimes.schemas import field_name, input_schema, output_schema
+
+
+class TabularModel(MLModel):
+    deterministic = True
+
+    def __init__(self, *, uri: str, name: str, version: str, description: str, features: list[str],
+                 classes: list[Any] | None, probabilities: bool) -> None:
+        if probabilities and not classes:
+            raise ArtifactError(f"{uri}: probabilities: true, but the model is not a classifier that gives "
+                                "them; remove the option")
+        self._name, self._version, self._description = name, version, description
+        self._features = features
+        self._fields = [field_name(feature) for feature in features]
+        self._classes = classes
+        self._probabilities = probabilities
+        label = type(classes[0]) if classes else float
+        self._input = input_schema(name, features)
+        self._output = output_schema(name, label, classes, probabilities)
+        self._outputs = TypeAdapter(list[self._output])  # type: ignore[name-defined]  # all rows in one call
+
+    @property
+    def display_name(self) -> str:  # type: ignore[override]
+        return self._name
+
+    @property
+    def qualified_name(self) -> str:  # type: ignore[override]
+        return self._name
+
+    @property
+    def description(self) -> str:  # type: ignore[override]
+        return self._description
+
+    @property
+    def version(self) -> str:  # type: ignore[override]
+        return self._version
+
+    @property
+    def input_schema(self) -> type[BaseModel]:  # type: ignore[override]
+        return self._input
+
+    @property
+    def output_schema(self) -> type[BaseModel]:  # type: ignore[override]
+        return self._output
+
+    def predict(self, data: BaseModel) -> BaseModel:
+        return self.predict_batch([data])[0]
+
+    def predict_batch(self, data: list[BaseModel]) -> list[BaseModel]:
+        if not data:
+            return []
+        matrix = np.array([[getattr(row, name) for name in self._fields] for row in data], dtype=np.float64)
+        rows: list[dict[str, Any]] = [{"prediction": label} for label in self.predict_matrix(matrix)]
+        if self._probabilities:
+            names = [str(label) for label in self._classes or []]
+            for row, probabilities in zip(rows, self.probability_matrix(matrix), strict=True):
+                row["probabilities"] = dict(zip(names, probabilities, strict=True))
+        return self._outputs.validate_python(rows)  # type: ignore[no-any-return]
+
+    @abstractmethod
+    def predict_matrix(self, matrix: np.ndarray) -> list[Any]:
+        """One prediction per row: a class (one of ``classes``) or a number."""
+
+    def probability_matrix(self, matrix: np.ndarray) -> list[list[float]]:
+        """Each row's probability of each class, in ``classes`` order (classifiers only)."""
+        raise NotImplementedError
+
+
+def feature_list(count: int | None, known: Sequence[str] | None, configured: list[str] | None,
+                 uri: str) -> list[str]:
+    """The input's features: the configured list (which must have ``count`` names), else the names the
+    artifact knows, else f0..fN-1."""
+    if configured is not None:
+        if count is not None and len(configured) != count:
+            raise ArtifactError(f"{uri}: features lists {len(configured)} names, but the model takes "
+                                f"{count} features; list exactly {count}")
+        return list(configured)
+    if known:
+        return [str(name) for name in known]
+    if count is None:
+        raise ArtifactError(f"{uri}: the model does not say how many features it takes; give them "
+                            "in the configuration as features: [...]")
+    return [f"f{i}" for i in range(count)]
