@@ -69,12 +69,48 @@ def cli(show_traceback: bool) -> None:
 @click.option("--log-format", type=click.Choice(["auto", "console", "json"]), default="auto", show_default=True)
 def run(config: Path, log_format: str) -> None:
     """Serve every model in CONFIG on every configured transport until SIGTERM or Ctrl-C."""
-    from hostd import daemon
-
     settings, pm = load(config)
     configure_logging(settings.log_level, log_format, settings.logging)
+    _serve(settings, pm)
+
+
+@cli.command(name="serve")
+@click.argument("target")
+@click.option("--name", default=None, help="The model's name (default: the file's name without extension).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="The address every transport listens on.")
+@click.option("--port", type=int, default=8080, show_default=True,
+              help="HTTP's port; each further transport takes the next one.")
+@click.option("--transports", default="http,grpc", show_default=True, help="Comma-separated: http, grpc, ws, zmq.")
+@click.option("--trust", is_flag=True, help="Load a joblib or pickle file (loading one runs the code it holds).")
+def serve_command(target: str, name: str | None, host: str, port: int, transports: str, trust: bool) -> None:
+    """Serve one model file (.skops, .joblib, XGBoost .json/.ubj, LightGBM .txt) or one model class
+    (package.module:Class) with no config: HTTP and gRPC on 127.0.0.1, until Ctrl-C."""
+    import yaml
+
+    from hostd import serve
+    from hostd.settings import parse_settings
+
+    pm = click.get_current_context().find_root().obj or plugins.plugin_manager()
+    sections = serve.config(target, name=name, host=host, port=port, trust=trust,
+                            transports=[t.strip() for t in transports.split(",") if t.strip()])
+    known = {name: transport.settings for name, transport in plugins.transports(pm).items()}
+    settings = parse_settings(yaml.safe_dump(sections), serve.SOURCE, known, os.environ)
+    configure_logging(settings.log_level)
+    _serve(settings, pm, lambda dataplane: click.echo(serve.banner(dataplane.models()[0], sections["transports"])))
+
+
+def _serve(settings: HostSettings, pm: Any, announce: Any = None) -> None:
+    """Run the daemon until it stops; ``announce(dataplane)`` once it is ready."""
+    from hostd import daemon
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            dataplane = await tg.start(daemon.serve, settings, pm)
+            if announce is not None:
+                announce(dataplane)
+
     try:
-        anyio.run(daemon.serve, settings, pm, backend_options={"use_uvloop": _has_uvloop()})
+        anyio.run(main, backend_options={"use_uvloop": _has_uvloop()})
     except BaseExceptionGroup as group:
         failed = group.subgroup(StartupError)
         if failed is None:

@@ -5,6 +5,7 @@ answers over the author's HTTP API and OIP v2 (tritonclient), in a process worke
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,11 +14,13 @@ import httpx
 import numpy as np
 import pytest
 import skops.io as sio
+import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton
 import yaml
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 
+from tests.conftest import free_port
 from tests.support.e2e import PATIENCE_S, Start
 
 pytestmark = pytest.mark.e2e
@@ -75,3 +78,46 @@ def test_hostd_batch_scores_a_file_with_it(tmp_path: Path, trained: Trained) -> 
     assert done.returncode == 0, done.stderr
     predictions = [json.loads(line)["prediction"]["prediction"] for line in target.read_text().splitlines()]
     assert predictions == estimator.predict(matrix).tolist()
+
+
+def test_hostd_serve_serves_a_file_with_no_config_and_says_how_to_call_it(trained: Trained) -> None:
+    path, estimator, matrix = trained
+    hostd = str(Path(sys.executable).with_name("hostd"))
+    for _ in range(3):  # the two ports it takes (HTTP, then gRPC on the next) may be taken meanwhile
+        port = free_port()
+        proc = subprocess.Popen([hostd, "serve", str(path), "--port", str(port)], stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, text=True)  # its log: not read, so never a full pipe
+        try:
+            banner = read_until(proc, "Ctrl-C stops it.")
+            if banner is None:
+                continue  # it exited: most likely a port was taken; try others
+            assert f"http://127.0.0.1:{port}/docs" in banner and f"127.0.0.1:{port + 1}" in banner, banner
+            assert f"curl -X POST http://127.0.0.1:{port}/api/models/flowers/prediction" in banner, banner
+            row = dict(zip(["f0", "f1", "f2", "f3"], matrix[0].tolist(), strict=True))
+            reply = httpx.post(f"http://127.0.0.1:{port}/api/models/flowers/prediction", json=row, timeout=PATIENCE_S)
+            assert reply.json() == {"prediction": estimator.predict(matrix[:1]).tolist()[0]}
+            grpc = triton_grpc.InferenceServerClient(f"127.0.0.1:{port + 1}")
+            try:
+                assert grpc.is_model_ready("flowers")
+            finally:
+                grpc.close()
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(PATIENCE_S) == 0
+            return
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            proc.stdout.close()  # type: ignore[union-attr]
+    pytest.fail("hostd serve did not start on three pairs of free ports")
+
+
+def read_until(proc: subprocess.Popen[str], last: str) -> str | None:
+    """What ``proc`` printed up to the line ``last``; None if it exited first."""
+    assert proc.stdout is not None
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.strip() == last:
+            return "".join(lines)
+    return None

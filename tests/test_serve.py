@@ -1,0 +1,42 @@
+"""hostd.serve: the in-memory config `hostd serve` runs for one model file or class."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hostd import serve
+from hostd.errors import ConfigError
+from hostd.settings import HostSettings
+
+
+@pytest.mark.parametrize(("file", "runtime"), [
+    ("iris.skops", serve.SKLEARN), ("iris.joblib", serve.SKLEARN), ("booster.json", serve.XGBOOST),
+    ("booster.ubj", serve.XGBOOST), ("model.txt", serve.LIGHTGBM)])
+def test_a_model_file_is_served_by_the_runtime_its_extension_names(tmp_path: Path, file: str, runtime: str) -> None:
+    path = tmp_path / file
+    path.write_bytes(b"")
+    made = serve.config(str(path), name="flowers", trust=True)
+    assert made["models"] == [{"class_path": runtime, "configuration": {"uri": str(path.resolve()), "name": "flowers",
+                                                                         "trust": True}}]
+    assert made["transports"] == {"http": {"host": "127.0.0.1", "port": 8080},
+                                  "grpc": {"host": "127.0.0.1", "port": 8081}}
+    HostSettings.model_validate(made)  # a config hostd run would take
+
+
+def test_a_model_class_and_every_transport_on_consecutive_ports() -> None:
+    made = serve.config("iris_model.model:IrisModel", port=9000, host="0.0.0.0", transports=["zmq", "ws", "http"])
+    assert made["models"] == [{"class_path": "iris_model.model:IrisModel"}]
+    assert made["transports"] == {"http": {"host": "0.0.0.0", "port": 9000}, "ws": {"host": "0.0.0.0", "port": 9001},
+                                  "zmq": {"bind": "tcp://0.0.0.0:9002", "zerorpc_bind": None}}
+
+
+@pytest.mark.parametrize(("target", "transports", "words"), [
+    ("model.onnx", ["http"], "neither a model file hostd knows"),
+    ("iris_model.model:IrisModel", ["http", "kafka"], "kafka cannot be served without a config"),
+    ("iris_model.model:IrisModel", ["grpc"], "must include http"),
+])
+def test_what_cannot_be_served_says_why(target: str, transports: list[str], words: str) -> None:
+    with pytest.raises(ConfigError, match=words):
+        serve.config(target, transports=transports)
