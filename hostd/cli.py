@@ -99,6 +99,23 @@ def serve_command(target: str, name: str | None, host: str, port: int, transport
     _serve(settings, pm, lambda dataplane: click.echo(serve.banner(dataplane.models()[0], sections["transports"])))
 
 
+@cli.command()
+@click.argument("name")
+@click.option("--kind", type=click.Choice(["classifier", "regressor"]), default="classifier", show_default=True,
+              help="The starting estimator: trained on scikit-learn's iris (classifier) or diabetes (regressor) data.")
+@click.option("--directory", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
+              show_default=True, help="Where to create the package's folder.")
+def new(name: str, kind: str, directory: Path) -> None:
+    """Create an installable model package NAME (schemas, model class, training script, tests) and train it."""
+    from hostd import scaffold
+
+    root = scaffold.create(name, kind, directory)
+    cls = scaffold.class_name(name)
+    click.echo(f"created {root} and trained it ({root / name / 'model_files' / 'model.skops'})\n"
+               f"  pip install -e '{root}[test]' && pytest {root}\n"
+               f"  then serve it: hostd serve {name}.model:{cls}  (or class_path: {name}.model:{cls} in host.yaml)")
+
+
 def _serve(settings: HostSettings, pm: Any, announce: Any = None) -> None:
     """Run the daemon until it stops; ``announce(dataplane)`` once it is ready."""
     from hostd import daemon
