@@ -15,9 +15,10 @@ from hostd.errors import ConfigError
 SKLEARN = "hostd.runtimes.sklearn:SklearnModel"
 XGBOOST = "hostd.runtimes.boosters:XGBoostModel"
 LIGHTGBM = "hostd.runtimes.boosters:LightGBMModel"
+ONNX = "hostd.runtimes.onnx:OnnxModel"
 #: Which runtime serves a file, by its extension.
 RUNTIMES = {".skops": SKLEARN, ".joblib": SKLEARN, ".pkl": SKLEARN, ".pickle": SKLEARN, ".json": XGBOOST,
-            ".ubj": XGBOOST, ".txt": LIGHTGBM}
+            ".ubj": XGBOOST, ".txt": LIGHTGBM, ".onnx": ONNX}
 #: The transports ``hostd serve`` can start with no more than a port (Kafka and arq need a broker).
 TRANSPORTS = ("http", "grpc", "ws", "zmq")
 SOURCE = "hostd serve"  # what config errors name instead of a file

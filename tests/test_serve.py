@@ -13,7 +13,7 @@ from hostd.settings import HostSettings
 
 @pytest.mark.parametrize(("file", "runtime"), [
     ("iris.skops", serve.SKLEARN), ("iris.joblib", serve.SKLEARN), ("booster.json", serve.XGBOOST),
-    ("booster.ubj", serve.XGBOOST), ("model.txt", serve.LIGHTGBM)])
+    ("booster.ubj", serve.XGBOOST), ("model.txt", serve.LIGHTGBM), ("graph.onnx", serve.ONNX)])
 def test_a_model_file_is_served_by_the_runtime_its_extension_names(tmp_path: Path, file: str, runtime: str) -> None:
     path = tmp_path / file
     path.write_bytes(b"")
@@ -33,7 +33,7 @@ def test_a_model_class_and_every_transport_on_consecutive_ports() -> None:
 
 
 @pytest.mark.parametrize(("target", "transports", "words"), [
-    ("model.onnx", ["http"], "neither a model file hostd knows"),
+    ("model.bin", ["http"], "neither a model file hostd knows"),
     ("iris_model.model:IrisModel", ["http", "kafka"], "kafka cannot be served without a config"),
     ("iris_model.model:IrisModel", ["grpc"], "must include http"),
 ])

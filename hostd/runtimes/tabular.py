@@ -23,7 +23,8 @@ class TabularModel(MLModel):
     deterministic = True
 
     def __init__(self, *, uri: str, name: str, version: str, description: str, features: list[str],
-                 classes: list[Any] | None, probabilities: bool) -> None:
+                 classes: list[Any] | None, probabilities: bool, label: type | None = None,
+                 dtype: Any = np.float64) -> None:
         if probabilities and not classes:
             raise ArtifactError(f"{uri}: probabilities: true, but the model is not a classifier that gives "
                                 "them; remove the option")
@@ -32,7 +33,8 @@ class TabularModel(MLModel):
         self._fields = [field_name(feature) for feature in features]
         self._classes = classes
         self._probabilities = probabilities
-        label = type(classes[0]) if classes else float
+        self._dtype = dtype  # of the matrix the model is given
+        label = label or (type(classes[0]) if classes else float)
         self._input = input_schema(name, features)
         self._output = output_schema(name, label, classes, probabilities)
         self._outputs = TypeAdapter(list[self._output])  # type: ignore[name-defined]  # all rows in one call
@@ -67,13 +69,19 @@ class TabularModel(MLModel):
     def predict_batch(self, data: list[BaseModel]) -> list[BaseModel]:
         if not data:
             return []
-        matrix = np.array([[getattr(row, name) for name in self._fields] for row in data], dtype=np.float64)
-        rows: list[dict[str, Any]] = [{"prediction": label} for label in self.predict_matrix(matrix)]
-        if self._probabilities:
+        matrix = np.array([[getattr(row, name) for name in self._fields] for row in data], dtype=self._dtype)
+        labels, probabilities = self.predict_rows(matrix)
+        rows: list[dict[str, Any]] = [{"prediction": label} for label in labels]
+        if probabilities is not None:
             names = [str(label) for label in self._classes or []]
-            for row, probabilities in zip(rows, self.probability_matrix(matrix), strict=True):
-                row["probabilities"] = dict(zip(names, probabilities, strict=True))
+            for row, row_probabilities in zip(rows, probabilities, strict=True):
+                row["probabilities"] = dict(zip(names, row_probabilities, strict=True))
         return self._outputs.validate_python(rows)  # type: ignore[no-any-return]
+
+    def predict_rows(self, matrix: np.ndarray) -> tuple[list[Any], list[list[float]] | None]:
+        """Each row's prediction and, if asked for, its probabilities; a runtime that gets both from one
+        call (ONNX) overrides this."""
+        return self.predict_matrix(matrix), self.probability_matrix(matrix) if self._probabilities else None
 
     @abstractmethod
     def predict_matrix(self, matrix: np.ndarray) -> list[Any]:
