@@ -17,8 +17,9 @@ from hostd.errors import ConfigError, ConfigErrors
 Loc = tuple[str | int, ...]
 ENV_PREFIX = "HOSTD_"
 MODEL_FILE_SUFFIXES = (".yaml", ".yml")  # a model repository's entries
-#: HOSTD_ variables that are not config overrides: the config's path, and the key `hostd reload` sends.
-NOT_OVERRIDES = frozenset({"HOSTD_CONFIG", "HOSTD_API_KEY"})
+#: HOSTD_ variables that are not config overrides: the config's path, the key `hostd reload` sends, and
+#: where the runtimes keep copies of remote model files (hostd.runtimes.artifact).
+NOT_OVERRIDES = frozenset({"HOSTD_CONFIG", "HOSTD_API_KEY", "HOSTD_ARTIFACT_CACHE"})
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from hostd.runtimes.artifact import ArtifactError, local_file
+from hostd.runtimes.artifact import ArtifactError, fetch
 from hostd.runtimes.tabular import TabularModel, feature_list
 
 #: LightGBM names a numpy-trained model's features Column_0, Column_1...: no names, really.
@@ -67,10 +67,11 @@ class XGBoostModel(_Booster):
 
     def __init__(self, uri: str, name: str | None = None, version: str = "1.0.0", sha256: str | None = None,
                  classes: list[Any] | None = None, probabilities: bool = False,
-                 features: list[str] | None = None, description: str | None = None) -> None:
+                 features: list[str] | None = None, description: str | None = None,
+                 storage_options: dict[str, Any] | None = None) -> None:
         import xgboost
 
-        path = local_file(uri, sha256)
+        path = fetch(uri, sha256, storage_options)
         if path.suffix not in (".json", ".ubj"):
             raise ArtifactError(f"{uri}: not an XGBoost model file hostd knows (.json or .ubj from save_model)")
         self._booster = xgboost.Booster()
@@ -107,10 +108,11 @@ class LightGBMModel(_Booster):
 
     def __init__(self, uri: str, name: str | None = None, version: str = "1.0.0", sha256: str | None = None,
                  classes: list[Any] | None = None, probabilities: bool = False,
-                 features: list[str] | None = None, description: str | None = None) -> None:
+                 features: list[str] | None = None, description: str | None = None,
+                 storage_options: dict[str, Any] | None = None) -> None:
         import lightgbm
 
-        path = local_file(uri, sha256)
+        path = fetch(uri, sha256, storage_options)
         try:
             self._booster = lightgbm.Booster(model_file=str(path))
         except lightgbm.basic.LightGBMError as exc:

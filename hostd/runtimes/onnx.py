@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from hostd.runtimes.artifact import ArtifactError, local_file
+from hostd.runtimes.artifact import ArtifactError, fetch
 from hostd.runtimes.tabular import TabularModel, feature_list
 
 DTYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(int64)": np.int64,
@@ -29,10 +29,11 @@ LABELS = {"tensor(string)": str, "tensor(int64)": int, "tensor(int32)": int}
 class OnnxModel(TabularModel):
     def __init__(self, uri: str, name: str | None = None, version: str = "1.0.0", sha256: str | None = None,
                  features: list[str] | None = None, probabilities: bool = False, classes: list[Any] | None = None,
-                 description: str | None = None) -> None:
+                 description: str | None = None,
+                 storage_options: dict[str, Any] | None = None) -> None:
         import onnxruntime
 
-        path = local_file(uri, sha256)
+        path = fetch(uri, sha256, storage_options)
         try:
             self._session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         except Exception as exc:

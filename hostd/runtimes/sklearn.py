@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from hostd.runtimes.artifact import ArtifactError, local_file
+from hostd.runtimes.artifact import ArtifactError, fetch
 from hostd.runtimes.tabular import TabularModel, feature_list
 
 PICKLES = {".joblib", ".pkl", ".pickle"}
@@ -30,8 +30,9 @@ PICKLES = {".joblib", ".pkl", ".pickle"}
 class SklearnModel(TabularModel):
     def __init__(self, uri: str, name: str | None = None, version: str = "1.0.0", sha256: str | None = None,
                  trust: bool = False, trusted_types: list[str] | None = None, probabilities: bool = False,
-                 features: list[str] | None = None, description: str | None = None) -> None:
-        path = local_file(uri, sha256)
+                 features: list[str] | None = None, description: str | None = None,
+                 storage_options: dict[str, Any] | None = None) -> None:
+        path = fetch(uri, sha256, storage_options)
         self._estimator = load_estimator(path, uri, trust, trusted_types or [])
         known = getattr(self._estimator, "feature_names_in_", None)
         columns = feature_list(getattr(self._estimator, "n_features_in_", None),

@@ -5,6 +5,7 @@ answers over the author's HTTP API and OIP v2 (tritonclient), in a process worke
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -20,7 +21,9 @@ import yaml
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 
+from hostd.runtimes.artifact import file_sha256
 from tests.conftest import free_port
+from tests.e2e.brokers import BUCKET, start_moto
 from tests.support.e2e import PATIENCE_S, Start
 
 pytestmark = pytest.mark.e2e
@@ -121,3 +124,42 @@ def read_until(proc: subprocess.Popen[str], last: str) -> str | None:
         if line.strip() == last:
             return "".join(lines)
     return None
+
+
+def test_a_model_in_object_storage_is_fetched_checked_and_served(start_hostd: Start, trained: Trained,
+                                                                   tmp_path: Path) -> None:
+    """s3:// on a local S3 server (moto): the file is copied once into the artifact cache, its SHA-256
+    checked, and served; a wrong checksum or a missing key is an error at start naming the entry."""
+    import boto3
+
+    path, estimator, matrix = trained
+    moto = start_moto(tmp_path)
+    try:
+        endpoint = f"http://127.0.0.1:{moto.port}"
+        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
+                          aws_secret_access_key="testing")
+        s3.upload_file(str(path), BUCKET, "models/flowers.skops")
+        s3.close()
+        storage = {"endpoint_url": endpoint, "key": "testing", "secret": "testing"}
+        configuration = {"uri": f"s3://{BUCKET}/models/flowers.skops", "features": FEATURES,
+                         "sha256": file_sha256(path), "storage_options": storage}
+        cache = tmp_path / "cache"
+        server = start_hostd({"models": [{"class_path": "hostd.runtimes.sklearn:SklearnModel",
+                                          "configuration": configuration}]},
+                             env={"HOSTD_ARTIFACT_CACHE": str(cache)})
+        row = dict(zip(FEATURES, matrix[5].tolist(), strict=True))
+        reply = httpx.post(f"{server.url}/api/models/flowers/prediction", json=row, timeout=PATIENCE_S)
+        assert reply.json() == {"prediction": estimator.predict(matrix[5:6]).tolist()[0]}
+        assert [copy.read_bytes() for copy in cache.rglob("flowers.skops")] == [path.read_bytes()]
+        for wrong, words in [({"sha256": "0" * 64}, "not the configured"),
+                             ({"uri": f"s3://{BUCKET}/models/missing.skops"}, "does not exist")]:
+            config = tmp_path / "wrong.yaml"
+            config.write_text(yaml.safe_dump({"models": [{"class_path": "hostd.runtimes.sklearn:SklearnModel",
+                                                          "configuration": {**configuration, **wrong}}]}))
+            checked = subprocess.run([str(Path(sys.executable).with_name("hostd")), "check", str(config)],
+                                     capture_output=True, text=True, timeout=120,
+                                     env={**os.environ, "HOSTD_ARTIFACT_CACHE": str(tmp_path / "other-cache")})
+            assert checked.returncode == 2, checked.stderr
+            assert f"{config}:" in checked.stderr and words in checked.stderr, checked.stderr
+    finally:
+        moto.stop()
