@@ -16,6 +16,7 @@ SKLEARN = "hostd.runtimes.sklearn:SklearnModel"
 XGBOOST = "hostd.runtimes.boosters:XGBoostModel"
 LIGHTGBM = "hostd.runtimes.boosters:LightGBMModel"
 ONNX = "hostd.runtimes.onnx:OnnxModel"
+MLFLOW = "hostd.runtimes.mlflow:MlflowModel"
 #: Which runtime serves a file, by its extension.
 RUNTIMES = {".skops": SKLEARN, ".joblib": SKLEARN, ".pkl": SKLEARN, ".pickle": SKLEARN, ".json": XGBOOST,
             ".ubj": XGBOOST, ".txt": LIGHTGBM, ".onnx": ONNX}
@@ -43,6 +44,9 @@ def config(target: str, *, name: str | None = None, host: str = "127.0.0.1", por
 def model_entry(target: str, name: str | None, trust: bool) -> dict[str, Any]:
     """A runtime for a model file (chosen by its extension), or the model class ``package.module:Class``."""
     path = Path(target)
+    if (path / "MLmodel").is_file():  # an MLflow model directory
+        return {"class_path": MLFLOW, "configuration": {"uri": str(path.resolve()), "trust": trust,
+                                                         **({"name": name} if name else {})}}
     if path.suffix in RUNTIMES and (path.exists() or ":" not in target):
         configuration: dict[str, Any] = {"uri": str(path.resolve())}
         if name:
@@ -52,8 +56,8 @@ def model_entry(target: str, name: str | None, trust: bool) -> dict[str, Any]:
         return {"class_path": RUNTIMES[path.suffix], "configuration": configuration}
     if ":" in target:
         return {"class_path": target, **({"qualified_name": name} if name else {})}
-    raise ConfigError(f"{SOURCE}: {target} is neither a model file hostd knows ({', '.join(RUNTIMES)}) nor a "
-                      "model class (package.module:Class)")
+    raise ConfigError(f"{SOURCE}: {target} is neither a model file hostd knows ({', '.join(RUNTIMES)}, an MLflow "
+                      "model directory) nor a model class (package.module:Class)")
 
 
 def banner(served: Any, sections: dict[str, Any]) -> str:

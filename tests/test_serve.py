@@ -40,3 +40,10 @@ def test_a_model_class_and_every_transport_on_consecutive_ports() -> None:
 def test_what_cannot_be_served_says_why(target: str, transports: list[str], words: str) -> None:
     with pytest.raises(ConfigError, match=words):
         serve.config(target, transports=transports)
+
+
+def test_an_mlflow_directory_is_served_by_the_mlflow_runtime(tmp_path: Path) -> None:
+    (tmp_path / "MLmodel").write_text("flavors: {}\n")
+    made = serve.config(str(tmp_path), trust=True)
+    assert made["models"] == [{"class_path": serve.MLFLOW, "configuration": {"uri": str(tmp_path.resolve()),
+                                                                              "trust": True}}]

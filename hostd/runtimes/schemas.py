@@ -16,12 +16,13 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 _REGISTERED: dict[str, type[BaseModel]] = {}
 
 
-def input_schema(model: str, features: list[str], kind: type = float) -> type[BaseModel]:
-    """One required field per feature, in the artifact's feature order; a feature name that is not a
-    Python identifier (``sepal length (cm)``) becomes a field name (``sepal_length_cm``) with the
-    original as its alias, and either is accepted."""
+def input_schema(model: str, features: list[str], kind: type | list[type] = float) -> type[BaseModel]:
+    """One required field per feature, in the artifact's feature order, of type ``kind`` (one for all,
+    or one per feature); a feature name that is not a Python identifier (``sepal length (cm)``) becomes
+    a field name (``sepal_length_cm``) with the original as its alias, and either is accepted."""
+    kinds = kind if isinstance(kind, list) else [kind] * len(features)
     fields: dict[str, Any] = {}
-    for feature in features:
+    for feature, kind in zip(features, kinds, strict=True):
         name = field_name(feature)
         if name in fields:
             raise ValueError(f"features '{feature}' and another both map to the field name '{name}'")

@@ -12,15 +12,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, TypeAdapter
+from pydantic import BaseModel
 
-from hostd.model import MLModel
 from hostd.runtimes.artifact import ArtifactError
+from hostd.runtimes.runtime import Runtime
 from hostd.runtimes.schemas import field_name, input_schema, output_schema
 
 
-class TabularModel(MLModel):
-    deterministic = True
+class TabularModel(Runtime):
 
     def __init__(self, *, uri: str, name: str, version: str, description: str, features: list[str],
                  classes: list[Any] | None, probabilities: bool, label: type | None = None,
@@ -28,43 +27,14 @@ class TabularModel(MLModel):
         if probabilities and not classes:
             raise ArtifactError(f"{uri}: probabilities: true, but the model is not a classifier that gives "
                                 "them; remove the option")
-        self._name, self._version, self._description = name, version, description
         self._features = features
         self._fields = [field_name(feature) for feature in features]
         self._classes = classes
         self._probabilities = probabilities
         self._dtype = dtype  # of the matrix the model is given
         label = label or (type(classes[0]) if classes else float)
-        self._input = input_schema(name, features)
-        self._output = output_schema(name, label, classes, probabilities)
-        self._outputs = TypeAdapter(list[self._output])  # type: ignore[name-defined]  # all rows in one call
-
-    @property
-    def display_name(self) -> str:  # type: ignore[override]
-        return self._name
-
-    @property
-    def qualified_name(self) -> str:  # type: ignore[override]
-        return self._name
-
-    @property
-    def description(self) -> str:  # type: ignore[override]
-        return self._description
-
-    @property
-    def version(self) -> str:  # type: ignore[override]
-        return self._version
-
-    @property
-    def input_schema(self) -> type[BaseModel]:  # type: ignore[override]
-        return self._input
-
-    @property
-    def output_schema(self) -> type[BaseModel]:  # type: ignore[override]
-        return self._output
-
-    def predict(self, data: BaseModel) -> BaseModel:
-        return self.predict_batch([data])[0]
+        self.describe(name, version, description, input_schema(name, features),
+                      output_schema(name, label, classes, probabilities))
 
     def predict_batch(self, data: list[BaseModel]) -> list[BaseModel]:
         if not data:
@@ -76,7 +46,7 @@ class TabularModel(MLModel):
             names = [str(label) for label in self._classes or []]
             for row, row_probabilities in zip(rows, probabilities, strict=True):
                 row["probabilities"] = dict(zip(names, row_probabilities, strict=True))
-        return self._outputs.validate_python(rows)  # type: ignore[no-any-return]
+        return self.outputs(rows)
 
     def predict_rows(self, matrix: np.ndarray) -> tuple[list[Any], list[list[float]] | None]:
         """Each row's prediction and, if asked for, its probabilities; a runtime that gets both from one
