@@ -11,15 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from hostd.errors import ConfigError
+from hostd.runtimes import BY_EXTENSION, MLFLOW, runtime_for
 
-SKLEARN = "hostd.runtimes.sklearn:SklearnModel"
-XGBOOST = "hostd.runtimes.boosters:XGBoostModel"
-LIGHTGBM = "hostd.runtimes.boosters:LightGBMModel"
-ONNX = "hostd.runtimes.onnx:OnnxModel"
-MLFLOW = "hostd.runtimes.mlflow:MlflowModel"
-#: Which runtime serves a file, by its extension.
-RUNTIMES = {".skops": SKLEARN, ".joblib": SKLEARN, ".pkl": SKLEARN, ".pickle": SKLEARN, ".json": XGBOOST,
-            ".ubj": XGBOOST, ".txt": LIGHTGBM, ".onnx": ONNX}
 #: The transports ``hostd serve`` can start with no more than a port (Kafka and arq need a broker).
 TRANSPORTS = ("http", "grpc", "ws", "zmq")
 SOURCE = "hostd serve"  # what config errors name instead of a file
@@ -43,20 +36,17 @@ def config(target: str, *, name: str | None = None, host: str = "127.0.0.1", por
 
 def model_entry(target: str, name: str | None, trust: bool) -> dict[str, Any]:
     """A runtime for a model file (chosen by its extension), or the model class ``package.module:Class``."""
-    path = Path(target)
-    if (path / "MLmodel").is_file():  # an MLflow model directory
-        return {"class_path": MLFLOW, "configuration": {"uri": str(path.resolve()), "trust": trust,
-                                                         **({"name": name} if name else {})}}
-    if path.suffix in RUNTIMES and (path.exists() or ":" not in target):
-        configuration: dict[str, Any] = {"uri": str(path.resolve())}
+    runtime = runtime_for(target)
+    if runtime is not None and (Path(target).exists() or ":" not in target):
+        configuration: dict[str, Any] = {"uri": str(Path(target).resolve())}
         if name:
             configuration["name"] = name
-        if trust:
-            configuration["trust"] = True
-        return {"class_path": RUNTIMES[path.suffix], "configuration": configuration}
+        if trust or runtime == MLFLOW:
+            configuration["trust"] = trust
+        return {"class_path": runtime, "configuration": configuration}
     if ":" in target:
         return {"class_path": target, **({"qualified_name": name} if name else {})}
-    raise ConfigError(f"{SOURCE}: {target} is neither a model file hostd knows ({', '.join(RUNTIMES)}, an MLflow "
+    raise ConfigError(f"{SOURCE}: {target} is neither a model file hostd knows ({', '.join(BY_EXTENSION)}, an MLflow "
                       "model directory) nor a model class (package.module:Class)")
 
 

@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from hostd.errors import ConfigError, ConfigErrors
+from hostd.runtimes import expand_uri
 
 Loc = tuple[str | int, ...]
 ENV_PREFIX = "HOSTD_"
@@ -76,6 +77,9 @@ class ModelSettings(ComponentSettings):
     create_endpoint: bool = True
     # rest-model-service (before 0.5) named each model here; if given, it must match the model.
     qualified_name: str | None = None
+
+    # ``- uri: models/iris.skops``: short for the runtime that serves the file (hostd.runtimes).
+    _uri_names_a_runtime = model_validator(mode="before")(expand_uri)
 
     @model_validator(mode="after")
     def _per_client_within_max_pending(self) -> ModelSettings:

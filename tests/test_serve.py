@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from hostd import serve
+from hostd import runtimes, serve
 from hostd.errors import ConfigError
 from hostd.settings import HostSettings
 
 
 @pytest.mark.parametrize(("file", "runtime"), [
-    ("iris.skops", serve.SKLEARN), ("iris.joblib", serve.SKLEARN), ("booster.json", serve.XGBOOST),
-    ("booster.ubj", serve.XGBOOST), ("model.txt", serve.LIGHTGBM), ("graph.onnx", serve.ONNX)])
+    ("iris.skops", runtimes.SKLEARN), ("iris.joblib", runtimes.SKLEARN), ("booster.json", runtimes.XGBOOST),
+    ("booster.ubj", runtimes.XGBOOST), ("model.txt", runtimes.LIGHTGBM), ("graph.onnx", runtimes.ONNX)])
 def test_a_model_file_is_served_by_the_runtime_its_extension_names(tmp_path: Path, file: str, runtime: str) -> None:
     path = tmp_path / file
     path.write_bytes(b"")
@@ -45,5 +45,5 @@ def test_what_cannot_be_served_says_why(target: str, transports: list[str], word
 def test_an_mlflow_directory_is_served_by_the_mlflow_runtime(tmp_path: Path) -> None:
     (tmp_path / "MLmodel").write_text("flavors: {}\n")
     made = serve.config(str(tmp_path), trust=True)
-    assert made["models"] == [{"class_path": serve.MLFLOW, "configuration": {"uri": str(tmp_path.resolve()),
+    assert made["models"] == [{"class_path": runtimes.MLFLOW, "configuration": {"uri": str(tmp_path.resolve()),
                                                                               "trust": True}}]

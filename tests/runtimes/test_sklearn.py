@@ -20,7 +20,7 @@ from hostd.loading import load_model
 from hostd.model import check_model
 from hostd.runtimes.artifact import ArtifactError, file_sha256
 from hostd.runtimes.sklearn import SklearnModel
-from hostd.settings import ModelSettings
+from hostd.settings import ModelSettings, parse_settings
 
 IRIS_FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 
@@ -145,3 +145,17 @@ def test_a_bad_artifact_is_a_config_error_naming_the_entry_and_what_to_do(
 
 def test_the_checksum_that_matches_loads(skops_file: Path) -> None:
     assert SklearnModel(uri=str(skops_file), sha256=file_sha256(skops_file).upper()).qualified_name == "iris"
+
+
+def test_a_uri_alone_names_the_runtime_that_serves_it(skops_file: Path, tmp_path: Path) -> None:
+    settings = parse_settings(f"models:\n  - uri: {skops_file}\n    configuration: {{name: flowers}}\n    "
+                              "timeout_ms: 500\n", "host.yaml")
+    (entry,) = settings.models
+    assert (entry.class_path, entry.configuration, entry.timeout_ms) == (
+        "hostd.runtimes.sklearn:SklearnModel", {"uri": str(skops_file), "name": "flowers"}, 500)
+    assert load_model(entry).qualified_name == "flowers"
+    for text, words in [(f"models:\n  - uri: {tmp_path / 'model.bin'}\n", "no built-in runtime serves"),
+                        (f"models:\n  - uri: {skops_file}\n    class_path: a.b:C\n", "not both")]:
+        with pytest.raises(ConfigError, match=words) as raised:
+            parse_settings(text, "host.yaml")
+        assert "host.yaml:2" in str(raised.value), str(raised.value)
