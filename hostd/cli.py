@@ -129,6 +129,11 @@ def _serve(settings: HostSettings, pm: Any, announce: Any = None) -> None:
     try:
         anyio.run(main, backend_options={"use_uvloop": _has_uvloop()})
     except BaseExceptionGroup as group:
+        # The task group wraps what the daemon raised: a config error (a model that does not load)
+        # goes on to ReportConfigErrors as itself; a transport that cannot start is a one-line error.
+        misconfigured = group.subgroup(ConfigError)
+        if misconfigured is not None:
+            raise innermost(misconfigured) from None
         failed = group.subgroup(StartupError)
         if failed is None:
             raise

@@ -1,6 +1,7 @@
-"""A scikit-learn file served with no code (hostd.runtimes.sklearn), end to end: a real `hostd run`
-answers over the author's HTTP API and OIP v2 (tritonclient), in a process worker too, and
-`hostd batch` scores a file with it; every answer equals the estimator's own prediction."""
+"""Model files served with no code (hostd.runtimes), end to end: for each runtime (scikit-learn,
+XGBoost, LightGBM, ONNX, MLflow) a real `hostd run` answers over the author's HTTP API and OIP v2
+(tritonclient), and `hostd batch` scores a file with it; every answer equals the library's own
+prediction. Also: a process worker, `hostd serve`, and a file in object storage (S3 on moto)."""
 
 from __future__ import annotations
 
@@ -38,6 +39,82 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     path = tmp_path_factory.mktemp("artifact") / "flowers.skops"
     sio.dump(estimator, path)
     return path, estimator, data.data[::10]  # 15 rows, every species
+
+
+SPECIES = ["setosa", "versicolor", "virginica"]
+
+
+@pytest.fixture(scope="module")
+def every_runtime(tmp_path_factory: pytest.TempPathFactory, trained: Trained) -> dict[str, tuple[dict[str, object],
+                                                                                                  list[str]]]:
+    """Per runtime: a model entry named flowers for an iris classifier saved in that runtime's format, and
+    what the library predicts for the `trained` rows."""
+    import lightgbm
+    import mlflow.sklearn
+    import pandas
+    import xgboost
+    from skl2onnx import to_onnx
+
+    folder = tmp_path_factory.mktemp("runtimes")
+    path, estimator, matrix = trained
+    data = load_iris()
+    boosted = xgboost.XGBClassifier(n_estimators=10, max_depth=3).fit(data.data, data.target)
+    boosted.save_model(folder / "flowers.json")
+    light = lightgbm.LGBMClassifier(n_estimators=10, verbose=-1).fit(data.data, data.target)
+    light.booster_.save_model(folder / "flowers.txt")
+    (folder / "flowers.onnx").write_bytes(to_onnx(estimator, data.data[:1].astype(np.float32)).SerializeToString())
+    frame = pandas.DataFrame(data.data, columns=FEATURES)  # MLflow's signature names the columns
+    framed = LogisticRegression(max_iter=500).fit(frame, np.array(data.target_names)[data.target])
+    mlflow.sklearn.save_model(framed, str(folder / "flowers"),
+                              signature=mlflow.models.infer_signature(frame, framed.predict(frame)))
+    by_index = {"classes": SPECIES, "features": FEATURES}
+    return {
+        "sklearn": ({"uri": str(path), "configuration": {"features": FEATURES}}, estimator.predict(matrix).tolist()),
+        "xgboost": ({"uri": str(folder / "flowers.json"), "configuration": by_index},
+                    [SPECIES[i] for i in boosted.predict(matrix).tolist()]),
+        "lightgbm": ({"uri": str(folder / "flowers.txt"), "configuration": by_index},
+                     [SPECIES[i] for i in light.predict(matrix).tolist()]),
+        "onnx": ({"uri": str(folder / "flowers.onnx"), "configuration": {"features": FEATURES}},
+                 estimator.predict(matrix).tolist()),
+        "mlflow": ({"uri": str(folder / "flowers"), "configuration": {"trust": True}},
+                   framed.predict(pandas.DataFrame(matrix, columns=FEATURES)).tolist()),
+    }
+
+
+@pytest.mark.filterwarnings("ignore:.*Any type hint is inferred as AnyType:UserWarning")  # MLflow's, saving
+@pytest.mark.parametrize("runtime", ["sklearn", "xgboost", "lightgbm", "onnx", "mlflow"])
+def test_every_runtime_answers_what_its_library_predicts_over_http_oip_v2_and_batch(
+        start_hostd: Start, every_runtime: dict[str, tuple[dict[str, object], list[str]]], trained: Trained,
+        tmp_path: Path, runtime: str) -> None:
+    model, expected = every_runtime[runtime]
+    _, _, matrix = trained
+    server = start_hostd({"models": [model]})
+    metadata = httpx.get(f"{server.url}/api/models/flowers/metadata", timeout=PATIENCE_S).json()
+    fields = list(metadata["input_schema"]["properties"])
+    assert fields == FEATURES, metadata  # from the configuration, or from MLflow's signature
+    rows = [dict(zip(fields, row.tolist(), strict=True)) for row in matrix]
+    answers = [httpx.post(f"{server.url}/api/models/flowers/prediction", json=row, timeout=PATIENCE_S).json()
+               for row in rows]
+    assert [answer["prediction"] for answer in answers] == expected
+    client = triton.InferenceServerClient(f"127.0.0.1:{server.port}")
+    try:
+        inputs = []
+        for index, name in enumerate(fields):
+            tensor = triton.InferInput(name, [len(matrix)], "FP64")
+            tensor.set_data_from_numpy(matrix[:, index].astype(np.float64))
+            inputs.append(tensor)
+        result = client.infer("flowers", inputs, outputs=[triton.InferRequestedOutput("prediction")])
+        assert [label.decode() for label in result.as_numpy("prediction").tolist()] == expected
+    finally:
+        client.close()
+    config, source, target = tmp_path / "host.yaml", tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    config.write_text(yaml.safe_dump({"models": [model]}))
+    source.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    done = subprocess.run([str(Path(sys.executable).with_name("hostd")), "batch", str(config), "--model", "flowers",
+                           "--input", str(source), "--output", str(target)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert [json.loads(line)["prediction"]["prediction"] for line in target.read_text().splitlines()] == expected
 
 
 def entry(path: Path, **extra: object) -> dict[str, object]:
@@ -163,3 +240,14 @@ def test_a_model_in_object_storage_is_fetched_checked_and_served(start_hostd: St
             assert f"{config}:" in checked.stderr and words in checked.stderr, checked.stderr
     finally:
         moto.stop()
+
+
+def test_hostd_run_with_a_model_file_that_does_not_load_is_a_config_error(tmp_path: Path) -> None:
+    config = tmp_path / "host.yaml"
+    config.write_text(yaml.safe_dump({"models": [{"uri": str(tmp_path / "missing.skops")}],
+                                      "transports": {"http": {"port": free_port()}}}))
+    done = subprocess.run([str(Path(sys.executable).with_name("hostd")), "run", str(config)], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert f"{config}:2:" in done.stderr and "does not exist: check the path" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and "uncaught exception" not in done.stderr, done.stderr
