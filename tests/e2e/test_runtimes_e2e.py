@@ -96,17 +96,7 @@ def test_every_runtime_answers_what_its_library_predicts_over_http_oip_v2_and_ba
     answers = [httpx.post(f"{server.url}/api/models/flowers/prediction", json=row, timeout=PATIENCE_S).json()
                for row in rows]
     assert [answer["prediction"] for answer in answers] == expected
-    client = triton.InferenceServerClient(f"127.0.0.1:{server.port}")
-    try:
-        inputs = []
-        for index, name in enumerate(fields):
-            tensor = triton.InferInput(name, [len(matrix)], "FP64")
-            tensor.set_data_from_numpy(matrix[:, index].astype(np.float64))
-            inputs.append(tensor)
-        result = client.infer("flowers", inputs, outputs=[triton.InferRequestedOutput("prediction")])
-        assert [label.decode() for label in result.as_numpy("prediction").tolist()] == expected
-    finally:
-        client.close()
+    assert oip_predictions(server.port, fields, matrix) == expected
     config, source, target = tmp_path / "host.yaml", tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     config.write_text(yaml.safe_dump({"models": [model]}))
     source.write_text("".join(json.dumps(row) + "\n" for row in rows))
@@ -115,6 +105,21 @@ def test_every_runtime_answers_what_its_library_predicts_over_http_oip_v2_and_ba
                           timeout=120)
     assert done.returncode == 0, done.stderr
     assert [json.loads(line)["prediction"]["prediction"] for line in target.read_text().splitlines()] == expected
+
+
+def oip_predictions(port: int, fields: list[str], matrix: np.ndarray) -> list[str]:
+    """What tritonclient.http gets from flowers for ``matrix``, one FP64 tensor per field."""
+    client = triton.InferenceServerClient(f"127.0.0.1:{port}")
+    try:
+        inputs = []
+        for index, name in enumerate(fields):
+            tensor = triton.InferInput(name, [len(matrix)], "FP64")
+            tensor.set_data_from_numpy(matrix[:, index].astype(np.float64))
+            inputs.append(tensor)
+        result = client.infer("flowers", inputs, outputs=[triton.InferRequestedOutput("prediction")])
+        return [label.decode() for label in result.as_numpy("prediction").tolist()]
+    finally:
+        client.close()
 
 
 def entry(path: Path, **extra: object) -> dict[str, object]:
@@ -133,17 +138,7 @@ def test_http_and_oip_v2_answer_what_the_estimator_predicts(start_hostd: Start, 
     assert [answer["prediction"] for answer in answers] == expected
     sent = np.array([list(answer["probabilities"].values()) for answer in answers])
     assert np.allclose(sent, estimator.predict_proba(matrix))
-    client = triton.InferenceServerClient(f"127.0.0.1:{server.port}")
-    try:
-        inputs = []
-        for index, name in enumerate(FEATURES):
-            tensor = triton.InferInput(name, [len(matrix)], "FP64")
-            tensor.set_data_from_numpy(matrix[:, index].astype(np.float64))
-            inputs.append(tensor)
-        result = client.infer("flowers", inputs, outputs=[triton.InferRequestedOutput("prediction")])
-        assert [label.decode() for label in result.as_numpy("prediction").tolist()] == expected
-    finally:
-        client.close()
+    assert oip_predictions(server.port, FEATURES, matrix) == expected
 
 
 def test_hostd_batch_scores_a_file_with_it(tmp_path: Path, trained: Trained) -> None:
