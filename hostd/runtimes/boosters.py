@@ -34,7 +34,7 @@ class _Booster(TabularModel):
 
     def __init__(self, *, uri: str, path_stem: str, name: str | None, version: str, probabilities: bool,
                  description: str | None, features: list[str], class_count: int,
-                 classes: list[Any] | None) -> None:
+                 classes: list[Any] | None, deterministic: bool) -> None:
         if classes is not None and class_count and len(classes) != class_count:
             raise ArtifactError(f"{uri}: classes lists {len(classes)} labels, but the model has {class_count} "
                                 f"classes; list exactly {class_count}")
@@ -44,7 +44,8 @@ class _Booster(TabularModel):
         labels = classes if classes is not None else list(range(class_count)) or None
         super().__init__(uri=uri, name=name or path_stem, version=version, features=features, classes=labels,
                          probabilities=probabilities,
-                         description=description or f"{self.kind} {'classifier' if class_count else 'regressor'}")
+                         description=description or f"{self.kind} {'classifier' if class_count else 'regressor'}",
+                         deterministic=deterministic)
 
     def raw(self, matrix: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -68,7 +69,7 @@ class XGBoostModel(_Booster):
     def __init__(self, uri: str, name: str | None = None, version: str = "1.0.0", sha256: str | None = None,
                  classes: list[Any] | None = None, probabilities: bool = False,
                  features: list[str] | None = None, description: str | None = None,
-                 storage_options: dict[str, Any] | None = None) -> None:
+                 storage_options: dict[str, Any] | None = None, deterministic: bool = True) -> None:
         import xgboost
 
         path = fetch(uri, sha256, storage_options)
@@ -86,7 +87,7 @@ class XGBoostModel(_Booster):
         class_count = _xgboost_classes(self._booster, objective)
         self._dmatrix = xgboost.DMatrix
         super().__init__(uri=uri, path_stem=path.stem, name=name, version=version, probabilities=probabilities,
-                         description=description, class_count=class_count, classes=classes,
+                         description=description, class_count=class_count, classes=classes, deterministic=deterministic,
                          features=feature_list(self._booster.num_features(), self._booster.feature_names, features,
                                                uri))
         self._booster.feature_names = None  # hostd passes the columns in order, unnamed
@@ -109,7 +110,7 @@ class LightGBMModel(_Booster):
     def __init__(self, uri: str, name: str | None = None, version: str = "1.0.0", sha256: str | None = None,
                  classes: list[Any] | None = None, probabilities: bool = False,
                  features: list[str] | None = None, description: str | None = None,
-                 storage_options: dict[str, Any] | None = None) -> None:
+                 storage_options: dict[str, Any] | None = None, deterministic: bool = True) -> None:
         import lightgbm
 
         path = fetch(uri, sha256, storage_options)
@@ -122,7 +123,7 @@ class LightGBMModel(_Booster):
             int(objective.split("num_class:")[1].split()[0]) if objective.startswith("multiclass") else 0
         known = [n for n in self._booster.feature_name() if not n.startswith(_UNNAMED)]
         super().__init__(uri=uri, path_stem=path.stem, name=name, version=version, probabilities=probabilities,
-                         description=description, class_count=class_count, classes=classes,
+                         description=description, class_count=class_count, classes=classes, deterministic=deterministic,
                          features=feature_list(self._booster.num_feature(), known or None, features, uri))
 
     def raw(self, matrix: np.ndarray) -> np.ndarray:

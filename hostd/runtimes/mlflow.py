@@ -34,7 +34,8 @@ TYPES = {"double": float, "float": float, "long": int, "integer": int, "boolean"
 class MlflowModel(Runtime):
 
     def __init__(self, uri: str, trust: bool = False, name: str | None = None, version: str = "1.0.0",
-                 description: str | None = None, storage_options: dict[str, Any] | None = None) -> None:
+                 description: str | None = None, storage_options: dict[str, Any] | None = None,
+                 deterministic: bool = True) -> None:
         if not trust:
             raise ArtifactError(f"{uri}: loading an MLflow model runs the Python code it names (its loader, "
                                 "usually a pickle); hostd loads one only with trust: true in the entry's "
@@ -63,7 +64,7 @@ class MlflowModel(Runtime):
         name = name or path.name
         self.describe(name, version, description or f"MLflow model from {Path(uri).name}",
                       input_schema(name, self._columns, [TYPES[_type_name(column)] for column in columns]),
-                      output_schema(name, _output_type(signature), None, probabilities=False))
+                      output_schema(name, _output_type(signature), None, probabilities=False), deterministic)
 
     def predict_batch(self, data: list[BaseModel]) -> list[BaseModel]:
         if not data:

@@ -30,7 +30,7 @@ class OnnxModel(TabularModel):
     def __init__(self, uri: str, name: str | None = None, version: str = "1.0.0", sha256: str | None = None,
                  features: list[str] | None = None, probabilities: bool = False, classes: list[Any] | None = None,
                  description: str | None = None,
-                 storage_options: dict[str, Any] | None = None) -> None:
+                 storage_options: dict[str, Any] | None = None, deterministic: bool = True) -> None:
         import onnxruntime
 
         path = fetch(uri, sha256, storage_options)
@@ -61,7 +61,7 @@ class OnnxModel(TabularModel):
             classes = self._probe_classes(uri, len(columns), dtype)
         super().__init__(uri=uri, name=name or path.stem, version=version, features=columns, classes=classes,
                          probabilities=probabilities, label=label, dtype=dtype,
-                         description=description or f"ONNX graph from {path.name}")
+                         description=description or f"ONNX graph from {path.name}", deterministic=deterministic)
 
     def _probe_classes(self, uri: str, width: int, dtype: Any) -> list[Any]:
         """The class names a map-valued probability output uses, from one prediction on zeros."""

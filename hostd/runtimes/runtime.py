@@ -15,8 +15,10 @@ class Runtime(MLModel):
     deterministic = True
 
     def describe(self, name: str, version: str, description: str, input_schema: type[BaseModel],
-                 output_schema: type[BaseModel]) -> None:
+                 output_schema: type[BaseModel], deterministic: bool = True) -> None:
         self._name, self._version, self._description = name, version, description
+        # Every built-in runtime is, unless the entry says otherwise (an MLflow pyfunc that samples).
+        self.deterministic = deterministic
         self._input, self._output = input_schema, output_schema
         self._outputs: TypeAdapter[list[Any]] = TypeAdapter(list[output_schema])  # type: ignore[valid-type]
 

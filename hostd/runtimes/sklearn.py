@@ -31,7 +31,7 @@ class SklearnModel(TabularModel):
     def __init__(self, uri: str, name: str | None = None, version: str = "1.0.0", sha256: str | None = None,
                  trust: bool = False, trusted_types: list[str] | None = None, probabilities: bool = False,
                  features: list[str] | None = None, description: str | None = None,
-                 storage_options: dict[str, Any] | None = None) -> None:
+                 storage_options: dict[str, Any] | None = None, deterministic: bool = True) -> None:
         path = fetch(uri, sha256, storage_options)
         self._estimator = load_estimator(path, uri, trust, trusted_types or [])
         known = getattr(self._estimator, "feature_names_in_", None)
@@ -47,7 +47,8 @@ class SklearnModel(TabularModel):
         classes = getattr(self._estimator, "classes_", None)
         super().__init__(uri=uri, name=name or path.stem, version=version, features=columns,
                          classes=None if classes is None else classes.tolist(), probabilities=probabilities,
-                         description=description or f"{type(self._estimator).__name__} from {path.name}")
+                         description=description or f"{type(self._estimator).__name__} from {path.name}",
+                         deterministic=deterministic)
 
     def predict_matrix(self, matrix: np.ndarray) -> list[Any]:
         return self._estimator.predict(matrix).tolist()  # type: ignore[no-any-return]

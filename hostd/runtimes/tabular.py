@@ -23,7 +23,7 @@ class TabularModel(Runtime):
 
     def __init__(self, *, uri: str, name: str, version: str, description: str, features: list[str],
                  classes: list[Any] | None, probabilities: bool, label: type | None = None,
-                 dtype: Any = np.float64) -> None:
+                 dtype: Any = np.float64, deterministic: bool = True) -> None:
         if probabilities and not classes:
             raise ArtifactError(f"{uri}: probabilities: true, but the model is not a classifier that gives "
                                 "them; remove the option")
@@ -34,7 +34,7 @@ class TabularModel(Runtime):
         self._dtype = dtype  # of the matrix the model is given
         label = label or (type(classes[0]) if classes else float)
         self.describe(name, version, description, input_schema(name, features),
-                      output_schema(name, label, classes, probabilities))
+                      output_schema(name, label, classes, probabilities), deterministic)
 
     def predict_batch(self, data: list[BaseModel]) -> list[BaseModel]:
         if not data:

@@ -17,7 +17,7 @@ from sklearn.svm import LinearSVC
 
 from hostd.errors import ConfigError, ModelLoadError
 from hostd.loading import load_model
-from hostd.model import check_model
+from hostd.model import check_model, is_deterministic
 from hostd.runtimes.artifact import ArtifactError, file_sha256
 from hostd.runtimes.sklearn import SklearnModel
 from hostd.settings import ModelSettings, parse_settings
@@ -159,3 +159,21 @@ def test_a_uri_alone_names_the_runtime_that_serves_it(skops_file: Path, tmp_path
         with pytest.raises(ConfigError, match=words) as raised:
             parse_settings(text, "host.yaml")
         assert "host.yaml:2" in str(raised.value), str(raised.value)
+
+
+def test_the_typed_grpc_service_and_openapi_name_each_class_probability(skops_file: Path) -> None:
+    from hostd_grpc.typed import describe, render
+
+    from hostd.registry import ServedModel
+
+    model = SklearnModel(uri=str(skops_file), features=IRIS_FEATURES, probabilities=True)
+    proto = render(describe(ServedModel(model, ModelSettings(class_path="hostd.runtimes.sklearn:SklearnModel"))))
+    assert "service Iris" in proto and "setosa" in proto and "virginica" in proto
+    schema = model.output_schema.model_json_schema(by_alias=True)
+    (nested,) = schema["$defs"].values()
+    assert list(nested["properties"]) == ["setosa", "versicolor", "virginica"]
+
+
+def test_deterministic_unless_the_entry_says_otherwise(skops_file: Path) -> None:
+    assert is_deterministic(SklearnModel(uri=str(skops_file)))
+    assert not is_deterministic(SklearnModel(uri=str(skops_file), deterministic=False))
