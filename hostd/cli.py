@@ -111,7 +111,7 @@ def new(name: str, kind: str, directory: Path) -> None:
 
     root = scaffold.create(name, kind, directory)
     cls = scaffold.class_name(name)
-    click.echo(f"created {root} and trained it ({root / name / 'model_files' / 'model.skops'})\n"
+    click.echo(f"created {root} and trained it ({root / 'src' / name / 'model_files' / 'model.skops'})\n"
                f"  pip install -e '{root}[test]' && pytest {root}\n"
                f"  then serve it: hostd serve {name}.model:{cls}  (or class_path: {name}.model:{cls} in host.yaml)")
 

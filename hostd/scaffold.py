@@ -5,7 +5,9 @@ input and output schemas, a training script that saves the parameters as package
 README and tests, then runs the training once so the package works at once: ``pip install -e NAME &&
 pytest NAME`` is green, and ``class_path: NAME.model:ClassName`` in a host.yaml serves it. The starting
 estimator is a classifier (scikit-learn's iris data) or a regressor (its diabetes data); the files are
-``string.Template`` texts, no template engine.
+``string.Template`` texts, no template engine. The package sits under ``src/``: an editable install
+then puts ``src`` on the path, so the package imports the same from any directory (in the flat layout,
+the project's own folder, named like the package, shadowed it when Python ran from its parent).
 """
 
 from __future__ import annotations
@@ -62,7 +64,8 @@ def create(name: str, kind: str, directory: Path) -> Path:
         path = root / Template(relative).substitute(values)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(Template(text).substitute(values))
-    trained = subprocess.run([sys.executable, "-m", f"{name}.train"], cwd=root, capture_output=True, text=True)
+    trained = subprocess.run([sys.executable, "-m", f"{name}.train"], cwd=root / "src", capture_output=True,
+                             text=True)
     if trained.returncode != 0:
         raise RuntimeError(f"{name}'s first training failed:\n{trained.stderr[-2000:]}")
     return root
@@ -106,8 +109,8 @@ $pins
 [project.optional-dependencies]
 test = ["pytest>=8"]
 
-[tool.setuptools]
-packages = ["$name"]
+[tool.setuptools.packages.find]
+where = ["src"]
 
 [tool.setuptools.dynamic]
 version = { attr = "$name.__version__" }
@@ -115,11 +118,11 @@ version = { attr = "$name.__version__" }
 [tool.setuptools.package-data]
 $name = ["model_files/*.skops"]
 ''',
-    "$name/__init__.py": '''"""A $kind for hostd; the model class is ``$name.model:$cls``."""
+    "src/$name/__init__.py": '''"""A $kind for hostd; the model class is ``$name.model:$cls``."""
 
 __version__ = "0.1.0"  # semver: bump the major version when the schemas change incompatibly
 ''',
-    "$name/schemas.py": '''"""Input and output of $name."""
+    "src/$name/schemas.py": '''"""Input and output of $name."""
 
 from __future__ import annotations
 
@@ -137,7 +140,7 @@ $fields
 class ${cls}Output(BaseModel):
     $output_field: $output_type
 ''',
-    "$name/model.py": '''"""$cls: the model class hostd serves (``class_path: $name.model:$cls``)."""
+    "src/$name/model.py": '''"""$cls: the model class hostd serves (``class_path: $name.model:$cls``)."""
 
 from __future__ import annotations
 
@@ -175,7 +178,7 @@ class $cls(MLModel):
         matrix = np.array([[getattr(row, name) for name in FEATURES] for row in data], dtype=np.float64)
         return [${cls}Output($output_field=value) for value in self._estimator.predict(matrix).tolist()]
 ''',
-    "$name/train.py": '''"""Train $name on scikit-learn's bundled $dataset data: ``python -m $name.train``."""
+    "src/$name/train.py": '''"""Train $name on scikit-learn's bundled $dataset data: ``python -m $name.train``."""
 
 from __future__ import annotations
 
@@ -255,12 +258,12 @@ A $kind served by [hostd](https://github.com/hostd/hostd), trained on scikit-lea
 ```sh
 pip install -e $name            # (or pip install -e "$name[test]" for pytest)
 pytest $name                    # the model loads and predicts
-python -m $name.train           # retrain: writes $name/model_files/model.skops
+python -m $name.train           # retrain: writes src/$name/model_files/model.skops
 ```
 
 Serve it: add it to a host.yaml (`models: [{class_path: $name.model:$cls}]`) and `hostd run host.yaml`,
-or `hostd serve $name.model:$cls`. Change the schemas in `$name/schemas.py`, the estimator and the
-training data in `$name/train.py`, and bump the version in `$name/__init__.py` (semver: the major
+or `hostd serve $name.model:$cls`. Change the schemas in `src/$name/schemas.py`, the estimator and the
+training data in `src/$name/train.py`, and bump the version in `src/$name/__init__.py` (semver: the major
 version when the schemas change incompatibly).
 ''',
 }

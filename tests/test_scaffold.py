@@ -31,10 +31,10 @@ def new(name: str, kind: str, directory: Path) -> Path:
 @pytest.mark.parametrize("kind", ["classifier", "regressor"])
 def test_the_new_package_is_trained_and_its_own_tests_pass(tmp_path: Path, kind: str) -> None:
     root = new("flowers_model", kind, tmp_path)
-    assert (root / "flowers_model" / "model_files" / "model.skops").stat().st_size > 0
+    assert (root / "src" / "flowers_model" / "model_files" / "model.skops").stat().st_size > 0
     tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(root / "tests")],
-                           cwd=root, env={**os.environ, "PYTHONPATH": str(root)}, capture_output=True, text=True,
-                           timeout=120)
+                           cwd=root, env={**os.environ, "PYTHONPATH": str(root / "src")}, capture_output=True,
+                           text=True, timeout=120)
     assert tests.returncode == 0 and "3 passed" in tests.stdout, tests.stdout + tests.stderr
 
 
@@ -54,7 +54,7 @@ def test_hostd_serves_it_from_a_host_yaml(tmp_path: Path, start_hostd: Callable[
     root = new("flowers_model", "classifier", tmp_path)
     # As installed: importable by hostd (here from PYTHONPATH rather than pip install -e, to leave the venv be).
     server = start_hostd({"models": [{"class_path": "flowers_model.model:FlowersModel"}]},
-                         env={"PYTHONPATH": str(root)})
+                         env={"PYTHONPATH": str(root / "src")})
     reply = httpx.post(f"{server.url}/api/models/flowers_model/prediction", timeout=30,
                        json={"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2})
     assert reply.json() == {"label": "setosa"}
