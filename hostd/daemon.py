@@ -22,7 +22,10 @@ from hostd import plugins
 from hostd.auth import Guard
 from hostd.dataplane import DataPlane
 from hostd.errors import HostdError, StartupError, innermost
+from hostd.feedback import Feedback
+from hostd.logsinks import make_sink
 from hostd.observability import Metrics
+from hostd.predictionlog import PredictionLog
 from hostd.repository import ModelRepository
 from hostd.settings import HostSettings, load_settings
 from hostd.transports import Shutdown, Transport, TransportContext
@@ -55,7 +58,7 @@ async def serve(settings: HostSettings, pm: pluggy.PluginManager, stop: anyio.Ev
     repository = await anyio.to_thread.run_sync(ModelRepository, settings, None, reread)
     try:
         await repository.start()
-        dataplane = DataPlane(repository.registry, Metrics(), repository, guard)
+        dataplane = _dataplane(settings, repository, guard)
         repository.on_change = dataplane.models_changed
         async with anyio.create_task_group() as background:
             if handle_signals:
@@ -63,12 +66,29 @@ async def serve(settings: HostSettings, pm: pluggy.PluginManager, stop: anyio.Ev
             if settings.watch:
                 background.start_soon(_reload_on_change, repository)
             background.start_soon(dataplane.run_shadows)
+            if dataplane.prediction_log is not None:
+                background.start_soon(dataplane.prediction_log.run)
             await _serve_until_stopped(selected, dataplane, settings, stop, task_status, started)
+            if dataplane.prediction_log is not None:  # every request is answered: its records are all there
+                await dataplane.prediction_log.finish(settings.shutdown_grace_s)
             background.cancel_scope.cancel()
     finally:
         with anyio.CancelScope(shield=True):
             await repository.close()
         log.info("stopped")
+
+
+def _dataplane(settings: HostSettings, repository: ModelRepository, guard: Guard) -> DataPlane:
+    """The data plane, with the prediction log and feedback the settings ask for."""
+    metrics = Metrics()
+    prediction_log, lookup = None, None
+    if settings.prediction_log is not None:
+        sink = make_sink(settings.prediction_log, settings)
+        prediction_log = PredictionLog(settings.prediction_log, sink, metrics)
+        lookup = getattr(sink, "find", None)  # a label that came late is looked for in the log's files
+    feedback = Feedback(settings.feedback, metrics, lookup) if settings.feedback is not None else None
+    return DataPlane(repository.registry, metrics, repository, guard, prediction_log=prediction_log,
+                     feedback=feedback)
 
 
 async def _serve_until_stopped(transports: list[Transport[Any]], dataplane: DataPlane, settings: HostSettings,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -13,6 +14,7 @@ import structlog
 
 from hostd import kernel
 from hostd.auth import Guard
+from hostd.cache import PredictionCache, make_cache
 from hostd.clients import Client
 from hostd.errors import (
     ErrorCode,
@@ -25,7 +27,9 @@ from hostd.errors import (
     Overloaded,
     Timeout,
 )
+from hostd.feedback import Feedback, Target
 from hostd.observability import Metrics
+from hostd.predictionlog import PredictionLog, Record
 from hostd.ratelimitedlog import RateLimitedLog
 from hostd.registry import Registry, ServedModel
 from hostd.shadow import Shadows
@@ -43,6 +47,7 @@ DEADLINE_SLACK_S = 0.05  # see _call: how early a client's cancel for its deadli
 # Validating or dumping costs ~5-8 µs a row on the event loop: a request bigger than this does it in a
 # thread, so one 65,000-row request (1 MB of JSON) cannot stall every other client for half a second.
 OFF_LOOP_ROWS = 512
+MAX_REQUEST_ID = 256  # characters: a request id comes from the client (X-Request-Id, an envelope's id)
 
 
 class State(str, Enum):
@@ -51,11 +56,18 @@ class State(str, Enum):
     DRAINING = "draining"
 
 
+def new_request_id() -> str:
+    """An id for a request whose client sent none (every answer carries one, for feedback and logs)."""
+    return uuid.uuid4().hex
+
+
 @dataclass(frozen=True, slots=True)
 class Prediction:
     model: str
     version: str
     outputs: list[dict[str, Any]]  # one JSON-ready dict per input row
+    request_id: str | None = None
+    cached: bool | None = None  # every row answered from the cache; None: the model has no cache
 
     @property
     def output(self) -> dict[str, Any]:
@@ -64,7 +76,8 @@ class Prediction:
 
 class DataPlane:
     def __init__(self, registry: Registry, metrics: Metrics | None = None,
-                 repository: ModelRepository | None = None, guard: Guard | None = None) -> None:
+                 repository: ModelRepository | None = None, guard: Guard | None = None, *,
+                 prediction_log: PredictionLog | None = None, feedback: Feedback | None = None) -> None:
         self.registry = registry
         # Who may do what: transports call guard.check() with the credential they carry.
         self.guard = guard or Guard()
@@ -73,6 +86,8 @@ class DataPlane:
         # What can be loaded and unloaded at run time; None where the model set is fixed (Lambda).
         self.repository = repository
         self.shadows = Shadows(self.metrics)
+        self.prediction_log = prediction_log  # a record per sampled request (None: off)
+        self.feedback = feedback  # recent predictions, for ground-truth labels (None: off)
         self._in_flight = InFlight()
         self._started: asyncio.Event | None = None  # made only when a transport waits for the start
         self._failures = RateLimitedLog(log)  # clients cause these: a line per kind per interval, not per request
@@ -81,6 +96,8 @@ class DataPlane:
     def models_changed(self) -> None:
         """The registry or the settings changed (the repository calls this after a change)."""
         self.metrics.models_loaded.set(len(self.registry))
+        for served in self.registry:
+            self._cache_of(served)
         settings = self.repository.settings if self.repository is not None else None
         if settings is not None and (settings.auth, settings.rate_limit) != (self.guard.settings, self.guard.limit):
             self.guard = Guard.of(settings)  # keys rotated by a reload apply at once
@@ -145,16 +162,21 @@ class DataPlane:
         return self.registry.get(name, version)
 
     async def predict(self, model: str, data: Any, version: str | None = None, *, transport: str = "inproc",
-                      deadline_s: float | None = None, client: Client | None = None) -> Prediction:
+                      deadline_s: float | None = None, client: Client | None = None, request_id: str | None = None,
+                      use_cache: bool = True) -> Prediction:
         """Predict one input (a dict, or an instance of the model's input schema)."""
         return await self.predict_many(model, [data], version, transport=transport, deadline_s=deadline_s,
-                                       client=client)
+                                       client=client, request_id=request_id, use_cache=use_cache)
 
     async def predict_many(self, model: str, rows: Sequence[Any], version: str | None = None, *,
                            transport: str = "inproc", deadline_s: float | None = None,
-                           client: Client | None = None) -> Prediction:
-        """Predict many rows in one call to the model; any invalid row fails the whole request."""
+                           client: Client | None = None, request_id: str | None = None,
+                           use_cache: bool = True) -> Prediction:
+        """Predict many rows in one call to the model; any invalid row fails the whole request.
+        ``request_id`` names it in the prediction log and for feedback; ``use_cache=False`` skips
+        the model's cache (the client asked for a fresh answer)."""
         started = time.perf_counter()
+        served: ServedModel | None = None
         try:
             self._check_ready()
             served = self._servable(model, version)
@@ -162,59 +184,81 @@ class DataPlane:
                                        served.model.input_schema, rows)
         except HostdError as exc:
             self._refused(model, transport, exc, started)
+            self._observe(request_id, model, served, transport, rows, exc, started)
             raise
         timeout = served.settings.timeout_ms / 1000
         if deadline_s is not None:
             timeout = min(timeout, max(deadline_s, 0.0))
-        (outcome,), served = await self._call(served, [inputs], transport, timeout, started, client, version)
-        if isinstance(outcome, HostdError):
-            raise outcome
-        return Prediction(served.name, served.version, outcome)
+        try:
+            (outcome,), served, (cached,) = await self._call(served, [inputs], transport, timeout, started, client,
+                                                             version, use_cache)
+            if isinstance(outcome, HostdError):
+                raise outcome
+        except HostdError as exc:
+            self._observe(request_id, model, served, transport, rows, exc, started)
+            raise
+        result = Prediction(served.name, served.version, outcome, request_id, cached)
+        self._observe(request_id, model, served, transport, rows, result, started)
+        return result
 
     async def predict_each(self, model: str, rows: Sequence[Any], version: str | None = None, *,
-                           transport: str = "inproc", client: Client | None = None) -> list[Prediction | HostdError]:
+                           transport: str = "inproc", client: Client | None = None,
+                           request_ids: Sequence[str | None] | None = None,
+                           use_cache: bool = True) -> list[Prediction | HostdError]:
         """Predict many independent rows (stream messages): each row gets its own outcome. Valid
         rows go to the model in chunks of ``EACH_CHUNK``, each row with its own ``timeout_ms``
         budget (a chunk may take ``timeout_ms`` x its rows); a row that makes the model fail, fails
-        alone."""
+        alone. ``request_ids`` (one per row) and ``use_cache`` as for ``predict_many``."""
         started = time.perf_counter()
+        ids = request_ids if request_ids is not None else [None] * len(rows)
         try:
             self._check_ready()
             served = self._servable(model, version)
         except HostdError as exc:
-            for _ in rows:
+            for index, row in enumerate(rows):
                 self._refused(model, transport, exc, started)
+                self._observe(ids[index], model, None, transport, [row], exc, started)
             return [exc] * len(rows)
         outcomes: list[Prediction | HostdError] = []
         checked = kernel.validate_rows(served.name, served.model.input_schema, rows)
         for start in range(0, len(checked), EACH_CHUNK):
-            chunk = checked[start:start + EACH_CHUNK]
-            valid = [[item] for item in chunk if not isinstance(item, InvalidInput)]
-            for item in chunk:
-                if isinstance(item, InvalidInput):
-                    self._refused(served.name, transport, item, started)
-            answered, by = await self._call(served, valid, transport, served.settings.timeout_ms / 1000 * len(valid),
-                                            time.perf_counter(), client, version) if valid else ([], served)
-            answers = iter(answered)
-            for item in chunk:
-                outcome = item if isinstance(item, InvalidInput) else next(answers)
-                outcomes.append(outcome if isinstance(outcome, HostdError)
-                                else Prediction(by.name, by.version, outcome))
+            chunk = range(start, min(start + EACH_CHUNK, len(checked)))
+            valid = [index for index in chunk if not isinstance(checked[index], InvalidInput)]
+            for index in chunk:
+                if isinstance(checked[index], InvalidInput):
+                    self._refused(served.name, transport, checked[index], started)
+            answered, by, cached = await self._call(
+                served, [[checked[index]] for index in valid], transport,
+                served.settings.timeout_ms / 1000 * len(valid), time.perf_counter(), client, version,
+                use_cache) if valid else ([], served, [])
+            answers = iter(zip(answered, cached, strict=True))
+            for index in chunk:
+                outcome: Prediction | HostdError = checked[index]
+                if not isinstance(outcome, InvalidInput):
+                    answer, from_cache = next(answers)
+                    outcome = answer if isinstance(answer, HostdError) \
+                        else Prediction(by.name, by.version, answer, ids[index], from_cache)
+                self._observe(ids[index], model, by, transport, [rows[index]], outcome, started)
+                outcomes.append(outcome)
         return outcomes
 
     async def _call(self, served: ServedModel, units: list[list[Any]], transport: str, timeout: float,
-                    started: float, client: Client | None, requested: str | None,
-                    ) -> tuple[list[list[dict[str, Any]] | HostdError], ServedModel]:
-        """Admit ``units`` of validated rows, run them (through the batcher, if the model has one)
-        within ``timeout``, dump each unit's outputs, count and log each outcome; the answers and
-        the version that gave them."""
+                    started: float, client: Client | None, requested: str | None, use_cache: bool = True,
+                    ) -> tuple[list[list[dict[str, Any]] | HostdError], ServedModel, list[bool | None]]:
+        """Admit ``units`` of validated rows, run them (through the cache, then the batcher, where the
+        model has them) within ``timeout``, dump each unit's outputs, count and log each outcome; the
+        answers, the version that gave them, and whether each came from the cache."""
         self._in_flight.enter()
         codes: list[str] = ["CANCELLED"] * len(units)
         try:
             if served.retired:  # replaced or unloaded while the request was read and validated
                 served = self.registry.current(served, requested)
-            outcomes = await self._execute(served, units, timeout, client)
-            answers = await off_loop_if(sum(len(unit) for unit in units) >= OFF_LOOP_ROWS, _dump_all, served, outcomes)
+            cache = self._cache_of(served) if use_cache else None
+            if cache is not None:
+                answers, cached = await self._through_cache(cache, served, units, timeout, client)
+            else:
+                answers = await self._run(served, units, timeout, client)
+                cached = [None if served.settings.cache is None else False] * len(units)
             codes = ["OK" if not isinstance(answer, HostdError) else answer.code.value for answer in answers]
             for answer in answers:
                 if isinstance(answer, HostdError):
@@ -224,7 +268,7 @@ class DataPlane:
             if requested is None:
                 self.shadows.offer(self.registry.route(served.name), served, units, answers,
                                    time.perf_counter() - started)
-            return answers, served
+            return answers, served, cached
         except HostdError as exc:  # the whole call: overloaded, timed out
             codes = [exc.code.value] * len(units)
             self._log_failure(served.name, transport, exc)
@@ -245,6 +289,68 @@ class DataPlane:
             elapsed = time.perf_counter() - started
             for code in codes:
                 self.metrics.answered(served.name, transport, code, elapsed)
+
+    async def _run(self, served: ServedModel, units: list[list[Any]], timeout: float,
+                   client: Client | None) -> list[list[dict[str, Any]] | HostdError]:
+        outcomes = await self._execute(served, units, timeout, client)
+        return await off_loop_if(sum(len(unit) for unit in units) >= OFF_LOOP_ROWS, _dump_all, served, outcomes)
+
+    async def _through_cache(self, cache: PredictionCache, served: ServedModel, units: list[list[Any]],
+                             timeout: float, client: Client | None,
+                             ) -> tuple[list[list[dict[str, Any]] | HostdError], list[bool | None]]:
+        """``_run`` for the rows the cache does not know (a unit all of whose rows it knows costs the model
+        nothing); the answers, and whether each unit was answered by the cache alone."""
+        lookup = await cache.lookup(units)
+        todo, origin = lookup.missing(units)
+        computed = await self._run(served, todo, timeout, client) if todo else []
+        answers, new = lookup.complete(origin, computed)
+        cache.store(new)
+        missed = set(origin)
+        return answers, [index not in missed for index in range(len(units))]  # type: ignore[return-value]
+
+    def _cache_of(self, served: ServedModel) -> PredictionCache | None:
+        """The model's cache, made on first use (with this data plane's metrics)."""
+        if served.cache is None and served.settings.cache is not None:
+            served.cache = make_cache(served.settings.cache, served.name, served.version, served.model.input_schema,
+                                      self.metrics)
+        return served.cache
+
+    def _observe(self, request_id: str | None, model: str, served: ServedModel | None, transport: str,
+                 rows: Sequence[Any], outcome: Prediction | HostdError, started: float) -> None:
+        """Record a request that was answered: in the prediction log (if sampled), and for feedback."""
+        if self.prediction_log is None and self.feedback is None:
+            return
+        request_id = request_id or new_request_id()
+        if self.feedback is not None and isinstance(outcome, Prediction) and served is not None:
+            self.feedback.remember(request_id, outcome.model, outcome.version, served.feedback_target, outcome.outputs)
+        if self.prediction_log is not None and self.prediction_log.sampled():
+            elapsed = time.perf_counter() - started
+            if isinstance(outcome, Prediction):
+                record = Record(request_id, time.time() - elapsed, outcome.model, outcome.version, transport, rows,
+                                outcome.outputs, None, elapsed, outcome.cached)
+            else:
+                record = Record(request_id, time.time() - elapsed, model, served.version if served else None,
+                                transport, rows, None, outcome, elapsed, None)
+            self.prediction_log.add(record)
+
+    async def label(self, model: str, request_id: Any, label: Any) -> dict[str, Any]:
+        """A ground-truth ``label`` for the prediction ``request_id`` of ``model`` (see hostd.feedback)."""
+        if self.feedback is None:
+            raise Forbidden("feedback is off; turn it on with feedback: {} in the config")
+        self.registry.get(model)  # MODEL_NOT_FOUND for a model that is not served
+        if label is None:
+            raise InvalidInput("'label' is required: the true value of the prediction's output (a list for a "
+                               "request of several rows)")
+        if not isinstance(request_id, str) or not 0 < len(request_id) <= MAX_REQUEST_ID:
+            raise InvalidInput(f"'request_id' must be the request id of a prediction (a string of 1 to "
+                               f"{MAX_REQUEST_ID} characters)")
+        return await self.feedback.label(model, request_id, label, lambda version: self._target(model, version))
+
+    def _target(self, model: str, version: str) -> Target | None:
+        try:
+            return self.registry.get(model, version).feedback_target
+        except ModelNotFound:  # that version is gone: compare as the one served now does
+            return self.registry.get(model).feedback_target
 
     async def _execute(self, served: ServedModel, units: list[list[Any]], timeout: float,
                        client: Client | None) -> list[kernel.Outcome]:
@@ -276,21 +382,24 @@ class DataPlane:
                 client.pending[served.name] -= requests
 
     def refusal(self, model: str, version: str | None = None, *, transport: str,
-                client: Client | None = None) -> HostdError | None:
+                client: Client | None = None, request_id: str | None = None) -> HostdError | None:
         """The error a prediction for ``model`` would be refused with now (not ready, no such model,
-        overloaded), counted and logged as a refusal; None if it would be admitted. No parsing: a
-        transport asks before it reads or decodes a request body, so refusing costs next to nothing."""
+        overloaded), counted and logged as a refusal (and in the prediction log, with no inputs: they
+        were never read); None if it would be admitted. No parsing: a transport asks before it reads or
+        decodes a request body, so refusing costs next to nothing."""
         started = time.perf_counter()
+        served: ServedModel | None = None
+        refused: HostdError | None
         try:
             self._check_ready()
             served = self._servable(model, version)
+            refused = _overloaded(served, client)
         except HostdError as exc:
-            self._refused(model, transport, exc, started)
-            return exc
-        if (overloaded := _overloaded(served, client)) is not None:
-            self._refused(served.name, transport, overloaded, started)
-            return overloaded
-        return None
+            refused = exc
+        if refused is not None:
+            self._refused(served.name if served else model, transport, refused, started)
+            self._observe(request_id, model, served, transport, (), refused, started)
+        return refused
 
     def _servable(self, name: str, version: str | None) -> ServedModel:
         served = self.registry.get(name, version)

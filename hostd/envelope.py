@@ -1,14 +1,17 @@
 """The JSON envelope shared by the message transports (WebSocket, ZeroMQ, Kafka).
 
 Request ``{"id": "...", "model": "iris_model", "version": null, "data": {...}}`` (``"op"`` defaults to
-``"predict"``; ``{"op": "models"}`` and ``{"op": "metadata", "model": ...}`` describe the models).
-Reply ``{"id", "model", "version", "prediction"}`` or ``{"id", "error": {"code", "message", "details"}}``.
+``"predict"``; ``"cache": false`` asks for an answer from the model, not its cache; ``{"op": "models"}``
+and ``{"op": "metadata", "model": ...}`` describe the models; ``{"op": "feedback", "model": ...,
+"request_id": ..., "label": ...}`` gives a prediction's ground truth).
+Reply ``{"id", "model", "version", "prediction"}`` (with ``"cached"`` for a model with a cache) or
+``{"id", "error": {"code", "message", "details"}}``; the ``id`` (the client's, or one made up) is the
+request id the prediction log and feedback know it by.
 """
 
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,10 +20,10 @@ import orjson
 
 from hostd.auth import Scope
 from hostd.clients import Client
-from hostd.dataplane import DataPlane, Prediction
+from hostd.dataplane import DataPlane, Prediction, new_request_id
 from hostd.errors import HostdError, InvalidInput, PayloadTooLarge
 
-OPS = ("predict", "models", "metadata")
+OPS = ("predict", "models", "metadata", "feedback")
 
 
 def parse(raw: bytes | str, limit: int | None = None) -> dict[str, Any]:
@@ -38,7 +41,7 @@ def parse(raw: bytes | str, limit: int | None = None) -> dict[str, Any]:
         raise InvalidInput("message must be a JSON object like {\"id\": ..., \"model\": ..., \"data\": {...}}")
     request.setdefault("id", None)
     if request["id"] is None:
-        request["id"] = uuid.uuid4().hex
+        request["id"] = new_request_id()
     return request
 
 
@@ -48,10 +51,12 @@ async def answer(dataplane: DataPlane, request: dict[str, Any], transport: str,
     ``DataPlane.predict``); every error becomes an error reply."""
     try:
         call = prediction(request)
-        permit(dataplane, client, Scope.INFER if call else Scope.READ, call.model if call else request.get("model"))
+        writes = call is not None or request.get("op") == "feedback"
+        permit(dataplane, client, Scope.INFER if writes else Scope.READ, call.model if call else request.get("model"))
         if call is None:
-            return {"id": request["id"], **_describe(dataplane, request, client)}
-        result = await dataplane.predict(call.model, call.data, call.version, transport=transport, client=client)
+            return {"id": request["id"], **await _other_op(dataplane, request, client)}
+        result = await dataplane.predict(call.model, call.data, call.version, transport=transport, client=client,
+                                         request_id=call.request_id, use_cache=call.cache)
     except HostdError as exc:
         return error_reply(request.get("id"), exc)
     return prediction_reply(call.id, result)
@@ -88,7 +93,7 @@ async def handle_all(dataplane: DataPlane, raws: Sequence[bytes | str], transpor
     one call (``predict_each``: one validation pass and one model call, each row still its own answer;
     they wait for each other, as rows of a batch do). For a model that does not batch each runs on its
     own, so one slow request holds up no other."""
-    groups: dict[tuple[str, str | None], list[tuple[int, Call]]] = {}
+    groups: dict[tuple[str, str | None, bool], list[tuple[int, Call]]] = {}
     work: list[Coroutine[Any, Any, None]] = []
     for index, raw in enumerate(raws):
         request: dict[str, Any] = {}
@@ -97,13 +102,13 @@ async def handle_all(dataplane: DataPlane, raws: Sequence[bytes | str], transpor
             call = prediction(request)
             if call is not None:
                 permit(dataplane, client, Scope.INFER, call.model)
-                groups.setdefault((call.model, call.version), []).append((index, call))
+                groups.setdefault((call.model, call.version, call.cache), []).append((index, call))
                 continue
         except HostdError as exc:
             await reply(index, encode(error_reply(request.get("id"), exc)))
             continue
-        work.append(_answer_one(dataplane, index, request, transport, reply, client))  # describes the models
-    for (model, version), calls in groups.items():
+        work.append(_answer_one(dataplane, index, request, transport, reply, client))  # another op
+    for (model, version, _), calls in groups.items():
         if len(calls) > 1 and _batches(dataplane, model, version):
             work.append(_predict_group(dataplane, model, version, calls, transport, reply, client))
         else:
@@ -133,8 +138,9 @@ async def _predict_one(dataplane: DataPlane, index: int, call: Call, transport: 
     """One prediction already permitted (answer() would check the key, and take a rate-limit token,
     a second time)."""
     try:
-        answered = prediction_reply(call.id, await dataplane.predict(call.model, call.data, call.version,
-                                                                     transport=transport, client=client))
+        answered = prediction_reply(call.id, await dataplane.predict(
+            call.model, call.data, call.version, transport=transport, client=client, request_id=call.request_id,
+            use_cache=call.cache))
     except HostdError as exc:
         answered = error_reply(call.id, exc)
     await reply(index, encode(answered))
@@ -143,7 +149,8 @@ async def _predict_one(dataplane: DataPlane, index: int, call: Call, transport: 
 async def _predict_group(dataplane: DataPlane, model: str, version: str | None, calls: list[tuple[int, Call]],
                          transport: str, reply: Reply, client: Client | None) -> None:
     results = await dataplane.predict_each(model, [call.data for _, call in calls], version, transport=transport,
-                                           client=client)
+                                           client=client, request_ids=[call.request_id for _, call in calls],
+                                           use_cache=calls[0][1].cache)
     for (index, call), result in zip(calls, results, strict=True):
         await reply(index, encode(error_reply(call.id, result) if isinstance(result, HostdError)
                                   else prediction_reply(call.id, result)))
@@ -173,6 +180,12 @@ class Call:
     model: str
     version: str | None
     data: Any
+    cache: bool = True  # False: the client wants the model's answer, not the cache's
+
+    @property
+    def request_id(self) -> str:
+        """The id as the prediction log and feedback know it (an envelope id may be any JSON value)."""
+        return self.id if isinstance(self.id, str) else orjson.dumps(self.id).decode()
 
 
 def prediction(request: dict[str, Any]) -> Call | None:
@@ -186,11 +199,17 @@ def prediction(request: dict[str, Any]) -> Call | None:
     model, version = _target(request)
     if "data" not in request:
         raise InvalidInput("'data' is required (the model's input as a JSON object)")
-    return Call(request["id"], model, version, request["data"])
+    cache = request.get("cache", True)
+    if not isinstance(cache, bool):
+        raise InvalidInput("'cache' must be true or false (false: answer from the model, not its cache)")
+    return Call(request["id"], model, version, request["data"], cache)
 
 
 def prediction_reply(request_id: Any, result: Prediction) -> dict[str, Any]:
-    return {"id": request_id, "model": result.model, "version": result.version, "prediction": result.output}
+    reply = {"id": request_id, "model": result.model, "version": result.version, "prediction": result.output}
+    if result.cached is not None:
+        reply["cached"] = result.cached
+    return reply
 
 
 def _target(request: dict[str, Any]) -> tuple[str, str | None]:
@@ -202,7 +221,11 @@ def _target(request: dict[str, Any]) -> tuple[str, str | None]:
     return model, version
 
 
-def _describe(dataplane: DataPlane, request: dict[str, Any], client: Client | None) -> dict[str, Any]:
+async def _other_op(dataplane: DataPlane, request: dict[str, Any], client: Client | None) -> dict[str, Any]:
+    """The reply's body for an op that is not a prediction: feedback, or one describing the models."""
+    if request.get("op") == "feedback":
+        model, _ = _target(request)
+        return {"feedback": await dataplane.label(model, request.get("request_id"), request.get("label"))}
     if request.get("op") == "models":
         principal = client.principal if client is not None else None
         return {"models": [served.metadata() for served in dataplane.models()

@@ -114,7 +114,7 @@ def validate_rows(model: str, schema: type[BaseModel], rows: Sequence[Any]) -> l
     """Each row as an instance of ``schema`` (instances pass as they are) or the InvalidInput that
     says why not. One pydantic-core call for the whole list (~6x faster than a call per row), and
     a second one for the valid rows only if some row was invalid."""
-    adapter = _rows_adapter(schema)
+    adapter = rows_adapter(schema)
     try:
         return adapter.validate_python(rows)  # type: ignore[no-any-return]
     except ValidationError as exc:
@@ -148,7 +148,7 @@ def _invalid(model: str, problems: list[dict[str, Any]]) -> InvalidInput:
 
 
 @functools.cache
-def _rows_adapter(schema: type[BaseModel]) -> TypeAdapter[list[Any]]:
+def rows_adapter(schema: type[BaseModel]) -> TypeAdapter[list[Any]]:
     return TypeAdapter(list[schema])  # type: ignore[valid-type]
 
 
@@ -173,7 +173,7 @@ def dump_outputs(model: str, schema: type[BaseModel], outputs: list[Any]) -> lis
     call, ~4x faster than a call per output; anything else goes output by output."""
     if all(type(output) is schema for output in outputs):  # a subclass would dump as the base here
         with contextlib.suppress(Exception):  # then the path below finds the output (or raises as before)
-            return _rows_adapter(schema).dump_python(outputs, mode="json", by_alias=True)  # type: ignore[no-any-return]
+            return rows_adapter(schema).dump_python(outputs, mode="json", by_alias=True)  # type: ignore[no-any-return]
     return [_dump_or_error(model, schema, output) for output in outputs]
 
 

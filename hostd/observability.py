@@ -117,6 +117,29 @@ class Metrics:
         self.shadow_latency = Histogram(
             "hostd_shadow_latency_difference_seconds", "Shadow latency minus primary latency", pair,
             buckets=(-1, -0.1, -0.01, -0.001, 0, 0.001, 0.01, 0.1, 1), registry=self.registry)
+        version = ["model", "version"]
+        self.cache_lookups = Counter("hostd_cache_lookups", "Rows looked up in the prediction cache, by result "
+                                     "(hit, miss)", [*version, "result"], registry=self.registry)
+        self.cache_evictions = Counter("hostd_cache_evictions", "Entries the memory cache let go to stay within "
+                                       "its bound", version, registry=self.registry)
+        self.cache_entries = Gauge("hostd_cache_entries", "Entries in the memory cache", version,
+                                   registry=self.registry)
+        self.cache_bytes = Gauge("hostd_cache_bytes", "Bytes the memory cache holds, as counted against max_bytes",
+                                 version, registry=self.registry)
+        self.cache_errors = Counter("hostd_cache_errors", "Redis cache calls that failed (each turns the cache "
+                                    "off for a second)", version, registry=self.registry)
+        self.log_records = Counter("hostd_prediction_log_records", "Prediction log records, by outcome (written; "
+                                   "dropped: the buffer was full or the sink failed)", ["outcome"],
+                                   registry=self.registry)
+        self.log_buffered = Gauge("hostd_prediction_log_buffered", "Records waiting for the sink",
+                                  registry=self.registry)
+        self.feedback = Counter("hostd_feedback", "Ground-truth labels received, by outcome (joined; unknown: "
+                                "no such request id, or it expired; invalid: not comparable with the output)",
+                                ["model", "outcome"], registry=self.registry)
+        self.quality = Gauge("hostd_model_quality", "Live quality over the last labelled predictions: accuracy "
+                             "(classifiers), mae and rmse (regressors)", [*version, "metric"], registry=self.registry)
+        self.quality_labels = Gauge("hostd_model_quality_labels", "Labels in the quality window", version,
+                                    registry=self.registry)
         self._answered: dict[tuple[str, str, str], tuple[Any, Any]] = {}
         self._per_model: dict[str, tuple[Any, Any]] = {}
 

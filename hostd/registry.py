@@ -13,7 +13,9 @@ from typing import Any
 import structlog
 from packaging.version import InvalidVersion, Version
 
+from hostd.cache import PredictionCache
 from hostd.errors import ConfigError, ConfigErrors, ModelNotFound
+from hostd.feedback import Target, target_of
 from hostd.loading import Where, declared_name, load_model, nowhere
 from hostd.microbatch import Batcher
 from hostd.model import batch_function, is_deterministic
@@ -39,6 +41,9 @@ class ServedModel:
     batcher: Batcher | None = field(init=False)
     processes: ProcessWorkers | None = field(init=False)
     pending: int = 0
+    feedback_target: Target | None = field(init=False)  # the output field a ground-truth label is compared with
+    # Attached by the data plane, whose metrics it counts with (settings.cache: None, never one).
+    cache: PredictionCache | None = None
     # Replaced or unloaded: no longer in the registry. A request that looked it up just before
     # looks again (DataPlane) rather than run on a model about to close.
     retired: bool = False
@@ -49,6 +54,7 @@ class ServedModel:
         self.deterministic = is_deterministic(self.model)
         self.is_async = inspect.iscoroutinefunction(self.model.predict)
         self.predict_batch = batch_function(self.model)
+        self.feedback_target = target_of(self.model.output_schema, self.settings.feedback)
         self.threads = ThreadPoolExecutor(self.settings.workers.count, thread_name_prefix=f"hostd-{self.name}")
         self.processes = None
         if self.settings.workers.kind == "process":
@@ -218,7 +224,14 @@ def close_models(models: list[ServedModel]) -> None:
 
 def build_model(settings: ModelSettings, where: Where = nowhere) -> ServedModel:
     """Load one model (see hostd.loading) and make it servable."""
-    return ServedModel(load_model(settings, where), settings)
+    model = load_model(settings, where)
+    if settings.cache is not None and not is_deterministic(model):
+        raise ConfigError(f"{where('cache')}: model '{model.qualified_name}' is not deterministic (deterministic = "
+                          "False: the same input may give another answer), so it cannot be cached; remove cache:")
+    try:
+        return ServedModel(model, settings)
+    except ValueError as exc:  # feedback.field names no output field
+        raise ConfigError(f"{where('feedback')}: {exc}") from None
 
 
 @functools.cache

@@ -262,6 +262,9 @@ class ModelRepository:
         with anyio.move_on_after(self.settings.shutdown_grace_s):
             while any(served.pending for served in models):
                 await anyio.sleep(DRAIN_POLL_S)
+        for served in models:
+            if served.cache is not None:  # its answers go with it (a reload's model may answer otherwise)
+                await served.cache.drop()
         await anyio.to_thread.run_sync(close_models, models)
         for served in models:
             log.info("model closed", model=served.name, version=served.version, why=why)

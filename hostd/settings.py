@@ -21,6 +21,9 @@ MODEL_FILE_SUFFIXES = (".yaml", ".yml")  # a model repository's entries
 #: HOSTD_ variables that are not config overrides: the config's path, the key `hostd reload` sends, and
 #: where the runtimes keep copies of remote model files (hostd.runtimes.artifact).
 NOT_OVERRIDES = frozenset({"HOSTD_CONFIG", "HOSTD_API_KEY", "HOSTD_ARTIFACT_CACHE"})
+#: What shared() gives for a transport section not yet validated that leaves the key out (the plugins' defaults).
+_TRANSPORT_DEFAULTS = {("arq", "redis_url"): "redis://127.0.0.1:6379/0",
+                       ("kafka", "bootstrap_servers"): "127.0.0.1:9092"}
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -62,6 +65,37 @@ class BatchingSettings(Strict):
     max_delay_ms: float = Field(default=2.0, ge=0, le=10_000)  # only while other batches run
 
 
+class CacheSettings(Strict):
+    """Keep each row's answer, so an input seen before is answered without the model (hostd.cache).
+    Deterministic models only. Memory: bounded by max_entries (default 10,000) or max_bytes."""
+
+    backend: Literal["memory", "redis"] = "memory"
+    max_entries: int | None = Field(default=None, ge=1)
+    max_bytes: int | None = Field(default=None, ge=1024)
+    ttl_s: float | None = Field(default=None, gt=0)  # none: kept until evicted (memory) or for ever (redis)
+    # redis: shared by every replica. Default: the arq transport's redis_url.
+    redis_url: str | None = None
+    key_prefix: str = "hostd:cache:"
+    timeout_ms: float = Field(default=50, gt=0)  # a Redis call slower than this counts as an outage
+
+    @model_validator(mode="after")
+    def _a_bound(self) -> CacheSettings:
+        if self.backend == "memory" and self.max_entries is None and self.max_bytes is None:
+            self.max_entries = 10_000
+        if self.backend == "redis" and (self.max_entries is not None or self.max_bytes is not None):
+            raise ValueError("max_entries and max_bytes bound the memory backend; bound Redis with its own "
+                             "maxmemory (and ttl_s)")
+        return self
+
+
+class ModelFeedbackSettings(Strict):
+    """Which output field a ground-truth label is compared with, and how (default: the output schema's
+    first field; a float field is a regression, anything else a classification)."""
+
+    field: str | None = None
+    kind: Literal["classification", "regression"] | None = None
+
+
 class ModelSettings(ComponentSettings):
     decorators: Annotated[list[ComponentSettings], BeforeValidator(_none_to_empty_list)] = Field(
         default_factory=list
@@ -73,6 +107,8 @@ class ModelSettings(ComponentSettings):
     # The most one client (a connection, a ZeroMQ peer) may have pending, so no one client can fill
     # max_pending alone. Default: a quarter of max_pending.
     max_pending_per_client: int | None = Field(default=None, ge=1)
+    cache: CacheSettings | None = None  # answers kept per input row (deterministic models only)
+    feedback: ModelFeedbackSettings = Field(default_factory=ModelFeedbackSettings)
     # rest-model-service: false loads the model (it is listed) but serves no predictions.
     create_endpoint: bool = True
     # rest-model-service (before 0.5) named each model here; if given, it must match the model.
@@ -163,6 +199,29 @@ class RateLimitSettings(Strict):
     burst: int = Field(default=1, ge=1)
 
 
+class PredictionLogSettings(Strict):
+    """A record of every sampled prediction, on every transport, errors included (hostd.predictionlog)."""
+
+    sink: Literal["file", "kafka"]
+    sample: float = Field(default=1.0, ge=0, le=1)  # the share of requests recorded
+    buffer: int = Field(default=10_000, ge=1)  # records waiting for the sink; more are dropped and counted
+    # file: a directory (relative to the config's folder) of files rotated by size or age
+    path: str = "prediction-log"
+    format: Literal["jsonl", "parquet"] = "jsonl"  # parquet needs pyarrow
+    rotate_bytes: int = Field(default=64 << 20, ge=1024)
+    rotate_s: float | None = Field(default=3600, gt=0)
+    # kafka: default the kafka transport's brokers (and its security settings)
+    bootstrap_servers: str | None = None
+    topic: str = "hostd.prediction-log"
+
+
+class FeedbackSettings(Strict):
+    """Ground-truth labels joined with the predictions they are for (hostd.feedback)."""
+
+    remember: int = Field(default=100_000, ge=1)  # recent predictions kept in memory to join labels with
+    window: int = Field(default=1_000, ge=1)  # labels per model version in each quality figure
+
+
 Startup = Literal["all", "none"] | list[str]
 
 
@@ -177,6 +236,8 @@ class HostSettings(Strict):
     watch: bool = False  # reload on a change to this file or the repository directory
     auth: AuthSettings | None = None  # API keys with scopes (none: every call is allowed)
     rate_limit: RateLimitSettings | None = None
+    prediction_log: PredictionLogSettings | None = None
+    feedback: FeedbackSettings | None = None  # ground-truth labels (POST /api/models/{name}/feedback)
     # Validated per transport by the settings class its plugin registers; no section = HTTP only.
     transports: dict[str, Any] = Field(default_factory=lambda: {"http": {}})
     shutdown_grace_s: float = Field(default=10.0, ge=0)
@@ -234,9 +295,27 @@ class HostSettings(Strict):
                     entries.append(ModelEntry(*load_model_file(path), file_name=path.stem))
                 except ConfigError as exc:
                     problems.append(exc)
+        for entry in entries:
+            cache = entry.settings.cache
+            if cache is not None and cache.backend == "redis" and cache.redis_url is None:
+                cache.redis_url = self.shared("arq", "redis_url")
+                if cache.redis_url is None:
+                    problems.append(ConfigError(f"{entry.where('cache')}: cache: the redis backend needs a "
+                                                "redis_url (or an arq transport, whose Redis it then shares)"))
         if problems:
             raise problems[0] if len(problems) == 1 else ConfigErrors(problems)
         return entries
+
+    def shared(self, transport: str, key: str) -> Any:
+        """A transport's setting that another part shares (the arq transport's Redis, the kafka
+        transport's brokers); None if that transport is not configured. Validated settings, or the
+        section as written (before the transports are validated), with the transport's default."""
+        if transport not in self.transports:
+            return None
+        section = self.transports[transport]
+        if isinstance(section, BaseModel):
+            return getattr(section, key, None)
+        return (section or {}).get(key) or _TRANSPORT_DEFAULTS.get((transport, key))
 
     def _where_in_models(self, index: int, *keys: Any) -> str:
         return self.where(("models", index, *keys))

@@ -11,6 +11,7 @@ from arq.connections import RedisSettings
 from arq.worker import Worker, func
 
 from hostd.dataplane import DataPlane
+from hostd.errors import InvalidInput
 from hostd.transports import Shutdown
 from hostd_arq.serializer import codec
 
@@ -21,10 +22,15 @@ log = structlog.get_logger("hostd.arq")
 
 
 def make_predict(dataplane: DataPlane) -> Any:
-    async def predict(ctx: dict[str, Any], model: str, data: Any, version: str | None = None) -> dict[str, Any]:
-        """arq job: one prediction; a HostdError is stored as its code, message and details."""
+    async def predict(ctx: dict[str, Any], model: str, data: Any, version: str | None = None,
+                      cache: bool = True) -> dict[str, Any]:
+        """arq job: one prediction (``cache=False``: from the model, not its cache), known by its job id
+        to the prediction log and feedback; a HostdError is stored as its code, message and details."""
         await dataplane.until_started()  # the worker may pick a job up before hostd is ready
-        return (await dataplane.predict(model, data, version, transport="arq")).output
+        if not isinstance(cache, bool):
+            raise InvalidInput("cache must be True or False")
+        return (await dataplane.predict(model, data, version, transport="arq", request_id=ctx.get("job_id"),
+                                        use_cache=cache)).output
 
     return predict
 

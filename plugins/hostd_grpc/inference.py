@@ -13,7 +13,7 @@ from grpclib.const import Handler
 
 from hostd import __version__
 from hostd.auth import Scope
-from hostd.dataplane import DataPlane, Prediction
+from hostd.dataplane import DataPlane, Prediction, new_request_id
 from hostd.errors import InvalidInput, ModelNotFound
 from hostd.tasks import InFlight
 from hostd.tensors import (
@@ -119,7 +119,9 @@ class InferenceService:
         version = request.model_version or None
         served = self.dataplane.model(request.model_name, version)
         # Refused now (overloaded, not ready) is refused before the tensors are decoded.
-        refused = self.dataplane.refusal(served.name, served.version, transport="grpc", client=call.client)
+        request_id = request.id or new_request_id()  # the reply's id: the client's, or one made up
+        refused = self.dataplane.refusal(served.name, served.version, transport="grpc", client=call.client,
+                                         request_id=request_id)
         if refused is not None:
             raise refused
         output_specs = tensor_specs(served.model.output_schema)
@@ -127,8 +129,28 @@ class InferenceService:
         check_outputs(requested, output_specs)
         rows = await call.run(decode_rows, request, tensor_specs(served.model.input_schema))
         result = await self.dataplane.predict_many(served.name, rows, version, transport="grpc",
-                                                   deadline_s=call.deadline_s, client=call.client)
+                                                   deadline_s=call.deadline_s, client=call.client,
+                                                   request_id=request_id, use_cache=_use_cache(request))
         return await call.run(_reply, result, request, output_specs, requested)
+
+
+def _use_cache(request: pb.ModelInferRequest) -> bool:
+    """False if the request's parameters say ``cache: false`` (answer from the model, not its cache)."""
+    if "cache" not in request.parameters:
+        return True
+    parameter = request.parameters["cache"]
+    if parameter.WhichOneof("parameter_choice") != "bool_param":
+        raise InvalidInput("the 'cache' parameter must be a bool_param")
+    return bool(parameter.bool_param)
+
+
+def _answer(result: Prediction, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+    """A reply with the request's id, and whether the cache answered it (for a model with a cache)."""
+    response = pb.ModelInferResponse(model_name=result.model, model_version=result.version,
+                                     id=result.request_id or request.id)
+    if result.cached is not None:
+        response.parameters["cached"].bool_param = result.cached
+    return response
 
 
 def _server(scope: Scope) -> Needs:
@@ -184,7 +206,7 @@ def _scalar_reply(result: Prediction, request: pb.ModelInferRequest, specs: list
     if request.raw_input_contents or len(result.outputs) != 1:
         return None
     (row,) = result.outputs
-    response = pb.ModelInferResponse(model_name=result.model, model_version=result.version, id=request.id)
+    response = _answer(result, request)
     for spec in specs:
         if requested and spec.name not in requested:
             continue
@@ -246,7 +268,7 @@ def _from_contents(tensor: Any, datatype: str) -> np.ndarray:
 def encode_outputs(result: Prediction, request: pb.ModelInferRequest,
                    arrays: list[tuple[TensorSpec, np.ndarray]]) -> pb.ModelInferResponse:
     raw = bool(request.raw_input_contents)  # answer in the form the client used
-    response = pb.ModelInferResponse(model_name=result.model, model_version=result.version, id=request.id)
+    response = _answer(result, request)
     for spec, array in arrays:
         tensor = response.outputs.add(name=spec.name, datatype=spec.datatype, shape=array.shape)
         if raw:

@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from hostd.auth import Principal
 from hostd.clients import Client
+from hostd.dataplane import new_request_id
 from hostd.ratelimitedlog import RateLimitedLog
 
 log = structlog.get_logger("hostd.http")
@@ -28,6 +29,19 @@ CLIENT = "hostd.client"
 
 #: The scope key of the principal (hostd.auth) the request's API key authenticated, if keys are checked.
 PRINCIPAL = "hostd.principal"
+
+
+#: The scope key of the request's id (X-Request-Id): the client's, or None until one is made up.
+REQUEST_ID = "hostd.request_id"
+
+
+def request_id_of(scope: Scope, fallback: str | None = None) -> str:
+    """The request's id: the client's X-Request-Id, else ``fallback`` (an id in the body), else a new
+    one; the reply's X-Request-Id says the same."""
+    request_id: str | None = scope.get(REQUEST_ID)
+    if request_id is None:
+        request_id = scope[REQUEST_ID] = fallback or new_request_id()
+    return request_id
 
 
 def sees(request: Request, model: str) -> bool:

@@ -171,6 +171,17 @@ def _api_paths(names: list[str]) -> Json:
             "503": {"description": "Refusing traffic: starting or shutting down", **_json(refusing)}}),
         "/api/health/startup": _get("startup", "service", "Start-up", _responses(
             REST_ERROR, _ok("Every model has loaded", status("startup_status", "STARTED")))),
+        "/api/models/{name}/feedback": {"post": {
+            "operationId": "feedback", "tags": ["service"], "parameters": [_path_parameter("name", names)],
+            "summary": "The ground truth of a prediction, by its request id (X-Request-Id): live quality per version",
+            "requestBody": {"required": True, **_json(_object(["request_id", "label"], request_id={"type": "string"},
+                                                              label={}))},
+            "responses": _responses(REST_ERROR, _ok("Joined with its prediction, or not (unknown or too old)", _object(
+                ["request_id", "model", "joined"], request_id={"type": "string"}, model={"type": "string"},
+                version={"type": "string"}, joined={"type": "boolean"}, reason={"type": "string"})), 400, 403, 404)}},
+        "/api/quality": _get("quality", "service", "Live quality of each labelled model version", _responses(
+            REST_ERROR, _ok("Accuracy (classifiers) or MAE and RMSE (regressors) over the last labels", _object(
+                ["quality"], quality={"type": "array", "items": ANY_OBJECT})))),
         "/api/admin/reload": {"post": {
             "operationId": "reload", "tags": ["service"],
             "summary": "Re-read the config and the model repository and apply the difference (as SIGHUP does)",
@@ -293,7 +304,11 @@ def _prediction_path(served: ServedModel, refs: dict[SchemaKey, Any]) -> dict[st
         "responses": _responses(REST_ERROR, {"200": {
             "description": "Prediction", **_json(refs[served.model.output_schema, "serialization"]),
             "headers": {"X-Model-Version": {"description": "The version that answered",
-                                            "schema": {"type": "string"}}}}},
+                                            "schema": {"type": "string"}},
+                        "X-Request-Id": {"description": "The request's id (the client's, or one made up)",
+                                         "schema": {"type": "string"}},
+                        "X-Cache": {"description": "HIT or MISS, for a model with a cache",
+                                    "schema": {"enum": ["HIT", "MISS"]}}}}},
             400, 404, 413, 504),
     }}
 

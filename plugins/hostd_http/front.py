@@ -16,12 +16,15 @@
   else: 401 UNAUTHENTICATED (with WWW-Authenticate), 403 FORBIDDEN, 429 RATE_LIMITED (Retry-After).
 - Each request runs as its connection's (connections.py): admitted with its Client, cancelled if
   the client leaves.
+- Every reply carries ``X-Request-Id``: the client's (if it sent one that fits: 1-256 visible ASCII
+  characters), else one made up; the data plane logs the request under it, and feedback names it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 
 from starlette.datastructures import QueryParams
 from starlette.exceptions import HTTPException
@@ -30,12 +33,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from hostd.auth import Guard, bearer_key
 from hostd.auth import Scope as AuthScope
 from hostd.clients import Client
-from hostd.dataplane import DataPlane, State
+from hostd.dataplane import MAX_REQUEST_ID, DataPlane, State
 from hostd.errors import HostdError, NotReady, RateLimited
 from hostd.refusals import HELD_BACK, LONGEST_PAUSE_S
 from hostd_http import rest, v2
-from hostd_http.connections import CLIENT, PRINCIPAL, Connection, Connections
+from hostd_http.connections import CLIENT, PRINCIPAL, REQUEST_ID, Connection, Connections, request_id_of
 from hostd_http.responses import ErrorBody, error_response
+
+_VISIBLE = re.compile(rb"[\x21-\x7e]+")
 
 
 class Front:
@@ -72,6 +77,7 @@ class Front:
         connection = self.connections.get(scope.get("client"))
         client = connection.client if connection is not None else None
         scope[CLIENT] = client
+        scope[REQUEST_ID] = _request_id(scope)
         target = _prediction(scope)
         refusal = self._refusal(scope, target, client)
         if isinstance(refusal, RateLimited) and connection is not None:
@@ -99,7 +105,9 @@ class Front:
             return NotReady("hostd is shutting down; not accepting requests")
         if self.dataplane.guard.active and (denied := self._denied(scope, target)) is not None:
             return denied
-        return self.dataplane.refusal(*target, transport="http", client=client) if target is not None else None
+        if target is None:
+            return None
+        return self.dataplane.refusal(*target, transport="http", client=client, request_id=request_id_of(scope))
 
     def _denied(self, scope: Scope, target: tuple[str, str | None] | None) -> HostdError | None:
         """Why the guard refuses this request (None: it may go on)."""
@@ -132,6 +140,7 @@ class Front:
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, refusal: HostdError) -> None:
         response = error_response(error_body_of(scope["path"]), refusal)
+        response.headers["x-request-id"] = request_id_of(scope)
         if not _http1(scope):
             # hypercorn (0.18) fails a whole HTTP/2 connection, every stream on it, when DATA comes for a
             # stream it has answered (a KeyError in H2Protocol._handle_events): take the body first.
@@ -145,10 +154,11 @@ class _Exchange:
     """One request's receive and send as the app sees them: the body must arrive by a deadline (cut
     short when the transport drains); the reply says Connection: close if the connection closes after it."""
 
-    __slots__ = ("_body_done", "_close", "_deadline", "_front", "_http1", "_receive", "_send")
+    __slots__ = ("_body_done", "_close", "_deadline", "_front", "_http1", "_receive", "_scope", "_send")
 
     def __init__(self, front: Front, scope: Scope, receive: Receive, send: Send) -> None:
         self._front = front
+        self._scope = scope
         self._receive = receive
         self._send = send
         self._http1 = _http1(scope)
@@ -180,9 +190,20 @@ class _Exchange:
         return message
 
     async def send(self, message: Message) -> None:
-        if message["type"] == "http.response.start" and self._http1 and (self._close or self._front.closing):
-            message = {**message, "headers": [*message.get("headers", ()), (b"connection", b"close")]}
+        if message["type"] == "http.response.start":
+            headers = [*message.get("headers", ()), (b"x-request-id", request_id_of(self._scope).encode())]
+            if self._http1 and (self._close or self._front.closing):
+                headers.append((b"connection", b"close"))
+            message = {**message, "headers": headers}
         await self._send(message)
+
+
+def _request_id(scope: Scope) -> str | None:
+    """The client's X-Request-Id, if it sent one that fits (else one is made up when needed)."""
+    for name, value in scope["headers"]:
+        if name == b"x-request-id":
+            return value.decode() if 0 < len(value) <= MAX_REQUEST_ID and _VISIBLE.fullmatch(value) else None
+    return None
 
 
 def _prediction(scope: Scope) -> tuple[str, str | None] | None:
@@ -222,6 +243,8 @@ def _needs(path: str, guard: Guard, prediction: tuple[str, str | None] | None) -
         return AuthScope.ADMIN, None
     if len(parts) == 6 and parts[1:4] == ["v2", "repository", "models"] and parts[5] in ("load", "unload"):
         return AuthScope.ADMIN, parts[4]
+    if len(parts) == 5 and parts[1:3] == ["api", "models"] and parts[4] == "feedback":
+        return AuthScope.INFER, parts[3]  # a label, from whoever may ask the model for predictions
     if len(parts) >= 4 and parts[1] in ("api", "v2") and parts[2] == "models" and parts[3]:
         return AuthScope.READ, parts[3]  # a model's metadata or readiness
     return AuthScope.READ, None

@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from hostd.dataplane import Prediction
 from hostd.errors import ErrorCode, HostdError, InvalidInput, Overloaded, PayloadTooLarge, RateLimited, Unauthenticated
 
 log = structlog.get_logger("hostd.http")
@@ -108,6 +109,21 @@ async def _drain(stream: AsyncIterator[bytes], budget: int) -> None:
         budget -= len(chunk)
         if budget < 0:
             return
+
+
+def use_cache(request: Request) -> bool:
+    """False if the client asked for a fresh answer (``Cache-Control: no-cache`` or ``no-store``)."""
+    control = request.headers.get("cache-control")
+    return control is None or not ("no-cache" in control.lower() or "no-store" in control.lower())
+
+
+def answer_headers(result: Prediction) -> dict[str, str]:
+    """Which version answered (with canary weights, a request without a version may get any of them),
+    and, for a model with a cache, whether the cache did (X-Cache: HIT, every row from it; else MISS)."""
+    headers = {"X-Model-Version": result.version}
+    if result.cached is not None:
+        headers["X-Cache"] = "HIT" if result.cached else "MISS"
+    return headers
 
 
 def parse_json(body: bytes | memoryview) -> Any:

@@ -11,8 +11,8 @@ from starlette.routing import Route
 from hostd.dataplane import DataPlane
 from hostd.errors import InvalidInput
 from hostd.tasks import OFF_LOOP_BYTES, off_loop_if
-from hostd_http.connections import client_of, sees
-from hostd_http.responses import ORJSONResponse, parse_json, read_body
+from hostd_http.connections import client_of, request_id_of, sees
+from hostd_http.responses import ORJSONResponse, answer_headers, parse_json, read_body, use_cache
 
 
 def error_body(code: str, message: str, details: list[Any]) -> dict[str, Any]:
@@ -49,9 +49,21 @@ def routes(dataplane: DataPlane, max_body: int) -> list[Route]:
         if not isinstance(data, dict):
             raise InvalidInput("the request body must be a JSON object of the model's input fields")
         result = await dataplane.predict(request.path_params["name"], data, request.query_params.get("version"),
-                                         transport="http", client=client_of(request))
+                                         transport="http", client=client_of(request),
+                                         request_id=request_id_of(request.scope), use_cache=use_cache(request))
         # Which version answered: with canary weights, a request without a version may get any of them.
-        return ORJSONResponse(result.output, headers={"X-Model-Version": result.version})
+        return ORJSONResponse(result.output, headers=answer_headers(result))
+
+    async def feedback(request: Request) -> Response:
+        body = parse_json(await read_body(request, max_body))
+        if not isinstance(body, dict):
+            raise InvalidInput('the request body must be a JSON object: {"request_id": ..., "label": ...}')
+        return ORJSONResponse(await dataplane.label(request.path_params["name"], body.get("request_id"),
+                                                    body.get("label")))
+
+    async def quality(request: Request) -> Response:
+        figures = dataplane.feedback.quality() if dataplane.feedback is not None else []
+        return ORJSONResponse({"quality": [item for item in figures if sees(request, item["model"])]})
 
     async def reload(request: Request) -> Response:
         change = await dataplane.admin().reload()
@@ -59,6 +71,8 @@ def routes(dataplane: DataPlane, max_body: int) -> list[Route]:
 
     return [  # prediction first: the router tries routes in order
         Route("/models/{name}/prediction", prediction, methods=["POST"]),
+        Route("/models/{name}/feedback", feedback, methods=["POST"]),
+        Route("/quality", quality),
         Route("/health", health),
         Route("/health/ready", ready),
         Route("/health/startup", startup),

@@ -15,8 +15,8 @@ from hostd.errors import InvalidInput
 from hostd.registry import ServedModel
 from hostd.tasks import OFF_LOOP_BYTES, off_loop_if
 from hostd.tensors import TensorSpec, check_outputs, tensor_specs
-from hostd_http.connections import client_of, sees
-from hostd_http.responses import ORJSONResponse, parse_json, read_body
+from hostd_http.connections import client_of, request_id_of, sees
+from hostd_http.responses import ORJSONResponse, answer_headers, parse_json, read_body, use_cache
 from hostd_http.tensors import decode_inputs, encode_outputs, parameters
 
 HEADER_LENGTH = "inference-header-content-length"
@@ -70,18 +70,23 @@ def routes(dataplane: DataPlane, max_body: int) -> list[Route]:
                                                        request.headers.get(HEADER_LENGTH), served, output_specs)
         # The data plane picks the version that answers: the one asked for, else by routing (a reload
         # or a canary may have changed it since ``served`` gave the tensors to decode).
+        # The request id: X-Request-Id if the client sent one, else the body's id, else one made up.
+        request_id = request_id_of(request.scope, inference.get("id") or None)
         result = await dataplane.predict_many(served.name, rows, request.path_params.get("version"), transport="http",
-                                              deadline_s=_deadline_s(inference), client=client_of(request))
+                                              deadline_s=_deadline_s(inference), client=client_of(request),
+                                              request_id=request_id, use_cache=use_cache(request))
         binary_default = bool(parameters(inference, "the request").get("binary_data_output", False))
         tensors, chunks = encode_outputs(result.outputs, output_specs, requested, binary_default)
         reply: dict[str, Any] = {"model_name": result.model, "model_version": result.version, "outputs": tensors}
         if "id" in inference:
             reply["id"] = inference["id"]
+        if result.cached is not None:
+            reply["parameters"] = {"cached": result.cached}
         if not chunks:
-            return ORJSONResponse(reply)
+            return ORJSONResponse(reply, headers=answer_headers(result))
         header = orjson.dumps(reply)
         return Response(header + b"".join(chunks), media_type="application/octet-stream",
-                        headers={"Inference-Header-Content-Length": str(len(header))})
+                        headers={"Inference-Header-Content-Length": str(len(header)), **answer_headers(result)})
 
     def _served(request: Request) -> ServedModel:
         return dataplane.model(request.path_params["name"], request.path_params.get("version"))

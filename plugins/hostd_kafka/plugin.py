@@ -40,6 +40,9 @@ class KafkaSettings(RetrySettings):
     input_topic: str = "hostd.requests"
     output_topic: str = "hostd.predictions"
     dead_letter_topic: str = "hostd.dead-letters"
+    # Ground-truth labels, {"model", "request_id", "label"} each (the envelope's feedback op); an
+    # invalid one goes to the dead letters, one taken produces nothing. None: no feedback topic.
+    feedback_topic: str | None = None
     client_id: str = "hostd"
     max_batch: int = Field(default=500, ge=1)  # messages handed to the data plane per poll
     max_message_bytes: int = Field(default=1 << 20, ge=1024)

@@ -46,7 +46,8 @@ class Stream:
     async def run(self, stop: Shutdown, connected: Callable[[], None]) -> None:
         await self.producer.start()
         await self.consumer.start()
-        self.consumer.subscribe([self.settings.input_topic], listener=_FinishBatchFirst(self.batch_lock))
+        topics = [self.settings.input_topic, *filter(None, [self.settings.feedback_topic])]
+        self.consumer.subscribe(topics, listener=_FinishBatchFirst(self.batch_lock))
         connected()
         while not stop.is_set():
             batches = await self.poll(stop)
@@ -94,23 +95,28 @@ class Stream:
     async def answer(self, records: list[ConsumerRecord[bytes, bytes]]) -> list[Output]:
         """One output per record, in record order; predictions grouped per model into batch calls."""
         outputs: list[Output | None] = [None] * len(records)
-        groups: dict[tuple[str, str | None], list[tuple[int, envelope.Call]]] = defaultdict(list)
+        groups: dict[tuple[str, str | None, bool], list[tuple[int, envelope.Call]]] = defaultdict(list)
         for index, record in enumerate(records):
             request: dict[str, Any] = {}
             try:
                 request = envelope.parse(record.value or b"", self.settings.max_message_bytes)
                 self._check_key(record)
+                if record.topic == self.settings.feedback_topic:
+                    request.setdefault("op", "feedback")
                 call = envelope.prediction(request)
             except HostdError as exc:
                 outputs[index] = self.dead_letter(record, request.get("id"), exc)
                 continue
-            if call is None:  # describes the models: answered as on every envelope transport
-                outputs[index] = self.reply(record, await envelope.answer(self.dataplane, request, "kafka"))
+            if call is None:  # another op: answered as on every envelope transport
+                answered = await envelope.answer(self.dataplane, request, "kafka")
+                if request.get("op") != "feedback" or "error" in answered:  # a label taken needs no reply
+                    outputs[index] = self.reply(record, answered)
             else:
-                groups[call.model, call.version].append((index, call))
-        for (model, version), calls in groups.items():
+                groups[call.model, call.version, call.cache].append((index, call))
+        for (model, version, cache), calls in groups.items():
             results = await self.dataplane.predict_each(model, [call.data for _, call in calls], version,
-                                                        transport="kafka")
+                                                        transport="kafka", use_cache=cache,
+                                                        request_ids=[call.request_id for _, call in calls])
             for (index, call), result in zip(calls, results, strict=True):
                 outputs[index] = self.outcome(records[index], call, result)
         return [output for output in outputs if output is not None]

@@ -50,7 +50,7 @@ def responder(dataplane: DataPlane, max_message_bytes: int | None = None) -> Res
             return None
         async with anyio.create_task_group() as tg:
             tg.start_soon(_heartbeat, send, route, message_id)
-            status, result = await _call(dataplane, name, args, client)
+            status, result = await _call(dataplane, name, args, client, message_id)
             tg.cancel_scope.cancel()
         return [*route, _event(message_id, status, result)]
 
@@ -84,7 +84,8 @@ def _unpack(blob: bytes, limit: int | None) -> tuple[Any, str, Any]:
     return header["message_id"], name, args
 
 
-async def _call(dataplane: DataPlane, name: str, args: Any, client: Client | None) -> tuple[str, list[Any]]:
+async def _call(dataplane: DataPlane, name: str, args: Any, client: Client | None,
+                message_id: Any) -> tuple[str, list[Any]]:
     if name == "_zerorpc_ping":
         return "OK", [["pong", "hostd"]]
     try:
@@ -96,7 +97,9 @@ async def _call(dataplane: DataPlane, name: str, args: Any, client: Client | Non
         envelope.permit(dataplane, client, Scope.INFER, name)
         if not isinstance(args, list) or len(args) != 1:
             raise InvalidInput(f"call {name}(data) with one argument, the model's input")
-        result = await dataplane.predict(name, args[0], transport="zerorpc", client=client)
+        # The request id: the event's message_id, which the reply's response_to repeats.
+        request_id = message_id.decode(errors="replace") if isinstance(message_id, bytes) else str(message_id)
+        result = await dataplane.predict(name, args[0], transport="zerorpc", client=client, request_id=request_id)
     except HostdError as exc:  # zerorpc.RemoteError's name is the error code, as in every transport
         return "ERR", [exc.code.value, exc.message, ""]
     return "OK", [result.output]

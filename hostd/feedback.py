@@ -1,0 +1,169 @@
+"""Ground-truth feedback: a label joined with the prediction it is for, and live quality per model version.
+
+The data plane remembers the last ``remember`` predictions by request id (the compared output field
+only). A label finds its prediction there, or, come too late for that, in the prediction log's newest
+files (file sink, JSONL). Each joined label updates its version's window of the last ``window`` labels:
+accuracy for a classifier, MAE and RMSE for a regressor, exported as ``hostd_model_quality``. A label
+for a request id that is unknown or forgotten is counted (``hostd_feedback{outcome="unknown"}``) and
+answered as not joined: not an error, so a labeller replaying old ids causes no error storm.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel
+
+from hostd.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from hostd.observability import Metrics
+    from hostd.settings import FeedbackSettings, ModelFeedbackSettings
+
+Kind = Literal["classification", "regression"]
+#: Finds a logged prediction by request id (the file sink's ``find``), for a label that came late.
+Lookup = Callable[[str], Awaitable[dict[str, Any] | None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What a label is compared with: one output field, as a class or as a number."""
+
+    field: str
+    kind: Kind
+
+
+def target_of(schema: type[BaseModel], settings: ModelFeedbackSettings) -> Target | None:
+    """The output field labels are compared with (``settings.field``, else the schema's first field),
+    and how; None if the schema has no fields. ValueError if ``settings.field`` is not one of them."""
+    fields = schema.model_fields
+    name = settings.field or next(iter(fields), None)
+    if name is None:
+        return None
+    if name not in fields:
+        raise ValueError(f"feedback.field: the output has no field '{name}' (it has: {', '.join(fields)})")
+    kind: Kind = settings.kind or ("regression" if fields[name].annotation is float else "classification")
+    return Target(name, kind)
+
+
+class Quality:
+    """One model version's last ``window`` labelled rows."""
+
+    def __init__(self, kind: Kind, window: int) -> None:
+        self.kind = kind
+        self._scores: deque[float] = deque(maxlen=window)  # 1/0 (correct) or the error (predicted - label)
+        self._sum = 0.0  # of the scores, or of their absolute values
+        self._squares = 0.0
+
+    def add(self, predicted: Any, label: Any) -> None:
+        score = _error(predicted, label) if self.kind == "regression" else float(_same(predicted, label))
+        if len(self._scores) == self._scores.maxlen:
+            self._forget(self._scores[0])
+        self._scores.append(score)
+        self._sum += abs(score)
+        self._squares += score * score
+
+    def _forget(self, score: float) -> None:
+        self._sum -= abs(score)
+        self._squares -= score * score
+
+    def figures(self) -> dict[str, float]:
+        count = len(self._scores)
+        if not count:
+            return {}
+        if self.kind == "classification":
+            return {"accuracy": self._sum / count}
+        return {"mae": self._sum / count, "rmse": math.sqrt(max(self._squares, 0.0) / count)}
+
+    def __len__(self) -> int:
+        return len(self._scores)
+
+
+class Feedback:
+    def __init__(self, settings: FeedbackSettings, metrics: Metrics, lookup: Lookup | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self._lookup = lookup
+        self._recent: OrderedDict[str, tuple[str, str, Target, list[Any]]] = OrderedDict()
+        self._quality: dict[tuple[str, str], Quality] = {}
+
+    def remember(self, request_id: str, name: str, version: str, target: Target | None,
+                 outputs: Sequence[dict[str, Any]]) -> None:
+        """Keep a prediction's compared field for labels to come (the oldest goes, past ``remember``)."""
+        if target is None:
+            return
+        self._recent[request_id] = (name, version, target, [output.get(target.field) for output in outputs])
+        if len(self._recent) > self.settings.remember:
+            self._recent.popitem(last=False)
+
+    async def label(self, model: str, request_id: str, label: Any, targets: Callable[[str], Target | None],
+                    ) -> dict[str, Any]:
+        """Join ``label`` (a list of labels for a request of several rows) with the prediction of
+        ``request_id`` for ``model``; ``targets(version)`` says what a logged prediction is compared with."""
+        found = self._recent.pop(request_id, None)
+        if found is None and self._lookup is not None:
+            found = _from_record(await self._lookup(request_id), targets)
+        if found is None or found[0] != model:
+            self.metrics.feedback.labels(model, "unknown").inc()
+            return {"request_id": request_id, "model": model, "joined": False,
+                    "reason": "no prediction of this model with this request id is remembered (unknown, or too old)"}
+        name, version, target, predicted = found
+        labels = label if isinstance(label, list) and len(predicted) > 1 else [label]
+        if len(labels) != len(predicted):
+            self.metrics.feedback.labels(model, "invalid").inc()
+            raise InvalidInput(f"request '{request_id}' had {len(predicted)} rows: give a list of {len(predicted)} "
+                               "labels")
+        quality = self._quality.setdefault((name, version), Quality(target.kind, self.settings.window))
+        try:
+            for value, truth in zip(predicted, labels, strict=True):
+                quality.add(value, truth)
+        except ValueError as exc:
+            self.metrics.feedback.labels(model, "invalid").inc()
+            raise InvalidInput(f"label for request '{request_id}': {exc}") from None
+        self.metrics.feedback.labels(model, "joined").inc()
+        self._export(name, version, quality)
+        return {"request_id": request_id, "model": name, "version": version, "joined": True}
+
+    def _export(self, name: str, version: str, quality: Quality) -> None:
+        for metric, value in quality.figures().items():
+            self.metrics.quality.labels(name, version, metric).set(value)
+        self.metrics.quality_labels.labels(name, version).set(len(quality))
+
+    def quality(self) -> list[dict[str, Any]]:
+        """Each labelled model version's figures, for /api/quality and ``hostd models --live``."""
+        return [{"model": name, "version": version, "kind": quality.kind, "labels": len(quality),
+                 **quality.figures()} for (name, version), quality in sorted(self._quality.items())]
+
+
+def _from_record(record: dict[str, Any] | None, targets: Callable[[str], Target | None],
+                 ) -> tuple[str, str, Target, list[Any]] | None:
+    """A logged prediction as ``remember`` would have kept it (None: not found, failed, or not comparable)."""
+    if record is None or not record.get("outputs") or record.get("version") is None:
+        return None
+    target = targets(record["version"])
+    if target is None:
+        return None
+    return record["model"], record["version"], target, [output.get(target.field) for output in record["outputs"]]
+
+
+def _same(predicted: Any, label: Any) -> bool:
+    """A class as JSON writes it: 3 and 3.0 are the same, "3" is not 3 unless the output is text."""
+    if _number(predicted) and _number(label):
+        return bool(predicted == label)
+    return str(predicted) == str(label) if isinstance(predicted, str) or isinstance(label, str) else predicted == label
+
+
+def _error(predicted: Any, label: Any) -> float:
+    if not _number(label) or not math.isfinite(label):
+        raise ValueError(f"a regression label must be a finite number, not {label!r}")
+    if not _number(predicted):
+        raise ValueError(f"the prediction {predicted!r} is not a number")
+    return float(predicted) - float(label)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
