@@ -154,9 +154,6 @@ def reload(config: Path, pid: int | None, timeout_s: float, api_key: str | None,
     """Make the hostd serving CONFIG re-read it (and its model repository) and apply the difference:
     new models load, removed ones unload, changed ones reload. Asks the daemon over its HTTP transport
     (POST /api/admin/reload; needs admin: {enabled: true}), and prints what changed."""
-    import urllib.error  # here: only this command talks HTTP, and `hostd run` starts sooner without it
-    import urllib.request
-
     if pid is not None:
         os.kill(pid, signal.SIGHUP)
         click.echo(f"sent SIGHUP to {pid}")
@@ -167,18 +164,29 @@ def reload(config: Path, pid: int | None, timeout_s: float, api_key: str | None,
         click.echo(f"hostd: config error:\n{exc}\nhostd: nothing was sent; the running hostd goes on serving "
                    "its current config", err=True)
         sys.exit(2)
+    if settings.transports.get("http") is None:
+        raise click.ClickException(f"{config} serves no http transport: send SIGHUP instead (hostd reload --pid PID)")
+    click.echo(ask_daemon(settings, "/api/admin/reload", api_key, cacert, timeout_s, method="POST").decode())
+
+
+def ask_daemon(settings: HostSettings, path: str, api_key: str | None, cacert: Path | None, timeout_s: float,
+               method: str = "GET") -> bytes:
+    """The body of the running daemon's answer to ``method path`` on its HTTP transport (as configured)."""
+    import urllib.error  # here: only these commands talk HTTP, and `hostd run` starts sooner without it
+    import urllib.request
+
     http = settings.transports.get("http")
     if http is None:
-        raise click.ClickException(f"{config} serves no http transport: send SIGHUP instead (hostd reload --pid PID)")
+        raise click.ClickException(f"{settings.source} serves no http transport to ask the daemon over")
     host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(http.host, http.host)
     scheme = "https" if http.tls is not None else "http"
-    url = f"{scheme}://{f'[{host}]' if ':' in host else host}:{http.port}/api/admin/reload"
+    url = f"{scheme}://{f'[{host}]' if ':' in host else host}:{http.port}{path}"
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    request = urllib.request.Request(url, method="POST", data=b"", headers=headers)
+    request = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None, headers=headers)
     context = ssl.create_default_context(cafile=cacert) if scheme == "https" else None
     try:
         with urllib.request.urlopen(request, timeout=timeout_s, context=context) as response:
-            click.echo(response.read().decode())
+            return response.read()  # type: ignore[no-any-return]
     except urllib.error.HTTPError as exc:
         body = json.loads(exc.read() or b"{}")
         raise click.ClickException("\n".join(body.get("messages") or [str(exc)])) from None
@@ -214,11 +222,21 @@ def check(config: Path) -> None:
 @cli.command()
 @config_argument
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
-def models(config: Path, as_json: bool) -> None:
-    """Print each model's metadata with its input and output JSON Schemas."""
+@click.option("--live", is_flag=True,
+              help="Ask the hostd serving CONFIG (over its HTTP transport) for each version's live quality, "
+                   "from ground-truth feedback.")
+@click.option("--api-key", envvar="HOSTD_API_KEY", default=None, help="A key with the read scope, if auth is on.")
+@click.option("--cacert", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The CA that signs the daemon's certificate, if its HTTP transport uses TLS.")
+def models(config: Path, as_json: bool, live: bool, api_key: str | None, cacert: Path | None) -> None:
+    """Print each model's metadata with its input and output JSON Schemas (--live: the running daemon's
+    quality figures per version instead)."""
     from hostd.registry import Registry
 
     settings, _ = load(config)
+    if live:
+        _print_quality(json.loads(ask_daemon(settings, "/api/quality", api_key, cacert, 10.0))["quality"], as_json)
+        return
     metadata = [served.metadata() for served in Registry.from_settings(settings)]
     if as_json:
         click.echo(json.dumps(metadata, indent=2))
@@ -229,6 +247,17 @@ def models(config: Path, as_json: bool) -> None:
         click.echo(f"  deterministic: {str(item['deterministic']).lower()}")
         click.echo("  input schema:  " + json.dumps(item["input_schema"]))
         click.echo("  output schema: " + json.dumps(item["output_schema"]))
+
+
+def _print_quality(quality: list[dict[str, Any]], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(quality, indent=2))
+        return
+    if not quality:
+        click.echo("no labels yet (POST /api/models/NAME/feedback, or feedback: is off)")
+    for item in quality:
+        figures = "  ".join(f"{key} {item[key]:.4g}" for key in ("accuracy", "mae", "rmse") if key in item)
+        click.echo(f"{item['model']} {item['version']}  {figures}  ({item['labels']} labels, {item['kind']})")
 
 
 @cli.command()

@@ -20,6 +20,7 @@ from anyio.abc import TaskStatus
 
 from hostd import plugins
 from hostd.auth import Guard
+from hostd.capture import Capture
 from hostd.dataplane import DataPlane
 from hostd.errors import HostdError, StartupError, innermost
 from hostd.feedback import Feedback
@@ -66,11 +67,11 @@ async def serve(settings: HostSettings, pm: pluggy.PluginManager, stop: anyio.Ev
             if settings.watch:
                 background.start_soon(_reload_on_change, repository)
             background.start_soon(dataplane.run_shadows)
-            if dataplane.prediction_log is not None:
-                background.start_soon(dataplane.prediction_log.run)
+            if dataplane.capture.prediction_log is not None:
+                background.start_soon(dataplane.capture.prediction_log.run)
             await _serve_until_stopped(selected, dataplane, settings, stop, task_status, started)
-            if dataplane.prediction_log is not None:  # every request is answered: its records are all there
-                await dataplane.prediction_log.finish(settings.shutdown_grace_s)
+            if dataplane.capture.prediction_log is not None:  # every request is answered: its records are all there
+                await dataplane.capture.prediction_log.finish(settings.shutdown_grace_s)
             background.cancel_scope.cancel()
     finally:
         with anyio.CancelScope(shield=True):
@@ -87,8 +88,8 @@ def _dataplane(settings: HostSettings, repository: ModelRepository, guard: Guard
         prediction_log = PredictionLog(settings.prediction_log, sink, metrics)
         lookup = getattr(sink, "find", None)  # a label that came late is looked for in the log's files
     feedback = Feedback(settings.feedback, metrics, lookup) if settings.feedback is not None else None
-    return DataPlane(repository.registry, metrics, repository, guard, prediction_log=prediction_log,
-                     feedback=feedback)
+    return DataPlane(repository.registry, metrics, repository, guard,
+                     capture=Capture(repository.registry, prediction_log, feedback))
 
 
 async def _serve_until_stopped(transports: list[Transport[Any]], dataplane: DataPlane, settings: HostSettings,

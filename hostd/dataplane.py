@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -15,6 +13,7 @@ import structlog
 from hostd import kernel
 from hostd.auth import Guard
 from hostd.cache import PredictionCache, make_cache
+from hostd.capture import Capture
 from hostd.clients import Client
 from hostd.errors import (
     ErrorCode,
@@ -27,9 +26,8 @@ from hostd.errors import (
     Overloaded,
     Timeout,
 )
-from hostd.feedback import Feedback, Target
 from hostd.observability import Metrics
-from hostd.predictionlog import PredictionLog, Record
+from hostd.prediction import MAX_REQUEST_ID, Prediction, new_request_id
 from hostd.ratelimitedlog import RateLimitedLog
 from hostd.registry import Registry, ServedModel
 from hostd.shadow import Shadows
@@ -47,7 +45,7 @@ DEADLINE_SLACK_S = 0.05  # see _call: how early a client's cancel for its deadli
 # Validating or dumping costs ~5-8 µs a row on the event loop: a request bigger than this does it in a
 # thread, so one 65,000-row request (1 MB of JSON) cannot stall every other client for half a second.
 OFF_LOOP_ROWS = 512
-MAX_REQUEST_ID = 256  # characters: a request id comes from the client (X-Request-Id, an envelope's id)
+__all__ = ["MAX_REQUEST_ID", "DataPlane", "Prediction", "State", "new_request_id"]
 
 
 class State(str, Enum):
@@ -56,28 +54,10 @@ class State(str, Enum):
     DRAINING = "draining"
 
 
-def new_request_id() -> str:
-    """An id for a request whose client sent none (every answer carries one, for feedback and logs)."""
-    return uuid.uuid4().hex
-
-
-@dataclass(frozen=True, slots=True)
-class Prediction:
-    model: str
-    version: str
-    outputs: list[dict[str, Any]]  # one JSON-ready dict per input row
-    request_id: str | None = None
-    cached: bool | None = None  # every row answered from the cache; None: the model has no cache
-
-    @property
-    def output(self) -> dict[str, Any]:
-        return self.outputs[0]
-
-
 class DataPlane:
     def __init__(self, registry: Registry, metrics: Metrics | None = None,
                  repository: ModelRepository | None = None, guard: Guard | None = None, *,
-                 prediction_log: PredictionLog | None = None, feedback: Feedback | None = None) -> None:
+                 capture: Capture | None = None) -> None:
         self.registry = registry
         # Who may do what: transports call guard.check() with the credential they carry.
         self.guard = guard or Guard()
@@ -85,9 +65,9 @@ class DataPlane:
         self.state = State.STARTING
         # What can be loaded and unloaded at run time; None where the model set is fixed (Lambda).
         self.repository = repository
-        self.shadows = Shadows(self.metrics)
-        self.prediction_log = prediction_log  # a record per sampled request (None: off)
-        self.feedback = feedback  # recent predictions, for ground-truth labels (None: off)
+        self.shadows = Shadows(self.metrics, lambda served, ids, answers: self.capture.mirrored(served, ids, answers))
+        # What is kept of each answered request: the prediction log's record, feedback's memory.
+        self.capture = capture or Capture(registry)
         self._in_flight = InFlight()
         self._started: asyncio.Event | None = None  # made only when a transport waits for the start
         self._failures = RateLimitedLog(log)  # clients cause these: a line per kind per interval, not per request
@@ -184,21 +164,21 @@ class DataPlane:
                                        served.model.input_schema, rows)
         except HostdError as exc:
             self._refused(model, transport, exc, started)
-            self._observe(request_id, model, served, transport, rows, exc, started)
+            self.capture.observe(request_id, model, served, transport, rows, exc, started)
             raise
         timeout = served.settings.timeout_ms / 1000
         if deadline_s is not None:
             timeout = min(timeout, max(deadline_s, 0.0))
         try:
             (outcome,), served, (cached,) = await self._call(served, [inputs], transport, timeout, started, client,
-                                                             version, use_cache)
+                                                             version, use_cache, [request_id])
             if isinstance(outcome, HostdError):
                 raise outcome
         except HostdError as exc:
-            self._observe(request_id, model, served, transport, rows, exc, started)
+            self.capture.observe(request_id, model, served, transport, rows, exc, started)
             raise
         result = Prediction(served.name, served.version, outcome, request_id, cached)
-        self._observe(request_id, model, served, transport, rows, result, started)
+        self.capture.observe(request_id, model, served, transport, rows, result, started)
         return result
 
     async def predict_each(self, model: str, rows: Sequence[Any], version: str | None = None, *,
@@ -217,7 +197,7 @@ class DataPlane:
         except HostdError as exc:
             for index, row in enumerate(rows):
                 self._refused(model, transport, exc, started)
-                self._observe(ids[index], model, None, transport, [row], exc, started)
+                self.capture.observe(ids[index], model, None, transport, [row], exc, started)
             return [exc] * len(rows)
         outcomes: list[Prediction | HostdError] = []
         checked = kernel.validate_rows(served.name, served.model.input_schema, rows)
@@ -230,7 +210,7 @@ class DataPlane:
             answered, by, cached = await self._call(
                 served, [[checked[index]] for index in valid], transport,
                 served.settings.timeout_ms / 1000 * len(valid), time.perf_counter(), client, version,
-                use_cache) if valid else ([], served, [])
+                use_cache, [ids[index] for index in valid]) if valid else ([], served, [])
             answers = iter(zip(answered, cached, strict=True))
             for index in chunk:
                 outcome: Prediction | HostdError = checked[index]
@@ -238,12 +218,13 @@ class DataPlane:
                     answer, from_cache = next(answers)
                     outcome = answer if isinstance(answer, HostdError) \
                         else Prediction(by.name, by.version, answer, ids[index], from_cache)
-                self._observe(ids[index], model, by, transport, [rows[index]], outcome, started)
+                self.capture.observe(ids[index], model, by, transport, [rows[index]], outcome, started)
                 outcomes.append(outcome)
         return outcomes
 
     async def _call(self, served: ServedModel, units: list[list[Any]], transport: str, timeout: float,
-                    started: float, client: Client | None, requested: str | None, use_cache: bool = True,
+                    started: float, client: Client | None, requested: str | None, use_cache: bool,
+                    request_ids: Sequence[str | None],
                     ) -> tuple[list[list[dict[str, Any]] | HostdError], ServedModel, list[bool | None]]:
         """Admit ``units`` of validated rows, run them (through the cache, then the batcher, where the
         model has them) within ``timeout``, dump each unit's outputs, count and log each outcome; the
@@ -267,7 +248,7 @@ class DataPlane:
                       ms=round((time.perf_counter() - started) * 1000, 3))
             if requested is None:
                 self.shadows.offer(self.registry.route(served.name), served, units, answers,
-                                   time.perf_counter() - started)
+                                   time.perf_counter() - started, request_ids)
             return answers, served, cached
         except HostdError as exc:  # the whole call: overloaded, timed out
             codes = [exc.code.value] * len(units)
@@ -315,42 +296,9 @@ class DataPlane:
                                       self.metrics)
         return served.cache
 
-    def _observe(self, request_id: str | None, model: str, served: ServedModel | None, transport: str,
-                 rows: Sequence[Any], outcome: Prediction | HostdError, started: float) -> None:
-        """Record a request that was answered: in the prediction log (if sampled), and for feedback."""
-        if self.prediction_log is None and self.feedback is None:
-            return
-        request_id = request_id or new_request_id()
-        if self.feedback is not None and isinstance(outcome, Prediction) and served is not None:
-            self.feedback.remember(request_id, outcome.model, outcome.version, served.feedback_target, outcome.outputs)
-        if self.prediction_log is not None and self.prediction_log.sampled():
-            elapsed = time.perf_counter() - started
-            if isinstance(outcome, Prediction):
-                record = Record(request_id, time.time() - elapsed, outcome.model, outcome.version, transport, rows,
-                                outcome.outputs, None, elapsed, outcome.cached)
-            else:
-                record = Record(request_id, time.time() - elapsed, model, served.version if served else None,
-                                transport, rows, None, outcome, elapsed, None)
-            self.prediction_log.add(record)
-
     async def label(self, model: str, request_id: Any, label: Any) -> dict[str, Any]:
         """A ground-truth ``label`` for the prediction ``request_id`` of ``model`` (see hostd.feedback)."""
-        if self.feedback is None:
-            raise Forbidden("feedback is off; turn it on with feedback: {} in the config")
-        self.registry.get(model)  # MODEL_NOT_FOUND for a model that is not served
-        if label is None:
-            raise InvalidInput("'label' is required: the true value of the prediction's output (a list for a "
-                               "request of several rows)")
-        if not isinstance(request_id, str) or not 0 < len(request_id) <= MAX_REQUEST_ID:
-            raise InvalidInput(f"'request_id' must be the request id of a prediction (a string of 1 to "
-                               f"{MAX_REQUEST_ID} characters)")
-        return await self.feedback.label(model, request_id, label, lambda version: self._target(model, version))
-
-    def _target(self, model: str, version: str) -> Target | None:
-        try:
-            return self.registry.get(model, version).feedback_target
-        except ModelNotFound:  # that version is gone: compare as the one served now does
-            return self.registry.get(model).feedback_target
+        return await self.capture.label(model, request_id, label)
 
     async def _execute(self, served: ServedModel, units: list[list[Any]], timeout: float,
                        client: Client | None) -> list[kernel.Outcome]:
@@ -398,7 +346,7 @@ class DataPlane:
             refused = exc
         if refused is not None:
             self._refused(served.name if served else model, transport, refused, started)
-            self._observe(request_id, model, served, transport, (), refused, started)
+            self.capture.observe(request_id, model, served, transport, (), refused, started)
         return refused
 
     def _servable(self, name: str, version: str | None) -> ServedModel:

@@ -14,7 +14,7 @@ import math
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from pydantic import BaseModel
 
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from hostd.settings import FeedbackSettings, ModelFeedbackSettings
 
 Kind = Literal["classification", "regression"]
+MAX_VERSIONS = 4  # answers kept per request id: the primary's and its shadows'
 #: Finds a logged prediction by request id (the file sink's ``find``), for a label that came late.
 Lookup = Callable[[str], Awaitable[dict[str, Any] | None]]
 
@@ -48,6 +49,15 @@ def target_of(schema: type[BaseModel], settings: ModelFeedbackSettings) -> Targe
         raise ValueError(f"feedback.field: the output has no field '{name}' (it has: {', '.join(fields)})")
     kind: Kind = settings.kind or ("regression" if fields[name].annotation is float else "classification")
     return Target(name, kind)
+
+
+class Remembered(NamedTuple):
+    """What a version answered a request with: the compared field's value for each row."""
+
+    name: str
+    version: str
+    target: Target
+    values: list[Any]
 
 
 class Quality:
@@ -88,45 +98,60 @@ class Feedback:
         self.settings = settings
         self.metrics = metrics
         self._lookup = lookup
-        self._recent: OrderedDict[str, tuple[str, str, Target, list[Any]]] = OrderedDict()
+        # request id -> what each version answered it with (the primary's, then any shadow's)
+        self._recent: OrderedDict[str, list[Remembered]] = OrderedDict()
         self._quality: dict[tuple[str, str], Quality] = {}
 
     def remember(self, request_id: str, name: str, version: str, target: Target | None,
                  outputs: Sequence[dict[str, Any]]) -> None:
-        """Keep a prediction's compared field for labels to come (the oldest goes, past ``remember``)."""
+        """Keep a prediction's compared field for labels to come (the oldest goes, past ``remember``). A
+        shadow's answer to the same request joins the primary's, so one label grades both versions."""
         if target is None:
             return
-        self._recent[request_id] = (name, version, target, [output.get(target.field) for output in outputs])
+        kept = Remembered(name, version, target, [output.get(target.field) for output in outputs])
+        answers = self._recent.get(request_id)
+        if answers is None or not any(entry.version != version for entry in answers):
+            self._recent[request_id] = [kept]  # new, or the same version again (a client reusing its ids)
+        else:
+            answers[:] = [*[entry for entry in answers if entry.version != version], kept][-MAX_VERSIONS:]
         if len(self._recent) > self.settings.remember:
             self._recent.popitem(last=False)
 
     async def label(self, model: str, request_id: str, label: Any, targets: Callable[[str], Target | None],
                     ) -> dict[str, Any]:
         """Join ``label`` (a list of labels for a request of several rows) with the prediction of
-        ``request_id`` for ``model``; ``targets(version)`` says what a logged prediction is compared with."""
-        found = self._recent.pop(request_id, None)
-        if found is None and self._lookup is not None:
-            found = _from_record(await self._lookup(request_id), targets)
-        if found is None or found[0] != model:
+        ``request_id`` for ``model`` (and a shadow's, if one answered it too); ``targets(version)`` says
+        what a logged prediction is compared with."""
+        answers = self._recent.pop(request_id, None)
+        if answers is None and self._lookup is not None:
+            answers = _from_record(await self._lookup(request_id), targets)
+        answers = [answer for answer in answers or [] if answer.name == model]
+        if not answers:
             self.metrics.feedback.labels(model, "unknown").inc()
             return {"request_id": request_id, "model": model, "joined": False,
                     "reason": "no prediction of this model with this request id is remembered (unknown, or too old)"}
-        name, version, target, predicted = found
+        for answer in answers:
+            self._grade(request_id, answer, label)
+        self.metrics.feedback.labels(model, "joined").inc()
+        return {"request_id": request_id, "model": model, "version": answers[0].version, "joined": True,
+                **({"shadow_versions": [answer.version for answer in answers[1:]]} if len(answers) > 1 else {})}
+
+    def _grade(self, request_id: str, answer: Remembered, label: Any) -> None:
+        predicted = answer.values
         labels = label if isinstance(label, list) and len(predicted) > 1 else [label]
         if len(labels) != len(predicted):
-            self.metrics.feedback.labels(model, "invalid").inc()
+            self.metrics.feedback.labels(answer.name, "invalid").inc()
             raise InvalidInput(f"request '{request_id}' had {len(predicted)} rows: give a list of {len(predicted)} "
                                "labels")
-        quality = self._quality.setdefault((name, version), Quality(target.kind, self.settings.window))
+        quality = self._quality.setdefault((answer.name, answer.version), Quality(answer.target.kind,
+                                                                                  self.settings.window))
         try:
             for value, truth in zip(predicted, labels, strict=True):
                 quality.add(value, truth)
         except ValueError as exc:
-            self.metrics.feedback.labels(model, "invalid").inc()
+            self.metrics.feedback.labels(answer.name, "invalid").inc()
             raise InvalidInput(f"label for request '{request_id}': {exc}") from None
-        self.metrics.feedback.labels(model, "joined").inc()
-        self._export(name, version, quality)
-        return {"request_id": request_id, "model": name, "version": version, "joined": True}
+        self._export(answer.name, answer.version, quality)
 
     def _export(self, name: str, version: str, quality: Quality) -> None:
         for metric, value in quality.figures().items():
@@ -139,15 +164,15 @@ class Feedback:
                  **quality.figures()} for (name, version), quality in sorted(self._quality.items())]
 
 
-def _from_record(record: dict[str, Any] | None, targets: Callable[[str], Target | None],
-                 ) -> tuple[str, str, Target, list[Any]] | None:
+def _from_record(record: dict[str, Any] | None, targets: Callable[[str], Target | None]) -> list[Remembered] | None:
     """A logged prediction as ``remember`` would have kept it (None: not found, failed, or not comparable)."""
     if record is None or not record.get("outputs") or record.get("version") is None:
         return None
     target = targets(record["version"])
     if target is None:
         return None
-    return record["model"], record["version"], target, [output.get(target.field) for output in record["outputs"]]
+    return [Remembered(record["model"], record["version"], target,
+                       [output.get(target.field) for output in record["outputs"]])]
 
 
 def _same(predicted: Any, label: Any) -> bool:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +28,8 @@ log = structlog.get_logger("hostd.shadow")
 Answer = list[dict[str, Any]] | HostdError
 #: How the data plane runs a mirror: the shadow model, the units of rows; one answer per unit.
 RunMirror = Callable[["ServedModel", list[list[Any]]], Awaitable[list[Answer]]]
+#: Told each shadow answer, with the request id of its unit (for feedback: a label grades both versions).
+Mirrored = Callable[["ServedModel", Sequence[str | None], list[Answer]], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,15 +39,17 @@ class Mirror:
     units: list[list[Any]]
     answers: list[Answer]
     seconds: float  # the primary's latency
+    request_ids: Sequence[str | None]  # one per unit
 
 
 class Shadows:
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics, mirrored: Mirrored | None = None) -> None:
         self.metrics = metrics
+        self.mirrored = mirrored
         self._queue: asyncio.Queue[Mirror] | None = None  # set while ``run`` runs
 
     def offer(self, route: Route[ServedModel] | None, primary: ServedModel, units: list[list[Any]],
-              answers: list[Answer], seconds: float) -> None:
+              answers: list[Answer], seconds: float, request_ids: Sequence[str | None]) -> None:
         """Queue a mirror of this request if the model's route mirrors it; never waits."""
         if route is None or route.shadow is None:
             return
@@ -56,7 +60,7 @@ class Shadows:
         if self._queue is None or self._queue.qsize() >= route.shadow[1].max_queue:
             self.metrics.shadow_requests.labels(*labels, "dropped").inc()
             return
-        self._queue.put_nowait(Mirror(primary, shadow, units, answers, seconds))
+        self._queue.put_nowait(Mirror(primary, shadow, units, answers, seconds, request_ids))
 
     async def run(self, run_mirror: RunMirror) -> None:
         """Run queued mirrors until cancelled."""
@@ -81,6 +85,8 @@ class Shadows:
             log.debug("shadow failed", model=labels[0], shadow=labels[2], code=exc.code.value)
             return
         self.metrics.shadow_latency.labels(*labels).observe(time.perf_counter() - started - mirror.seconds)
+        if self.mirrored is not None:
+            self.mirrored(mirror.shadow, mirror.request_ids, answers)
         failed = any(isinstance(answer, HostdError) for answer in answers)
         self.metrics.shadow_requests.labels(*labels, "failed" if failed else "compared").inc()
         for primary, shadow in zip(mirror.answers, answers, strict=True):

@@ -62,7 +62,8 @@ def routes(dataplane: DataPlane, max_body: int) -> list[Route]:
                                                     body.get("label")))
 
     async def quality(request: Request) -> Response:
-        figures = dataplane.feedback.quality() if dataplane.feedback is not None else []
+        feedback = dataplane.capture.feedback
+        figures = feedback.quality() if feedback is not None else []
         return ORJSONResponse({"quality": [item for item in figures if sees(request, item["model"])]})
 
     async def reload(request: Request) -> Response:
