@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import importlib.util
 import inspect
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -224,6 +225,8 @@ def close_models(models: list[ServedModel]) -> None:
 
 def build_model(settings: ModelSettings, where: Where = nowhere) -> ServedModel:
     """Load one model (see hostd.loading) and make it servable."""
+    if settings.cache is not None and settings.cache.backend == "redis" and importlib.util.find_spec("redis") is None:
+        raise ConfigError(f"{where('cache')}: cache: the redis backend needs redis-py: pip install 'hostd[redis]'")
     model = load_model(settings, where)
     if settings.cache is not None and not is_deterministic(model):
         raise ConfigError(f"{where('cache')}: model '{model.qualified_name}' is not deterministic (deterministic = "
