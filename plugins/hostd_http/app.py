@@ -12,10 +12,12 @@ from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route, Router
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hostd.dataplane import DataPlane
 from hostd.settings import HostSettings
 from hostd_http import docs, rest, v2
+from hostd_http.connections import REQUEST_ID, client_request_id, request_id_of
 from hostd_http.front import error_body_of
 from hostd_http.responses import ErrorBody, Handler, error_handlers
 
@@ -47,6 +49,7 @@ def compose(api: Sequence[BaseRoute], oip: Sequence[BaseRoute], oip_root: Sequen
     (docs, metrics, anything else) as the author's API."""
     oip_errors = _errors_as(v2.error_body)
     return Starlette(
+        middleware=[Middleware(RequestIds)],
         # The mounts first and one level deep, prediction/infer first in each: a prediction is 2 or 3 path
         # matches from the top (it was 7, and 13 for /v2 infer, when every route sat in one flat list).
         routes=[
@@ -57,6 +60,29 @@ def compose(api: Sequence[BaseRoute], oip: Sequence[BaseRoute], oip_root: Sequen
         ],
         exception_handlers=_top_level_handlers(),
     )
+
+
+class RequestIds:
+    """Every reply names its request's id in ``X-Request-Id``: the client's, else one made up (see
+    connections.request_id_of); the data plane logs the request under it, and feedback names it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if REQUEST_ID not in scope:  # the transport's Front reads it first; Lambda has no Front
+            scope[REQUEST_ID] = client_request_id(scope)
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", ()),
+                                                  (b"x-request-id", request_id_of(scope).encode())]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
 
 
 def _top_level_handlers() -> dict[type[Exception], Handler]:

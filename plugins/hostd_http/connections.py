@@ -8,6 +8,7 @@ cancelled the moment its client leaves, with no watcher task per request.
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 import structlog
@@ -16,7 +17,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from hostd.auth import Principal
 from hostd.clients import Client
-from hostd.dataplane import new_request_id
+from hostd.dataplane import MAX_REQUEST_ID, new_request_id
 from hostd.ratelimitedlog import RateLimitedLog
 
 log = structlog.get_logger("hostd.http")
@@ -31,8 +32,18 @@ CLIENT = "hostd.client"
 PRINCIPAL = "hostd.principal"
 
 
+_VISIBLE = re.compile(rb"[\x21-\x7e]+")
 #: The scope key of the request's id (X-Request-Id): the client's, or None until one is made up.
 REQUEST_ID = "hostd.request_id"
+
+
+def client_request_id(scope: Scope) -> str | None:
+    """The client's X-Request-Id, if it sent one that fits: 1-256 visible ASCII characters (else hostd
+    makes one up)."""
+    for name, value in scope["headers"]:
+        if name == b"x-request-id":
+            return value.decode() if len(value) <= MAX_REQUEST_ID and _VISIBLE.fullmatch(value) else None
+    return None
 
 
 def request_id_of(scope: Scope, fallback: str | None = None) -> str:

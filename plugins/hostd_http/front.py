@@ -16,15 +16,13 @@
   else: 401 UNAUTHENTICATED (with WWW-Authenticate), 403 FORBIDDEN, 429 RATE_LIMITED (Retry-After).
 - Each request runs as its connection's (connections.py): admitted with its Client, cancelled if
   the client leaves.
-- Every reply carries ``X-Request-Id``: the client's (if it sent one that fits: 1-256 visible ASCII
-  characters), else one made up; the data plane logs the request under it, and feedback names it.
+- A refusal carries the request's ``X-Request-Id``, as every other reply does (app.RequestIds).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 
 from starlette.datastructures import QueryParams
 from starlette.exceptions import HTTPException
@@ -33,14 +31,20 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from hostd.auth import Guard, bearer_key
 from hostd.auth import Scope as AuthScope
 from hostd.clients import Client
-from hostd.dataplane import MAX_REQUEST_ID, DataPlane, State
+from hostd.dataplane import DataPlane, State
 from hostd.errors import HostdError, NotReady, RateLimited
 from hostd.refusals import HELD_BACK, LONGEST_PAUSE_S
 from hostd_http import rest, v2
-from hostd_http.connections import CLIENT, PRINCIPAL, REQUEST_ID, Connection, Connections, request_id_of
+from hostd_http.connections import (
+    CLIENT,
+    PRINCIPAL,
+    REQUEST_ID,
+    Connection,
+    Connections,
+    client_request_id,
+    request_id_of,
+)
 from hostd_http.responses import ErrorBody, error_response
-
-_VISIBLE = re.compile(rb"[\x21-\x7e]+")
 
 
 class Front:
@@ -77,7 +81,7 @@ class Front:
         connection = self.connections.get(scope.get("client"))
         client = connection.client if connection is not None else None
         scope[CLIENT] = client
-        scope[REQUEST_ID] = _request_id(scope)
+        scope[REQUEST_ID] = client_request_id(scope)  # refusals below are logged under it
         target = _prediction(scope)
         refusal = self._refusal(scope, target, client)
         if isinstance(refusal, RateLimited) and connection is not None:
@@ -154,11 +158,10 @@ class _Exchange:
     """One request's receive and send as the app sees them: the body must arrive by a deadline (cut
     short when the transport drains); the reply says Connection: close if the connection closes after it."""
 
-    __slots__ = ("_body_done", "_close", "_deadline", "_front", "_http1", "_receive", "_scope", "_send")
+    __slots__ = ("_body_done", "_close", "_deadline", "_front", "_http1", "_receive", "_send")
 
     def __init__(self, front: Front, scope: Scope, receive: Receive, send: Send) -> None:
         self._front = front
-        self._scope = scope
         self._receive = receive
         self._send = send
         self._http1 = _http1(scope)
@@ -190,20 +193,9 @@ class _Exchange:
         return message
 
     async def send(self, message: Message) -> None:
-        if message["type"] == "http.response.start":
-            headers = [*message.get("headers", ()), (b"x-request-id", request_id_of(self._scope).encode())]
-            if self._http1 and (self._close or self._front.closing):
-                headers.append((b"connection", b"close"))
-            message = {**message, "headers": headers}
+        if message["type"] == "http.response.start" and self._http1 and (self._close or self._front.closing):
+            message = {**message, "headers": [*message.get("headers", ()), (b"connection", b"close")]}
         await self._send(message)
-
-
-def _request_id(scope: Scope) -> str | None:
-    """The client's X-Request-Id, if it sent one that fits (else one is made up when needed)."""
-    for name, value in scope["headers"]:
-        if name == b"x-request-id":
-            return value.decode() if 0 < len(value) <= MAX_REQUEST_ID and _VISIBLE.fullmatch(value) else None
-    return None
 
 
 def _prediction(scope: Scope) -> tuple[str, str | None] | None:
