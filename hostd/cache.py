@@ -98,15 +98,19 @@ class PredictionCache:
         self._hits, self._misses = metrics.cache_lookups.labels(name, version, "hit"), \
             metrics.cache_lookups.labels(name, version, "miss")
 
-    async def lookup(self, units: Sequence[list[Any]]) -> Lookup:
+    async def lookup(self, units: Sequence[list[Any]], *, look: bool = True) -> Lookup:
+        """What the cache has for the units' rows; ``look=False`` (the client asked for fresh answers):
+        nothing, without asking the backend, but the keys to store the fresh answers under."""
         keys_flat = row_keys(self.name, self.version, self.schema, [row for unit in units for row in unit])
+        if not look:
+            return Lookup([keys_flat[i:i + len(u)] for i, u in zip(_offsets(units), units, strict=True)],
+                          [[None] * len(unit) for unit in units])
         stored = await self.backend.get_many(keys_flat)
-        keys, found, offset = [], [], 0
-        for unit in units:
+        keys, found = [], []
+        for offset, unit in zip(_offsets(units), units, strict=True):
             keys.append(keys_flat[offset:offset + len(unit)])
             found.append([orjson.loads(value) if value is not None else None
                           for value in stored[offset:offset + len(unit)]])
-            offset += len(unit)
         lookup = Lookup(keys, found)
         hits = lookup.hits()
         self._hits.inc(hits)
@@ -120,6 +124,15 @@ class PredictionCache:
     async def drop(self) -> None:
         """Forget every entry of this version (it was unloaded or reloaded)."""
         await self.backend.drop()
+
+
+def _offsets(units: Sequence[list[Any]]) -> list[int]:
+    """Where each unit's rows start in the units' rows laid end to end."""
+    starts, offset = [], 0
+    for unit in units:
+        starts.append(offset)
+        offset += len(unit)
+    return starts
 
 
 class MemoryCache:

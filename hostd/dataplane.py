@@ -234,12 +234,12 @@ class DataPlane:
         try:
             if served.retired:  # replaced or unloaded while the request was read and validated
                 served = self.registry.current(served, requested)
-            cache = self._cache_of(served) if use_cache else None
+            cache = self._cache_of(served)
             if cache is not None:
-                answers, cached = await self._through_cache(cache, served, units, timeout, client)
+                answers, cached = await self._through_cache(cache, served, units, timeout, client, use_cache)
             else:
                 answers = await self._run(served, units, timeout, client)
-                cached = [None if served.settings.cache is None else False] * len(units)
+                cached = [None] * len(units)
             codes = ["OK" if not isinstance(answer, HostdError) else answer.code.value for answer in answers]
             for answer in answers:
                 if isinstance(answer, HostdError):
@@ -277,11 +277,12 @@ class DataPlane:
         return await off_loop_if(sum(len(unit) for unit in units) >= OFF_LOOP_ROWS, _dump_all, served, outcomes)
 
     async def _through_cache(self, cache: PredictionCache, served: ServedModel, units: list[list[Any]],
-                             timeout: float, client: Client | None,
+                             timeout: float, client: Client | None, look: bool,
                              ) -> tuple[list[list[dict[str, Any]] | HostdError], list[bool | None]]:
         """``_run`` for the rows the cache does not know (a unit all of whose rows it knows costs the model
-        nothing); the answers, and whether each unit was answered by the cache alone."""
-        lookup = await cache.lookup(units)
+        nothing); the answers, and whether each unit was answered by the cache alone. ``look=False``:
+        every row from the model (the client asked for fresh answers), each answer then stored."""
+        lookup = await cache.lookup(units, look=look)
         todo, origin = lookup.missing(units)
         computed = await self._run(served, todo, timeout, client) if todo else []
         answers, new = lookup.complete(origin, computed)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import uuid
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,8 +10,9 @@ MAX_REQUEST_ID = 256  # characters: a request id may come from the client (X-Req
 
 
 def new_request_id() -> str:
-    """An id for a request whose client sent none (every answer carries one, for feedback and logs)."""
-    return uuid.uuid4().hex
+    """An id for a request whose client sent none (every answer carries one, for feedback and logs):
+    128 random bits as 32 hex digits, like a uuid4's hex (a third of the cost: this runs per request)."""
+    return os.urandom(16).hex()
 
 
 @dataclass(frozen=True, slots=True)

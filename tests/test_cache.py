@@ -123,12 +123,15 @@ async def test_streams_rows_are_cached_one_by_one() -> None:
     assert model_rows(plane) == 2
 
 
-async def test_a_client_can_skip_the_cache() -> None:
+async def test_a_client_can_skip_the_cache_and_its_fresh_answer_is_stored() -> None:
     plane = cached_echo()
     await plane.predict("echo", {"x": 1})
     fresh = await plane.predict("echo", {"x": 1}, use_cache=False)
     assert fresh.cached is False
     assert model_rows(plane) == 2
+    assert (await plane.predict("echo", {"x": 2}, use_cache=False)).cached is False
+    assert (await plane.predict("echo", {"x": 2})).cached is True  # stored by the request that skipped it
+    assert model_rows(plane) == 3
 
 
 async def test_a_failed_row_is_not_cached() -> None:

@@ -176,8 +176,6 @@ def test_cache_control_no_cache_gets_the_models_answer_and_the_next_request_a_hi
     assert rows_predicted(cached_iris) == 4
 
 
-@pytest.mark.xfail(strict=True, reason="hostd bug: a request that skips the cache (Cache-Control: no-cache) "
-                   "does not store its fresh answer; DataPlane._call runs the model without the cache")
 def test_an_answer_fetched_with_no_cache_is_stored_for_the_next_request(cached_iris: HostdProcess) -> None:
     data = iris_payload(50)
     assert predict(cached_iris, data, **{"Cache-Control": "no-cache"}).headers["X-Cache"] == "MISS"
