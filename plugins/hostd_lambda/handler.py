@@ -23,9 +23,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from hostd import plugins
+from hostd.capture import Capture
 from hostd.dataplane import DataPlane
 from hostd.errors import ConfigError, NotReady, describe
-from hostd.observability import configure_logging
+from hostd.feedback import Feedback
+from hostd.observability import Metrics, configure_logging
 from hostd.registry import Registry
 from hostd.settings import load_settings
 
@@ -50,7 +52,13 @@ def create_handler(config: Path | str, base_path: str | None = None) -> Mangum:
         log.error("models failed to load", config=str(config), error=reason)
         return Mangum(unavailable(f"hostd could not load its models: {reason}"), lifespan="off",
                       api_gateway_base_path=base_path)
-    dataplane = DataPlane(registry)
+    # Feedback and the cache live as long as the warm container; the prediction log needs a task that
+    # outlives a request, which Lambda freezes between invocations: it is not kept here.
+    if settings.prediction_log is not None:
+        log.warning("prediction_log is not kept on Lambda (its writer would be frozen between invocations)")
+    metrics = Metrics()
+    feedback = Feedback(settings.feedback, metrics) if settings.feedback is not None else None
+    dataplane = DataPlane(registry, metrics, capture=Capture(registry, feedback=feedback))
     dataplane.set_ready()
     http = settings.transports.get("http") or HttpSettings()
     return Mangum(create_app(dataplane, settings, http.max_request_bytes), lifespan="off",
