@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import pytest
@@ -175,3 +176,20 @@ def test_the_redis_backend_without_a_redis_is_a_config_error() -> None:
 
 def test_the_memory_backend_is_bounded_by_default() -> None:
     assert CacheSettings().max_entries == 10_000
+
+
+async def test_memory_stays_within_max_bytes_under_a_million_distinct_inputs() -> None:
+    bound = 4 << 20
+    plane = cached_echo(max_bytes=bound)
+    plane.model("echo").settings.batching.max_batch_size = 1  # one call per request: no batcher in the way
+    for start in range(0, 1_000_000, 20_000):
+        rows = [{"x": index % 2000 - 1000, "text": str(index)} for index in range(start, start + 20_000)]
+        assert len((await plane.predict_many("echo", rows)).outputs) == 20_000
+        memory = plane.model("echo").cache.backend  # type: ignore[union-attr]
+        assert memory.size <= bound  # type: ignore[union-attr]
+    # The bound counts what the entries really take: the keys, values, tuples and the dict's slots.
+    held = sum(sys.getsizeof(key) + sys.getsizeof(entry) + sys.getsizeof(entry[0]) + sys.getsizeof(entry[1])
+               for key, entry in memory._entries.items()) + sys.getsizeof(memory._entries)  # type: ignore[union-attr]
+    assert held <= 1.25 * bound, held
+    assert lookups(plane, "miss") == 1_000_000
+    assert len(memory) > 10_000  # type: ignore[arg-type]  # full (~10,280 entries of ~408 bytes), not emptied
