@@ -5,7 +5,8 @@ only). A label finds its prediction there, or, come too late for that, in the pr
 files (file sink, JSONL). Each joined label updates its version's window of the last ``window`` labels:
 accuracy for a classifier, MAE and RMSE for a regressor, exported as ``hostd_model_quality``. A label
 for a request id that is unknown or forgotten is counted (``hostd_feedback{outcome="unknown"}``) and
-answered as not joined: not an error, so a labeller replaying old ids causes no error storm.
+answered as not joined: not an error, so a labeller replaying old ids causes no error storm. A second
+label for a prediction (a redelivered Kafka record) is counted as ``duplicate`` and changes nothing.
 """
 
 from __future__ import annotations
@@ -101,6 +102,7 @@ class Feedback:
         # request id -> what each version answered it with (the primary's, then any shadow's)
         self._recent: OrderedDict[str, list[Remembered]] = OrderedDict()
         self._quality: dict[tuple[str, str], Quality] = {}
+        self._graded: OrderedDict[str, None] = OrderedDict()  # the last ``remember`` request ids labelled
 
     def remember(self, request_id: str, name: str, version: str, target: Target | None,
                  outputs: Sequence[dict[str, Any]]) -> None:
@@ -122,6 +124,10 @@ class Feedback:
         """Join ``label`` (a list of labels for a request of several rows) with the prediction of
         ``request_id`` for ``model`` (and a shadow's, if one answered it too); ``targets(version)`` says
         what a logged prediction is compared with."""
+        if request_id in self._graded:  # a second label (a redelivered Kafka record): counted once only
+            self.metrics.feedback.labels(model, "duplicate").inc()
+            return {"request_id": request_id, "model": model, "joined": False,
+                    "reason": "this prediction was labelled already; the first label counts"}
         answers = self._recent.pop(request_id, None)
         if answers is None and self._lookup is not None:
             answers = _from_record(await self._lookup(request_id), targets)
@@ -132,6 +138,9 @@ class Feedback:
                     "reason": "no prediction of this model with this request id is remembered (unknown, or too old)"}
         for answer in answers:
             self._grade(request_id, answer, label)
+        self._graded[request_id] = None
+        if len(self._graded) > self.settings.remember:
+            self._graded.popitem(last=False)
         self.metrics.feedback.labels(model, "joined").inc()
         return {"request_id": request_id, "model": model, "version": answers[0].version, "joined": True,
                 **({"shadow_versions": [answer.version for answer in answers[1:]]} if len(answers) > 1 else {})}

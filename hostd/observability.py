@@ -134,7 +134,8 @@ class Metrics:
         self.log_buffered = Gauge("hostd_prediction_log_buffered", "Records waiting for the sink",
                                   registry=self.registry)
         self.feedback = Counter("hostd_feedback", "Ground-truth labels received, by outcome (joined; unknown: "
-                                "no such request id, or it expired; invalid: not comparable with the output)",
+                                "no such request id, or it expired; duplicate: labelled already; invalid: not "
+                                "comparable with the output)",
                                 ["model", "outcome"], registry=self.registry)
         self.quality = Gauge("hostd_model_quality", "Live quality over the last labelled predictions: accuracy "
                              "(classifiers), mae and rmse (regressors)", [*version, "metric"], registry=self.registry)

@@ -88,6 +88,7 @@ class PredictionLog:
                                    buffer=self.settings.buffer, sink=self.settings.sink)
             return
         self._buffer.append(record)
+        self._buffered.inc()
         self._wake.set()
 
     async def run(self) -> None:
@@ -104,6 +105,7 @@ class PredictionLog:
         finally:
             self._drop(len(self._buffer), "hostd stopped with records the sink had not taken")
             self._buffer.clear()
+            self._buffered.set(0)
             with anyio.CancelScope(shield=True), anyio.move_on_after(CLOSE_S):
                 await self.sink.close()
             self._done.set()

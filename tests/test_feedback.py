@@ -86,7 +86,7 @@ async def test_an_unknown_or_forgotten_request_id_is_counted_not_an_error() -> N
     assert (await dataplane.label("echo", "never-sent", 0.0))["joined"] is False
     assert (await dataplane.label("echo", "r1", 2.0))["joined"] is True
     assert (await dataplane.label("echo", "r1", 2.0))["joined"] is False  # one label per prediction
-    assert (counted(dataplane, "unknown"), counted(dataplane, "joined")) == (3, 1)
+    assert (counted(dataplane, "unknown"), counted(dataplane, "joined"), counted(dataplane, "duplicate")) == (2, 1, 1)
 
 
 async def test_a_request_of_several_rows_takes_a_list_of_labels() -> None:
@@ -116,7 +116,7 @@ async def test_feedback_is_refused_while_off_and_for_models_not_served() -> None
         await plane().label("echo", "r", None)
 
 
-async def test_a_late_label_is_joined_from_the_log() -> None:
+async def test_a_late_label_is_joined_from_the_log_once() -> None:
     record = {"request_id": "old", "model": "echo", "version": "1.0.0", "outputs": [{"y": 4.0, "text": ""}]}
 
     async def lookup(request_id: str) -> dict[str, Any] | None:
@@ -125,6 +125,7 @@ async def test_a_late_label_is_joined_from_the_log() -> None:
     dataplane = plane()
     dataplane.capture.feedback._lookup = lookup  # type: ignore[union-attr]
     assert (await dataplane.label("echo", "old", 3.0))["joined"] is True
+    assert (await dataplane.label("echo", "old", 3.0))["joined"] is False  # still in the log: graded once
     assert gauge(dataplane, "mae") == 1.0
 
 

@@ -117,13 +117,13 @@ class InferenceService:
         # ``served`` gives the tensors to decode; the data plane picks the version that answers (the one
         # asked for, else by routing: a reload or a canary may have changed it meanwhile).
         version = request.model_version or None
-        served = self.dataplane.model(request.model_name, version)
-        # Refused now (overloaded, not ready) is refused before the tensors are decoded.
+        # Refused now (not served, overloaded, not ready) is refused, and logged, before the tensors are decoded.
         request_id = request.id or new_request_id()  # the reply's id: the client's, or one made up
-        refused = self.dataplane.refusal(served.name, served.version, transport="grpc", client=call.client,
+        refused = self.dataplane.refusal(request.model_name, version, transport="grpc", client=call.client,
                                          request_id=request_id)
         if refused is not None:
             raise refused
+        served = self.dataplane.model(request.model_name, version)
         output_specs = tensor_specs(served.model.output_schema)
         requested = [output.name for output in request.outputs]
         check_outputs(requested, output_specs)

@@ -31,7 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from hostd.auth import Guard, bearer_key
 from hostd.auth import Scope as AuthScope
 from hostd.clients import Client
-from hostd.dataplane import DataPlane, State
+from hostd.dataplane import DataPlane, State, new_request_id
 from hostd.errors import HostdError, NotReady, RateLimited
 from hostd.refusals import HELD_BACK, LONGEST_PAUSE_S
 from hostd_http import rest, v2
@@ -111,7 +111,13 @@ class Front:
             return denied
         if target is None:
             return None
-        return self.dataplane.refusal(*target, transport="http", client=client, request_id=request_id_of(scope))
+        # The id a refusal is logged and answered under; one that goes on keeps the client's, or none yet
+        # (OIP v2 then takes the body's id).
+        request_id = scope[REQUEST_ID] or new_request_id()
+        refused = self.dataplane.refusal(*target, transport="http", client=client, request_id=request_id)
+        if refused is not None:
+            scope[REQUEST_ID] = request_id
+        return refused
 
     def _denied(self, scope: Scope, target: tuple[str, str | None] | None) -> HostdError | None:
         """Why the guard refuses this request (None: it may go on)."""
