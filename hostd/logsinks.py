@@ -147,17 +147,27 @@ class KafkaSink:
         self.bootstrap_servers = bootstrap_servers
         self.security = security
         self._producer: Any = None
+        self._turn = itertools.count()  # the next batch's partition, in turn
 
     async def write(self, records: Sequence[Record]) -> int:
-        from aiokafka.errors import MessageSizeTooLargeError
-
+        """Records packed into as few Kafka batches as fit (aiokafka's send() per record costs ~30 µs of
+        the event loop's time), the batches spread over the topic's partitions in turn."""
         producer = await self._started()
-        sent, refused = [], 0
+        partitions = sorted(await producer.partitions_for(self.settings.topic))
+        sent, refused, batch = [], 0, producer.create_batch()
         for record in records:
-            try:
-                sent.append(await producer.send(self.settings.topic, encode(record), key=record.request_id.encode()))
-            except MessageSizeTooLargeError:  # one huge request must not sink its whole batch
-                refused += 1
+            value, key = encode(record), record.request_id.encode()
+            if batch.append(key=key, value=value, timestamp=None) is not None:
+                continue
+            if batch.record_count():  # full: send it, start the next with this record
+                sent.append(await producer.send_batch(batch, self.settings.topic,
+                                                      partition=partitions[next(self._turn) % len(partitions)]))
+                batch = producer.create_batch()
+            if batch.append(key=key, value=value, timestamp=None) is None:
+                refused += 1  # bigger than a batch may be: one huge request must not sink the others
+        if batch.record_count():
+            sent.append(await producer.send_batch(batch, self.settings.topic,
+                                                  partition=partitions[next(self._turn) % len(partitions)]))
         for ack in sent:
             await ack
         return refused

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -100,8 +101,9 @@ async def test_a_full_buffer_drops_new_records_and_counts_them() -> None:
     assert dropped(metrics) == 2
 
 
-async def test_a_failing_sink_is_retried_then_its_batch_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_failing_sink_is_retried_then_records_are_dropped_for_a_while(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(predictionlog, "BACKOFF_S", (0.001, 0.001))
+    monkeypatch.setattr(predictionlog, "DOWN_S", 0.2)
     sink, metrics = ListSink(), Metrics()
     log = PredictionLog(PredictionLogSettings(sink="file"), sink, metrics)
     sink.failing = True
@@ -111,12 +113,17 @@ async def test_a_failing_sink_is_retried_then_its_batch_dropped(monkeypatch: pyt
         with anyio.fail_after(5):
             while not dropped(metrics):
                 await anyio.sleep(0.001)
-        sink.failing = False  # back up: what comes now is written
+        sink.failing = False  # back up, but the log leaves it alone for DOWN_S: this one is dropped too
+        log.add(record("while down"))
+        assert dropped(metrics) == 2
+        with anyio.fail_after(5):
+            while time.monotonic() < log._down_until:  # the DOWN_S window, as the log counts it
+                await anyio.sleep(0.01)
         log.add(record("kept"))
         await log.finish(5)
         tg.cancel_scope.cancel()
     assert [item.request_id for item in sink.records] == ["kept"]
-    assert dropped(metrics) == 1
+    assert dropped(metrics) == 2
 
 
 async def test_a_slow_sink_does_not_slow_requests() -> None:
