@@ -30,6 +30,8 @@ from hostd.settings import MODEL_FILE_SUFFIXES, HostSettings
 
 log = structlog.get_logger("hostd.repository")
 DRAIN_POLL_S = 0.01
+#: Top-level settings the daemon builds its parts from once, at start: a reload that changes one is refused.
+RESTART_KEYS = ("prediction_log", "feedback")
 
 
 class ModelRepository:
@@ -146,10 +148,12 @@ class ModelRepository:
             Guard.of(settings)  # the key files it names must be readable
         except ConfigError as exc:
             raise LoadFailed(f"the new config was rejected; still serving the previous one:\n{exc}") from None
-        changed = sorted(name for name in settings.transports.keys() | self.settings.transports.keys()
-                         if settings.transports.get(name) != self.settings.transports.get(name))
+        changed = [f"transports ({', '.join(names)})" for names in [sorted(
+            name for name in settings.transports.keys() | self.settings.transports.keys()
+            if settings.transports.get(name) != self.settings.transports.get(name))] if names]
+        changed += [key for key in RESTART_KEYS if getattr(settings, key) != getattr(self.settings, key)]
         if changed:
-            raise LoadFailed(f"the new config changes transports ({', '.join(changed)}), which needs a restart; "
+            raise LoadFailed(f"the new config changes {', '.join(changed)}, which needs a restart; "
                              "nothing was applied, still serving the previous config")
         try:
             return await self.apply(settings)

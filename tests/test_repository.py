@@ -320,3 +320,15 @@ async def test_a_slow_shadow_neither_slows_the_primary_nor_grows_its_queue(gates
             while shadow_count(plane, "compared") < 3:
                 await anyio.sleep(0.001)
         tg.cancel_scope.cancel()
+
+
+async def test_a_prediction_log_or_feedback_change_needs_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "host.yaml"
+    plane = await started(config(echo()), path)
+    path.write_text(yaml.safe_dump({**config(echo(), echo("added")), "feedback": {},
+                                    "prediction_log": {"sink": "file"}}))
+    assert plane.repository is not None
+    with pytest.raises(LoadFailed, match=r"changes prediction_log, feedback, which needs a restart; nothing was"):
+        await plane.repository.reload()
+    with pytest.raises(ModelNotFound):
+        plane.model("added")
