@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 from pydantic import BaseModel
 
 from hostd.errors import InvalidInput
+from hostd.prediction import MAX_REQUEST_ID
 
 if TYPE_CHECKING:
     from hostd.observability import Metrics
@@ -27,6 +28,10 @@ if TYPE_CHECKING:
 
 Kind = Literal["classification", "regression"]
 MAX_VERSIONS = 4  # answers kept per request id: the primary's and its shadows'
+#: What is remembered per prediction is bounded, so that the memory ``remember`` predictions take is
+#: too, whatever clients send: at most this many rows, each a number or a text of at most MAX_TEXT.
+MAX_ROWS = 1024
+MAX_TEXT = 256
 #: Finds a logged prediction by request id (the file sink's ``find``), for a label that came late.
 Lookup = Callable[[str], Awaitable[dict[str, Any] | None]]
 
@@ -108,9 +113,12 @@ class Feedback:
                  outputs: Sequence[dict[str, Any]]) -> None:
         """Keep a prediction's compared field for labels to come (the oldest goes, past ``remember``). A
         shadow's answer to the same request joins the primary's, so one label grades both versions."""
-        if target is None:
+        if target is None or len(request_id) > MAX_REQUEST_ID:  # a label could not name it anyway
             return
-        kept = Remembered(name, version, target, [output.get(target.field) for output in outputs])
+        values = [output.get(target.field) for output in outputs]
+        if len(values) > MAX_ROWS or not all(_small(value) for value in values):
+            return  # a label is compared with a class or a number: a big request or output is not kept
+        kept = Remembered(name, version, target, values)
         answers = self._recent.get(request_id)
         if answers is None or not any(entry.version != version for entry in answers):
             self._recent[request_id] = [kept]  # new, or the same version again (a client reusing its ids)
@@ -197,6 +205,10 @@ def _error(predicted: Any, label: Any) -> float:
     if not _number(predicted):
         raise ValueError(f"the prediction {predicted!r} is not a number")
     return float(predicted) - float(label)
+
+
+def _small(value: Any) -> bool:
+    return value is None or isinstance(value, (int, float, bool)) or (isinstance(value, str) and len(value) <= MAX_TEXT)
 
 
 def _number(value: Any) -> bool:

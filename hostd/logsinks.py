@@ -11,10 +11,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 import orjson
-from pydantic import BaseModel
 
 if TYPE_CHECKING:
-    from hostd.predictionlog import Record
+    from hostd.predictionlog import Entry
     from hostd.settings import HostSettings, PredictionLogSettings
 
 #: How many of the newest files a late label is looked for in (each read whole, in a thread).
@@ -23,21 +22,10 @@ REQUEST_TIMEOUT_MS = 5000  # a broker that does not answer fails the batch in 5 
 
 
 class Sink(Protocol):
-    async def write(self, records: Sequence[Record]) -> int:
-        """Write ``records``; how many of them it refused one by one (too big for the sink). Raises if
+    async def write(self, entries: Sequence[Entry]) -> int:
+        """Write ``entries``; how many of them it refused one by one (too big for the sink). Raises if
         the sink failed (the whole batch is tried again)."""
     async def close(self) -> None: ...
-
-
-def encode(record: Record) -> bytes:
-    return orjson.dumps(record.to_dict(), default=_jsonable, option=orjson.OPT_SERIALIZE_NUMPY)
-
-
-def _jsonable(value: Any) -> Any:
-    """What orjson cannot write itself: a validated row (a pydantic model), anything else as text."""
-    if isinstance(value, BaseModel):
-        return value.model_dump(mode="json")
-    return str(value)
 
 
 class FileSink:
@@ -56,20 +44,20 @@ class FileSink:
         if settings.format == "parquet":
             import pyarrow  # noqa: F401  # checked at start: the config asks for what is not installed
 
-    async def write(self, records: Sequence[Record]) -> int:
-        await anyio.to_thread.run_sync(self._write, records)
+    async def write(self, entries: Sequence[Entry]) -> int:
+        await anyio.to_thread.run_sync(self._write, entries)
         return 0
 
     async def close(self) -> None:
         await anyio.to_thread.run_sync(self._close)
 
-    def _write(self, records: Sequence[Record]) -> None:
+    def _write(self, entries: Sequence[Entry]) -> None:
         if self._file is not None and (self._bytes >= self.settings.rotate_bytes or (
                 self.settings.rotate_s is not None and time.monotonic() - self._opened >= self.settings.rotate_s)):
             self._close()
         if self._file is None:
             self._open()
-        lines = [encode(record) for record in records]
+        lines = [entry.line for entry in entries]
         if self.settings.format == "jsonl":
             data = b"".join(line + b"\n" for line in lines)
             self._file.write(data)
@@ -149,14 +137,14 @@ class KafkaSink:
         self._producer: Any = None
         self._turn = itertools.count()  # the next batch's partition, in turn
 
-    async def write(self, records: Sequence[Record]) -> int:
+    async def write(self, entries: Sequence[Entry]) -> int:
         """Records packed into as few Kafka batches as fit (aiokafka's send() per record costs ~30 µs of
         the event loop's time), the batches spread over the topic's partitions in turn."""
         producer = await self._started()
         partitions = sorted(await producer.partitions_for(self.settings.topic))
         sent, refused, batch = [], 0, producer.create_batch()
-        for record in records:
-            value, key = encode(record), record.request_id.encode()
+        for entry in entries:
+            value, key = entry.line, entry.request_id.encode()
             if batch.append(key=key, value=value, timestamp=None) is not None:
                 continue
             if batch.record_count():  # full: send it, start the next with this record

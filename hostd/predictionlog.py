@@ -20,10 +20,12 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import anyio
+import orjson
 import structlog
+from pydantic import BaseModel
 
 from hostd.errors import HostdError
 from hostd.ratelimitedlog import RateLimitedLog
@@ -68,11 +70,30 @@ class Record:
         }
 
 
+class Entry(NamedTuple):
+    """A record as the sinks take it: encoded when it is added, so the buffer is bounded in bytes."""
+
+    request_id: str
+    line: bytes  # the record as one line of JSON, without the newline
+
+
+def encode(record: Record) -> bytes:
+    return orjson.dumps(record.to_dict(), default=_jsonable, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _jsonable(value: Any) -> Any:
+    """What orjson cannot write itself: a validated row (a pydantic model), anything else as text."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    return str(value)
+
+
 class PredictionLog:
     def __init__(self, settings: PredictionLogSettings, sink: Sink, metrics: Metrics) -> None:
         self.settings = settings
         self.sink = sink
-        self._buffer: deque[Record] = deque()
+        self._buffer: deque[Entry] = deque()
+        self._bytes = 0  # of the lines in the buffer
         self._wake = asyncio.Event()
         self._done = asyncio.Event()
         self._finishing = False
@@ -90,12 +111,17 @@ class PredictionLog:
         if self._down_until and time.monotonic() < self._down_until:
             self._dropped.inc()  # the sink just failed for seconds on end: not even buffered (warned then)
             return
-        if len(self._buffer) >= self.settings.buffer:
+        # Encoded here, once (a few µs for a small request, on the order of its parsing for a big one):
+        # so the buffer holds at most buffer_bytes, whatever the size of the inputs.
+        line = encode(record)
+        if len(self._buffer) >= self.settings.buffer or self._bytes + len(line) > self.settings.buffer_bytes:
             self._dropped.inc()
             self._warnings.warning("full", "prediction log buffer is full: records are dropped",
-                                   buffer=self.settings.buffer, sink=self.settings.sink)
+                                   buffer=self.settings.buffer, buffer_bytes=self.settings.buffer_bytes,
+                                   sink=self.settings.sink)
             return
-        self._buffer.append(record)
+        self._buffer.append(Entry(record.request_id, line))
+        self._bytes += len(line)
         self._buffered.inc()
         self._wake.set()
 
@@ -111,13 +137,11 @@ class PredictionLog:
                     # Let records gather (as Kafka's linger.ms does): a sink call, a thread hop for the
                     # file sink, per record would cost the loop a fifth of its requests at 4,000/s.
                     await asyncio.sleep(LINGER_S)
-                batch = [self._buffer.popleft() for _ in range(min(BATCH, len(self._buffer)))]
-                self._buffered.set(len(self._buffer))
+                batch = self._take()
                 await self._deliver(batch)
         finally:
             self._drop(len(self._buffer), "hostd stopped with records the sink had not taken")
-            self._buffer.clear()
-            self._buffered.set(0)
+            self._clear()
             with anyio.CancelScope(shield=True), anyio.move_on_after(CLOSE_S):
                 await self.sink.close()
             self._done.set()
@@ -129,7 +153,18 @@ class PredictionLog:
         with anyio.move_on_after(grace_s):
             await self._done.wait()
 
-    async def _deliver(self, batch: list[Record]) -> None:
+    def _take(self) -> list[Entry]:
+        batch = [self._buffer.popleft() for _ in range(min(BATCH, len(self._buffer)))]
+        self._bytes -= sum(len(entry.line) for entry in batch)
+        self._buffered.set(len(self._buffer))
+        return batch
+
+    def _clear(self) -> None:
+        self._buffer.clear()
+        self._bytes = 0
+        self._buffered.set(0)
+
+    async def _deliver(self, batch: list[Entry]) -> None:
         for pause in (*BACKOFF_S, None):
             try:
                 refused = await self.sink.write(batch)
@@ -146,8 +181,7 @@ class PredictionLog:
         # must cost the requests nothing: no buffering, no reconnecting per batch).
         self._down_until = time.monotonic() + DOWN_S
         self._drop(len(batch) + len(self._buffer), f"the sink kept failing; records are dropped for {DOWN_S:g} s")
-        self._buffer.clear()
-        self._buffered.set(0)
+        self._clear()
 
     def _drop(self, count: int, why: str) -> None:
         if count:

@@ -65,9 +65,13 @@ class BatchingSettings(Strict):
     max_delay_ms: float = Field(default=2.0, ge=0, le=10_000)  # only while other batches run
 
 
+DEFAULT_CACHE_BYTES = 256 << 20
+
+
 class CacheSettings(Strict):
     """Keep each row's answer, so an input seen before is answered without the model (hostd.cache).
-    Deterministic models only. Memory: bounded by max_entries (default 10,000) or max_bytes."""
+    Deterministic models only. Memory: bounded by max_entries (default 10,000) and max_bytes (default
+    256 MiB)."""
 
     backend: Literal["memory", "redis"] = "memory"
     max_entries: int | None = Field(default=None, ge=1)
@@ -82,6 +86,8 @@ class CacheSettings(Strict):
     def _a_bound(self) -> CacheSettings:
         if self.backend == "memory" and self.max_entries is None and self.max_bytes is None:
             self.max_entries = 10_000
+        if self.backend == "memory" and self.max_bytes is None:
+            self.max_bytes = DEFAULT_CACHE_BYTES  # entries alone do not bound memory: outputs may be big
         if self.backend == "redis" and (self.max_entries is not None or self.max_bytes is not None):
             raise ValueError("max_entries and max_bytes bound the memory backend; bound Redis with its own "
                              "maxmemory (and ttl_s)")
@@ -205,6 +211,7 @@ class PredictionLogSettings(Strict):
     sink: Literal["file", "kafka"]
     sample: float = Field(default=1.0, ge=0, le=1)  # the share of requests recorded
     buffer: int = Field(default=10_000, ge=1)  # records waiting for the sink; more are dropped and counted
+    buffer_bytes: int = Field(default=64 << 20, ge=1024)  # and at most this many bytes of them
     # file: a directory (relative to the config's folder) of files rotated by size or age
     path: str = "prediction-log"
     format: Literal["jsonl", "parquet"] = "jsonl"  # parquet needs pyarrow

@@ -175,7 +175,8 @@ def test_the_redis_backend_without_a_redis_is_a_config_error() -> None:
 
 
 def test_the_memory_backend_is_bounded_by_default() -> None:
-    assert CacheSettings().max_entries == 10_000
+    assert (CacheSettings().max_entries, CacheSettings().max_bytes) == (10_000, 256 << 20)
+    assert CacheSettings(max_entries=5).max_bytes == 256 << 20  # big outputs cannot outgrow memory
 
 
 async def test_memory_stays_within_max_bytes_under_a_million_distinct_inputs() -> None:

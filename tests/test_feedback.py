@@ -180,3 +180,11 @@ async def test_canary_versions_are_graded_each_on_its_own_answers() -> None:
         await dataplane.label("echo", f"r{index}", 2.0)
     quality = {item["version"]: (item["labels"], item["mae"]) for item in dataplane.capture.feedback.quality()}  # type: ignore[union-attr]
     assert quality == {"1.0.0": (versions["1.0.0"], 0.0), "2.0.0": (versions["2.0.0"], 1.0)}
+
+
+async def test_what_is_remembered_for_a_label_is_bounded_whatever_the_client_sends() -> None:
+    dataplane = plane(feedback={"field": "text"})
+    await dataplane.predict("echo", {"x": 1, "text": "a"}, request_id="x" * 257)  # longer than any label names
+    await dataplane.predict("echo", {"x": 1, "text": "b" * 300}, request_id="long-text")  # not a class
+    await dataplane.predict("echo", {"x": 1, "text": "c"}, request_id="fine")
+    assert dataplane.capture.feedback._recent.keys() == {"fine"}  # type: ignore[union-attr]

@@ -18,7 +18,7 @@ from hostd.dataplane import DataPlane
 from hostd.errors import HostdError
 from hostd.logsinks import FileSink
 from hostd.observability import Metrics
-from hostd.predictionlog import PredictionLog, Record
+from hostd.predictionlog import Entry, PredictionLog, Record, encode
 from hostd.registry import Registry
 from hostd.settings import HostSettings, PredictionLogSettings
 
@@ -34,17 +34,17 @@ class ListSink:
     """Keeps what it is given; fails while ``failing``; waits for ``gate`` (if set) before taking a batch."""
 
     def __init__(self) -> None:
-        self.records: list[Record] = []
+        self.records: list[Entry] = []
         self.failing = False
         self.gate: asyncio.Event | None = None
         self.closed = False
 
-    async def write(self, records: Sequence[Record]) -> int:
+    async def write(self, entries: Sequence[Entry]) -> int:
         if self.gate is not None:
             await self.gate.wait()
         if self.failing:
             raise ConnectionError("sink down")
-        self.records += records
+        self.records += entries
         return 0
 
     async def close(self) -> None:
@@ -55,6 +55,10 @@ def record(request_id: str = "r1", **changes: Any) -> Record:
     fields: dict[str, Any] = dict(request_id=request_id, time=0.0, model="echo", version="1.0.0", transport="http",
                                   inputs=[{"x": 1}], outputs=[{"y": 2.0}], error=None, latency_s=0.001, cached=None)
     return Record(**{**fields, **changes})
+
+
+def entry(request_id: str = "r1", **changes: Any) -> Entry:
+    return Entry(request_id, encode(record(request_id, **changes)))
 
 
 def dropped(metrics: Metrics) -> float | None:
@@ -83,7 +87,7 @@ async def test_every_request_is_recorded_errors_included() -> None:
                 await plane.predict(model, data, transport="ws", request_id=request_id)
         await log.finish(5)
         tg.cancel_scope.cancel()
-    by_id = {item.request_id: item.to_dict() for item in sink.records}
+    by_id = {item.request_id: orjson.loads(item.line) for item in sink.records}
     assert set(by_id) == {"ok", "invalid", "missing", "raised"}
     assert by_id["ok"]["outputs"] == [{"y": 4.0, "text": ""}] and by_id["ok"]["inputs"] == [{"x": 2}]
     assert (by_id["ok"]["model"], by_id["ok"]["version"], by_id["ok"]["transport"]) == ("echo", "1.0.0", "http")
@@ -99,6 +103,16 @@ async def test_a_full_buffer_drops_new_records_and_counts_them() -> None:
     for index in range(5):
         log.add(record(f"r{index}"))  # nothing takes them: run() is not running
     assert dropped(metrics) == 2
+
+
+async def test_the_buffer_is_bounded_in_bytes_whatever_the_size_of_the_inputs() -> None:
+    metrics = Metrics()
+    log = PredictionLog(PredictionLogSettings(sink="file", buffer_bytes=1 << 20), ListSink(), metrics)
+    big = [{"text": "x" * 100_000}]  # a 100 kB input: ten fit in the buffer's megabyte
+    for index in range(50):
+        log.add(record(f"r{index}", inputs=big))
+    assert dropped(metrics) == 40
+    assert metrics.registry.get_sample_value("hostd_prediction_log_buffered") == 10
 
 
 async def test_a_failing_sink_is_retried_then_records_are_dropped_for_a_while(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -159,7 +173,7 @@ async def test_sample_records_that_share_of_requests() -> None:
 async def test_the_file_sink_writes_jsonl_and_rotates_by_size(tmp_path: Path) -> None:
     sink = FileSink(PredictionLogSettings(sink="file", path="log", rotate_bytes=1024), tmp_path)
     for start in range(0, 40, 10):
-        await sink.write([record(f"r{index}") for index in range(start, start + 10)])
+        await sink.write([entry(f"r{index}") for index in range(start, start + 10)])
     await sink.close()
     files = sorted((tmp_path / "log").glob("predictions-*.jsonl"))
     assert len(files) == 4  # each batch of 10 records fills a file past 1 KiB
@@ -172,7 +186,7 @@ async def test_the_file_sink_writes_jsonl_and_rotates_by_size(tmp_path: Path) ->
 async def test_the_file_sink_writes_parquet_complete_only_when_closed(tmp_path: Path) -> None:
     pq = pytest.importorskip("pyarrow.parquet", reason="Parquet needs pyarrow (hostd[parquet])")
     sink = FileSink(PredictionLogSettings(sink="file", path="log", format="parquet"), tmp_path)
-    await sink.write([record("a"), record("b", outputs=None, error=HostdError("boom"))])
+    await sink.write([entry("a"), entry("b", outputs=None, error=HostdError("boom"))])
     assert [path.name.endswith(".parquet.part") for path in (tmp_path / "log").iterdir()] == [True]
     await sink.close()
     (path,) = (tmp_path / "log").glob("*.parquet")
