@@ -112,8 +112,7 @@ class PredictionCache:
         keys, found = [], []
         for offset, unit in zip(_offsets(units), units, strict=True):
             keys.append(keys_flat[offset:offset + len(unit)])
-            found.append([orjson.loads(value) if value is not None else None
-                          for value in stored[offset:offset + len(unit)]])
+            found.append([_decoded(value) for value in stored[offset:offset + len(unit)]])
         lookup = Lookup(keys, found)
         hits = lookup.hits()
         self._hits.inc(hits)
@@ -127,6 +126,18 @@ class PredictionCache:
     async def drop(self) -> None:
         """Forget every entry of this version (it was unloaded or reloaded)."""
         await self.backend.drop()
+
+
+def _decoded(value: bytes | None) -> dict[str, Any] | None:
+    """A stored answer; None (a miss) for one that is not a JSON object (Redis is shared: anything may
+    have written there)."""
+    if value is None:
+        return None
+    try:
+        answer = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+    return answer if isinstance(answer, dict) else None
 
 
 def _offsets(units: Sequence[list[Any]]) -> list[int]:

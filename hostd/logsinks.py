@@ -98,6 +98,15 @@ class FileSink:
         if self.settings.format == "parquet" and self._path is not None:
             self._path.with_suffix(".parquet.part").rename(self._path)
         self._file = None
+        self._prune()
+
+    def _prune(self) -> None:
+        """Delete the oldest complete files beyond ``max_files``: a log nobody collects must not fill the disk."""
+        if self.settings.max_files is None:
+            return
+        files = sorted(self.directory.glob(f"predictions-*.{self.settings.format}"), key=lambda p: p.stat().st_mtime)
+        for path in files[:max(0, len(files) - self.settings.max_files)]:
+            path.unlink(missing_ok=True)
 
     async def find(self, request_id: str) -> dict[str, Any] | None:
         """The record of ``request_id`` in the newest JSONL files (a label that came late)."""

@@ -217,6 +217,7 @@ class PredictionLogSettings(Strict):
     format: Literal["jsonl", "parquet"] = "jsonl"  # parquet needs pyarrow
     rotate_bytes: int = Field(default=64 << 20, ge=1024)
     rotate_s: float | None = Field(default=3600, gt=0)
+    max_files: int | None = Field(default=100, ge=1)  # the oldest files beyond this are deleted (null: keep all)
     # kafka: default the kafka transport's brokers (and its security settings)
     bootstrap_servers: str | None = None
     topic: str = "hostd.prediction-log"

@@ -194,3 +194,13 @@ async def test_memory_stays_within_max_bytes_under_a_million_distinct_inputs() -
     assert held <= 1.25 * bound, held
     assert lookups(plane, "miss") == 1_000_000
     assert len(memory) > 10_000  # type: ignore[arg-type]  # full (~10,280 entries of ~408 bytes), not emptied
+
+
+async def test_a_stored_answer_that_is_not_json_is_a_miss() -> None:
+    plane = cached_echo()
+    await plane.predict("echo", {"x": 1})
+    memory = plane.model("echo").cache.backend  # type: ignore[union-attr]
+    for key, (expires, _) in list(memory._entries.items()):  # type: ignore[union-attr]
+        memory._entries[key] = (expires, b"\xff not json")  # type: ignore[union-attr]
+    again = await plane.predict("echo", {"x": 1})  # as if something else wrote to a shared Redis
+    assert (again.cached, again.output["y"]) == (False, 2.0)

@@ -183,6 +183,16 @@ async def test_the_file_sink_writes_jsonl_and_rotates_by_size(tmp_path: Path) ->
     assert await sink.find("r999") is None
 
 
+async def test_the_file_sink_keeps_the_newest_max_files(tmp_path: Path) -> None:
+    sink = FileSink(PredictionLogSettings(sink="file", path="log", rotate_bytes=1024, max_files=2), tmp_path)
+    for start in range(0, 50, 10):
+        await sink.write([entry(f"r{index}") for index in range(start, start + 10)])
+    await sink.close()
+    files = sorted((tmp_path / "log").glob("predictions-*.jsonl"))
+    ids = {orjson.loads(line)["request_id"] for path in files for line in path.read_bytes().splitlines()}
+    assert (len(files), ids) == (2, {f"r{index}" for index in range(30, 50)})  # the last two files' records
+
+
 async def test_the_file_sink_writes_parquet_complete_only_when_closed(tmp_path: Path) -> None:
     pq = pytest.importorskip("pyarrow.parquet", reason="Parquet needs pyarrow (hostd[parquet])")
     sink = FileSink(PredictionLogSettings(sink="file", path="log", format="parquet"), tmp_path)
