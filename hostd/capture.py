@@ -7,6 +7,8 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import structlog
+
 from hostd.errors import Forbidden, HostdError, InvalidInput, ModelNotFound
 from hostd.prediction import MAX_REQUEST_ID, Prediction, new_request_id
 from hostd.predictionlog import PredictionLog, Record
@@ -14,6 +16,8 @@ from hostd.predictionlog import PredictionLog, Record
 if TYPE_CHECKING:
     from hostd.feedback import Feedback, Target
     from hostd.registry import Registry, ServedModel
+
+log = structlog.get_logger("hostd.capture")
 
 
 class Capture:
@@ -26,10 +30,17 @@ class Capture:
 
     def observe(self, request_id: str | None, model: str, served: ServedModel | None, transport: str,
                 rows: Sequence[Any], outcome: Prediction | HostdError, started: float) -> None:
-        """Keep what is kept of a request answered with ``outcome`` (``started``: perf_counter() when it came)."""
+        """Keep what is kept of a request answered with ``outcome`` (``started``: perf_counter() when it came).
+        Never raises: the request was answered, whatever happens to its record."""
         if not self._on:
             return
-        request_id = request_id or new_request_id()
+        try:
+            self._observe(request_id or new_request_id(), model, served, transport, rows, outcome, started)
+        except Exception:  # a bug here must cost the record, not the answer
+            log.exception("a request's record could not be kept", model=model, transport=transport)
+
+    def _observe(self, request_id: str, model: str, served: ServedModel | None, transport: str,
+                 rows: Sequence[Any], outcome: Prediction | HostdError, started: float) -> None:
         if self.feedback is not None and isinstance(outcome, Prediction) and served is not None:
             self.feedback.remember(request_id, outcome.model, outcome.version, served.feedback_target, outcome.outputs)
         if self.prediction_log is not None and self.prediction_log.sampled():

@@ -70,8 +70,6 @@ async def serve(settings: HostSettings, pm: pluggy.PluginManager, stop: anyio.Ev
             if dataplane.capture.prediction_log is not None:
                 background.start_soon(dataplane.capture.prediction_log.run)
             await _serve_until_stopped(selected, dataplane, settings, stop, task_status, started)
-            if dataplane.capture.prediction_log is not None:  # every request is answered: its records are all there
-                await dataplane.capture.prediction_log.finish(settings.shutdown_grace_s)
             background.cancel_scope.cancel()
     finally:
         with anyio.CancelScope(shield=True):
@@ -114,8 +112,10 @@ async def _serve_until_stopped(transports: list[Transport[Any]], dataplane: Data
         # Transports stop accepting and finish their in-flight work by the deadline; a moment after
         # it (to write the last replies) whatever is left is cancelled.
         tg.cancel_scope.deadline = shutdown.deadline + 1
-        with shutdown.until_deadline():
+        with shutdown.until_deadline():  # one grace for both: the answers, then their records
             await dataplane.wait_idle()
+            if dataplane.capture.prediction_log is not None:  # every request is answered: its records are all in
+                await dataplane.capture.prediction_log.finish(settings.shutdown_grace_s)
 
 
 async def _start_transports(tg: anyio.abc.TaskGroup, transports: Iterable[Transport[Any]], dataplane: DataPlane,

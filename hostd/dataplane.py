@@ -282,10 +282,11 @@ class DataPlane:
         """``_run`` for the rows the cache does not know (a unit all of whose rows it knows costs the model
         nothing); the answers, and whether each unit was answered by the cache alone. ``look=False``:
         every row from the model (the client asked for fresh answers), each answer then stored."""
-        lookup = await cache.lookup(units, look=look)
+        big = sum(len(unit) for unit in units) >= OFF_LOOP_ROWS
+        lookup = await cache.lookup(units, look=look, off_loop=big)
         todo, origin = lookup.missing(units)
         computed = await self._run(served, todo, timeout, client) if todo else []
-        answers, new = lookup.complete(origin, computed)
+        answers, new = await off_loop_if(big, lookup.complete, origin, computed)
         cache.store(new)
         missed = set(origin)
         return answers, [index not in missed for index in range(len(units))]  # type: ignore[return-value]
@@ -294,7 +295,7 @@ class DataPlane:
         """The model's cache, made on first use (with this data plane's metrics)."""
         if served.cache is None and served.settings.cache is not None:
             served.cache = make_cache(served.settings.cache, served.name, served.version, served.model.input_schema,
-                                      self.metrics)
+                                      self.metrics, served.fingerprint)
         return served.cache
 
     async def label(self, model: str, request_id: Any, label: Any) -> dict[str, Any]:

@@ -32,6 +32,7 @@ MAX_VERSIONS = 4  # answers kept per request id: the primary's and its shadows'
 #: too, whatever clients send: at most this many rows, each a number or a text of at most MAX_TEXT.
 MAX_ROWS = 1024
 MAX_TEXT = 256
+MAX_LABEL = 1e150  # a regression label beyond this is no measurement (and its square would overflow)
 #: Finds a logged prediction by request id (the file sink's ``find``), for a label that came late.
 Lookup = Callable[[str], Awaitable[dict[str, Any] | None]]
 
@@ -67,33 +68,28 @@ class Remembered(NamedTuple):
 
 
 class Quality:
-    """One model version's last ``window`` labelled rows."""
+    """One model version's last ``window`` labelled rows. Its figures are summed afresh (math.fsum) each
+    time, not kept as running sums: one extreme label would leave those wrong for good."""
 
     def __init__(self, kind: Kind, window: int) -> None:
         self.kind = kind
         self._scores: deque[float] = deque(maxlen=window)  # 1/0 (correct) or the error (predicted - label)
-        self._sum = 0.0  # of the scores, or of their absolute values
-        self._squares = 0.0
 
-    def add(self, predicted: Any, label: Any) -> None:
-        score = _error(predicted, label) if self.kind == "regression" else float(_same(predicted, label))
-        if len(self._scores) == self._scores.maxlen:
-            self._forget(self._scores[0])
-        self._scores.append(score)
-        self._sum += abs(score)
-        self._squares += score * score
+    def score(self, predicted: Any, label: Any) -> float:
+        """A row's score: ValueError if the label cannot be compared with the prediction."""
+        return _error(predicted, label) if self.kind == "regression" else float(_same(predicted, label))
 
-    def _forget(self, score: float) -> None:
-        self._sum -= abs(score)
-        self._squares -= score * score
+    def add(self, scores: Sequence[float]) -> None:
+        self._scores.extend(scores)
 
     def figures(self) -> dict[str, float]:
         count = len(self._scores)
         if not count:
             return {}
         if self.kind == "classification":
-            return {"accuracy": self._sum / count}
-        return {"mae": self._sum / count, "rmse": math.sqrt(max(self._squares, 0.0) / count)}
+            return {"accuracy": math.fsum(self._scores) / count}
+        return {"mae": math.fsum(abs(score) for score in self._scores) / count,
+                "rmse": math.sqrt(math.fsum(score * score for score in self._scores) / count)}
 
     def __len__(self) -> int:
         return len(self._scores)
@@ -106,37 +102,44 @@ class Feedback:
         self._lookup = lookup
         # request id -> what each version answered it with (the primary's, then any shadow's)
         self._recent: OrderedDict[str, list[Remembered]] = OrderedDict()
+        self._rows = 0  # remembered, in all: ``remember`` bounds this, so big requests count for what they hold
         self._quality: dict[tuple[str, str], Quality] = {}
         self._graded: OrderedDict[str, None] = OrderedDict()  # the last ``remember`` request ids labelled
 
     def remember(self, request_id: str, name: str, version: str, target: Target | None,
                  outputs: Sequence[dict[str, Any]]) -> None:
-        """Keep a prediction's compared field for labels to come (the oldest goes, past ``remember``). A
-        shadow's answer to the same request joins the primary's, so one label grades both versions."""
+        """Keep a prediction's compared field for labels to come (the oldest go, past ``remember`` rows).
+        A shadow's answer to the same request joins the primary's, so one label grades both versions."""
         if target is None or len(request_id) > MAX_REQUEST_ID:  # a label could not name it anyway
             return
         values = [output.get(target.field) for output in outputs]
         if len(values) > MAX_ROWS or not all(_small(value) for value in values):
             return  # a label is compared with a class or a number: a big request or output is not kept
         kept = Remembered(name, version, target, values)
-        answers = self._recent.get(request_id)
-        if answers is None or not any(entry.version != version for entry in answers):
-            self._recent[request_id] = [kept]  # new, or the same version again (a client reusing its ids)
-        else:
-            answers[:] = [*[entry for entry in answers if entry.version != version], kept][-MAX_VERSIONS:]
-        if len(self._recent) > self.settings.remember:
-            self._recent.popitem(last=False)
+        answers = self._forget(request_id) or []
+        answers = [*[entry for entry in answers if entry.version != version], kept][-MAX_VERSIONS:]
+        self._recent[request_id] = answers
+        self._rows += sum(len(entry.values) for entry in answers)
+        while self._rows > self.settings.remember and self._recent:
+            self._forget(next(iter(self._recent)))
+
+    def _forget(self, request_id: str) -> list[Remembered] | None:
+        answers = self._recent.pop(request_id, None)
+        if answers is not None:
+            self._rows -= sum(len(entry.values) for entry in answers)
+        return answers
 
     async def label(self, model: str, request_id: str, label: Any, targets: Callable[[str], Target | None],
                     ) -> dict[str, Any]:
         """Join ``label`` (a list of labels for a request of several rows) with the prediction of
         ``request_id`` for ``model`` (and a shadow's, if one answered it too); ``targets(version)`` says
-        what a logged prediction is compared with."""
+        what a logged prediction is compared with. A label that does not fit (a wrong model, a wrong
+        number of rows, a value that cannot be compared) changes nothing: the prediction stays remembered."""
         if request_id in self._graded:  # a second label (a redelivered Kafka record): counted once only
             self.metrics.feedback.labels(model, "duplicate").inc()
             return {"request_id": request_id, "model": model, "joined": False,
                     "reason": "this prediction was labelled already; the first label counts"}
-        answers = self._recent.pop(request_id, None)
+        answers = self._recent.get(request_id)
         if answers is None and self._lookup is not None:
             answers = _from_record(await self._lookup(request_id), targets)
         answers = [answer for answer in answers or [] if answer.name == model]
@@ -144,8 +147,16 @@ class Feedback:
             self.metrics.feedback.labels(model, "unknown").inc()
             return {"request_id": request_id, "model": model, "joined": False,
                     "reason": "no prediction of this model with this request id is remembered (unknown, or too old)"}
-        for answer in answers:
-            self._grade(request_id, answer, label)
+        try:
+            graded = [(answer, self._scores(request_id, answer, label)) for answer in answers]
+        except InvalidInput:
+            self.metrics.feedback.labels(model, "invalid").inc()
+            raise
+        self._forget(request_id)
+        for answer, scores in graded:
+            quality = self._quality_of(answer)
+            quality.add(scores)
+            self._export(answer.name, answer.version, quality)
         self._graded[request_id] = None
         if len(self._graded) > self.settings.remember:
             self._graded.popitem(last=False)
@@ -153,22 +164,22 @@ class Feedback:
         return {"request_id": request_id, "model": model, "version": answers[0].version, "joined": True,
                 **({"shadow_versions": [answer.version for answer in answers[1:]]} if len(answers) > 1 else {})}
 
-    def _grade(self, request_id: str, answer: Remembered, label: Any) -> None:
+    def _scores(self, request_id: str, answer: Remembered, label: Any) -> list[float]:
+        """Each row's score against ``label``; InvalidInput, and nothing scored, if any row's does not fit."""
         predicted = answer.values
         labels = label if isinstance(label, list) and len(predicted) > 1 else [label]
         if len(labels) != len(predicted):
-            self.metrics.feedback.labels(answer.name, "invalid").inc()
             raise InvalidInput(f"request '{request_id}' had {len(predicted)} rows: give a list of {len(predicted)} "
                                "labels")
-        quality = self._quality.setdefault((answer.name, answer.version), Quality(answer.target.kind,
-                                                                                  self.settings.window))
+        quality = self._quality_of(answer)
         try:
-            for value, truth in zip(predicted, labels, strict=True):
-                quality.add(value, truth)
+            return [quality.score(value, truth) for value, truth in zip(predicted, labels, strict=True)]
         except ValueError as exc:
-            self.metrics.feedback.labels(answer.name, "invalid").inc()
             raise InvalidInput(f"label for request '{request_id}': {exc}") from None
-        self._export(answer.name, answer.version, quality)
+
+    def _quality_of(self, answer: Remembered) -> Quality:
+        return self._quality.setdefault((answer.name, answer.version), Quality(answer.target.kind,
+                                                                               self.settings.window))
 
     def _export(self, name: str, version: str, quality: Quality) -> None:
         for metric, value in quality.figures().items():
@@ -200,10 +211,10 @@ def _same(predicted: Any, label: Any) -> bool:
 
 
 def _error(predicted: Any, label: Any) -> float:
-    if not _number(label) or not math.isfinite(label):
-        raise ValueError(f"a regression label must be a finite number, not {label!r}")
-    if not _number(predicted):
-        raise ValueError(f"the prediction {predicted!r} is not a number")
+    if not _number(label) or not math.isfinite(label) or abs(label) > MAX_LABEL:
+        raise ValueError(f"a regression label must be a finite number within ±{MAX_LABEL:g}, not {label!r:.40}")
+    if not _number(predicted) or not math.isfinite(predicted):
+        raise ValueError(f"the prediction {predicted!r} is not a finite number")
     return float(predicted) - float(label)
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,8 +18,10 @@ if TYPE_CHECKING:
     from hostd.predictionlog import Entry
     from hostd.settings import HostSettings, PredictionLogSettings
 
-#: How many of the newest files a late label is looked for in (each read whole, in a thread).
+#: How many of the newest files a late label is looked for in (read in CHUNK pieces, in a thread).
 LATE_LABEL_FILES = 4
+CHUNK = 1 << 20
+NOT_FOUND_KEPT = 10_000  # ids looked for in vain, not looked for again
 REQUEST_TIMEOUT_MS = 5000  # a broker that does not answer fails the batch in 5 s (aiokafka's default: 40)
 
 
@@ -38,9 +42,12 @@ class FileSink:
         self.settings = settings
         self._file: Any = None  # the open file (jsonl) or pyarrow ParquetWriter
         self._path: Path | None = None
+        self._part: Path | None = None  # the Parquet file being written
         self._opened = 0.0
         self._bytes = 0
         self._sequence = itertools.count()
+        self._finding = asyncio.Lock()
+        self._not_found: OrderedDict[str, None] = OrderedDict()
         if settings.format == "parquet":
             import pyarrow  # noqa: F401  # checked at start: the config asks for what is not installed
 
@@ -76,7 +83,8 @@ class FileSink:
         else:
             import pyarrow.parquet as pq
 
-            self._file = pq.ParquetWriter(self._path.with_suffix(".parquet.part"), _parquet_schema())
+            self._part = self._path.with_suffix(".parquet.part")
+            self._file = pq.ParquetWriter(self._part, _parquet_schema())
 
     def _write_parquet(self, lines: list[bytes]) -> int:
         import pyarrow as pa
@@ -95,35 +103,78 @@ class FileSink:
         if self._file is None:
             return
         self._file.close()
-        if self.settings.format == "parquet" and self._path is not None:
-            self._path.with_suffix(".parquet.part").rename(self._path)
-        self._file = None
+        if self._part is not None and self._path is not None:
+            self._part.rename(self._path)
+        self._file, self._part = None, None
         self._prune()
 
     def _prune(self) -> None:
         """Delete the oldest complete files beyond ``max_files``: a log nobody collects must not fill the disk."""
         if self.settings.max_files is None:
             return
-        files = sorted(self.directory.glob(f"predictions-*.{self.settings.format}"), key=lambda p: p.stat().st_mtime)
-        for path in files[:max(0, len(files) - self.settings.max_files)]:
+        files = sorted(self.directory.glob(f"predictions-*.{self.settings.format}"), key=_mtime)
+        stale = [path for path in self.directory.glob("predictions-*.parquet.part") if path != self._part]
+        for path in [*files[:max(0, len(files) - self.settings.max_files)], *stale]:  # .part: left by a crash
             path.unlink(missing_ok=True)
 
     async def find(self, request_id: str) -> dict[str, Any] | None:
-        """The record of ``request_id`` in the newest JSONL files (a label that came late)."""
-        if self.settings.format != "jsonl":
+        """The record of ``request_id`` in the newest JSONL files (a label that came late). Best effort,
+        as a client can ask for it cheaply: one lookup at a time (None at once while one runs), an id
+        looked for in vain is not looked for again, and the files are read in 1 MiB chunks in a thread
+        (each search a C call short enough for the event loop to get the GIL back between them)."""
+        if self.settings.format != "jsonl" or self._finding.locked() or request_id in self._not_found:
             return None
-        return await anyio.to_thread.run_sync(self._find, request_id)
+        async with self._finding:
+            found = await anyio.to_thread.run_sync(self._find, request_id)
+        if found is None:
+            self._not_found[request_id] = None
+            if len(self._not_found) > NOT_FOUND_KEPT:
+                self._not_found.popitem(last=False)
+        return found
 
     def _find(self, request_id: str) -> dict[str, Any] | None:
         needle = orjson.dumps({"request_id": request_id})[1:-1]  # "request_id":"..." as the records have it
-        files = sorted(self.directory.glob("predictions-*.jsonl"), key=lambda p: p.stat().st_mtime, reverse=True)
+        files = sorted(self.directory.glob("predictions-*.jsonl"), key=_mtime, reverse=True)
         for path in files[:LATE_LABEL_FILES]:
-            for line in path.read_bytes().splitlines():
-                if needle in line:
-                    found: dict[str, Any] = orjson.loads(line)
-                    if found.get("request_id") == request_id:
-                        return found
+            line = _line_with(path, needle)
+            if line is None:
+                continue
+            try:  # a line cut short (a full disk, a crash mid-write) is no record
+                found = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(found, dict) and found.get("request_id") == request_id:
+                return found
         return None
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:  # pruned meanwhile
+        return 0.0
+
+
+def _line_with(path: Path, needle: bytes) -> bytes | None:
+    """The line of ``path`` holding ``needle``, read a chunk at a time (a needle cut by a chunk's end is
+    found in the next one: each chunk starts with the last line of the one before)."""
+    try:
+        with path.open("rb") as file:
+            carry = b""
+            while chunk := file.read(CHUNK):
+                data = carry + chunk
+                at = data.find(needle)
+                if at >= 0:
+                    start = data.rfind(b"\n", 0, at) + 1
+                    end = data.find(b"\n", at)
+                    while end < 0 and (more := file.read(CHUNK)):  # the rest of a long line
+                        data += more
+                        end = data.find(b"\n", at)
+                    return data[start:end if end >= 0 else len(data)]
+                carry = data[data.rfind(b"\n") + 1:]
+    except OSError:
+        return None
+    return None
 
 
 def _parquet_schema() -> Any:
@@ -154,14 +205,16 @@ class KafkaSink:
         sent, refused, batch = [], 0, producer.create_batch()
         for entry in entries:
             value, key = entry.line, entry.request_id.encode()
+            if len(key) + len(value) > self.settings.max_record_bytes:  # the broker would fail its whole batch
+                refused += 1
+                continue
             if batch.append(key=key, value=value, timestamp=None) is not None:
                 continue
             if batch.record_count():  # full: send it, start the next with this record
                 sent.append(await producer.send_batch(batch, self.settings.topic,
                                                       partition=partitions[next(self._turn) % len(partitions)]))
                 batch = producer.create_batch()
-            if batch.append(key=key, value=value, timestamp=None) is None:
-                refused += 1  # bigger than a batch may be: one huge request must not sink the others
+            batch.append(key=key, value=value, timestamp=None)  # an empty batch takes any record
         if batch.record_count():
             sent.append(await producer.send_batch(batch, self.settings.topic,
                                                   partition=partitions[next(self._turn) % len(partitions)]))
@@ -175,7 +228,7 @@ class KafkaSink:
 
             producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap_servers, acks="all",
                                         client_id="hostd-prediction-log", request_timeout_ms=REQUEST_TIMEOUT_MS,
-                                        **self.security)
+                                        max_request_size=self.settings.max_record_bytes + 4096, **self.security)
             try:
                 await producer.start()
             except BaseException:

@@ -77,8 +77,19 @@ class Entry(NamedTuple):
     line: bytes  # the record as one line of JSON, without the newline
 
 
+ENCODING = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+
+
 def encode(record: Record) -> bytes:
-    return orjson.dumps(record.to_dict(), default=_jsonable, option=orjson.OPT_SERIALIZE_NUMPY)
+    """The record as one JSON line. Inputs orjson cannot write (nested deeper than 254 levels, an integer
+    wider than 64 bits) are left out and the record says why: a request is never failed by its record."""
+    data = record.to_dict()
+    try:
+        return orjson.dumps(data, default=_jsonable, option=ENCODING)
+    except TypeError as exc:
+        data["inputs"] = None
+        data["inputs_error"] = f"the inputs could not be written as JSON: {exc}"
+        return orjson.dumps(data, default=_jsonable, option=ENCODING)
 
 
 def _jsonable(value: Any) -> Any:
@@ -113,7 +124,11 @@ class PredictionLog:
             return
         # Encoded here, once (a few µs for a small request, on the order of its parsing for a big one):
         # so the buffer holds at most buffer_bytes, whatever the size of the inputs.
-        line = encode(record)
+        try:
+            line = encode(record)
+        except TypeError:  # an output or an id orjson cannot write either: this record only is lost
+            self._drop(1, "a record could not be encoded as JSON")
+            return
         if len(self._buffer) >= self.settings.buffer or self._bytes + len(line) > self.settings.buffer_bytes:
             self._dropped.inc()
             self._warnings.warning("full", "prediction log buffer is full: records are dropped",

@@ -27,19 +27,24 @@ log = structlog.get_logger("hostd.cache")
 RETRY_S = 1.0  # after a failure, Redis is left alone this long
 MAX_STORES = 64  # background SETs in flight
 SCAN_COUNT = 1000
+DROP_TIMEOUT_S = 5.0
 
 
 class RedisCache:
-    def __init__(self, settings: CacheSettings, metrics: Metrics, name: str, version: str) -> None:
+    def __init__(self, settings: CacheSettings, metrics: Metrics, name: str, version: str,
+                 fingerprint: str = "") -> None:
         import redis.asyncio
 
         assert settings.redis_url is not None  # settings.model_entries() fills it in
+        self._url: str = settings.redis_url
         timeout = settings.timeout_ms / 1000
         self._redis = redis.asyncio.Redis.from_url(settings.redis_url, socket_timeout=timeout,
                                                    socket_connect_timeout=timeout)
         self._timeout = timeout
         self._ttl_ms = int(settings.ttl_s * 1000) if settings.ttl_s is not None else None
-        self._prefix = f"{settings.key_prefix}{name}:{version}:".encode()
+        # The fingerprint of what the version was built from: a reload that changes the model's class or
+        # configuration (a new artifact) starts a fresh namespace, so no replica reads the old answers.
+        self._prefix = f"{settings.key_prefix}{name}:{version}:{fingerprint}:".encode()
         self._down_until = 0.0
         self._stores: set[asyncio.Task[None]] = set()
         self._errors = metrics.cache_errors.labels(name, version)
@@ -74,8 +79,14 @@ class RedisCache:
 
     async def drop(self) -> None:
         """Delete this version's entries (every replica's: they share them), then close the connections."""
+        import redis.asyncio
+
         for task in list(self._stores):
             task.cancel()
+        await self._redis.aclose()
+        # Its own connection, with a longer timeout than a request's: a SCAN step of a big Redis may take it.
+        self._redis = redis.asyncio.Redis.from_url(self._url, socket_timeout=DROP_TIMEOUT_S,
+                                                   socket_connect_timeout=DROP_TIMEOUT_S)
         try:
             pattern = re.sub(rb"([*?\[\]\\])", rb"\\\1", self._prefix) + b"*"
             batch: list[bytes] = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import importlib.util
 import inspect
 from collections.abc import Callable, Iterator, Mapping
@@ -14,7 +15,7 @@ from typing import Any
 import structlog
 from packaging.version import InvalidVersion, Version
 
-from hostd.cache import PredictionCache
+from hostd.cache import PredictionCache, uncacheable_fields
 from hostd.errors import ConfigError, ConfigErrors, ModelNotFound
 from hostd.feedback import Target, target_of
 from hostd.loading import Where, declared_name, load_model, nowhere
@@ -42,7 +43,8 @@ class ServedModel:
     batcher: Batcher | None = field(init=False)
     processes: ProcessWorkers | None = field(init=False)
     pending: int = 0
-    feedback_target: Target | None = field(init=False)  # the output field a ground-truth label is compared with
+    feedback_target: Target | None = field(init=False)
+    fingerprint: str = field(init=False)  # the output field a ground-truth label is compared with
     # Attached by the data plane, whose metrics it counts with (settings.cache: None, never one).
     cache: PredictionCache | None = None
     # Replaced or unloaded: no longer in the registry. A request that looked it up just before
@@ -56,6 +58,9 @@ class ServedModel:
         self.is_async = inspect.iscoroutinefunction(self.model.predict)
         self.predict_batch = batch_function(self.model)
         self.feedback_target = target_of(self.model.output_schema, self.settings.feedback)
+        # What the version was built from: equal in every replica serving the same config.
+        built_from = self.settings.model_dump_json(include={"class_path", "configuration", "decorators"})
+        self.fingerprint = hashlib.sha256(built_from.encode()).hexdigest()[:16]
         self.threads = ThreadPoolExecutor(self.settings.workers.count, thread_name_prefix=f"hostd-{self.name}")
         self.processes = None
         if self.settings.workers.kind == "process":
@@ -231,6 +236,9 @@ def build_model(settings: ModelSettings, where: Where = nowhere) -> ServedModel:
     if settings.cache is not None and not is_deterministic(model):
         raise ConfigError(f"{where('cache')}: model '{model.qualified_name}' is not deterministic (deterministic = "
                           "False: the same input may give another answer), so it cannot be cached; remove cache:")
+    if settings.cache is not None and (hidden := uncacheable_fields(model.input_schema)):
+        raise ConfigError(f"{where('cache')}: model '{model.qualified_name}' cannot be cached: its input's "
+                          f"{', '.join(hidden)} would not be part of the key (excluded, or a secret)")
     try:
         return ServedModel(model, settings)
     except ValueError as exc:  # feedback.field names no output field

@@ -221,13 +221,16 @@ class PredictionLogSettings(Strict):
     # kafka: default the kafka transport's brokers (and its security settings)
     bootstrap_servers: str | None = None
     topic: str = "hostd.prediction-log"
+    # A bigger record is dropped alone (and counted): the broker refuses a batch over its message.max.bytes
+    # (Kafka's default: 1 MiB), and would fail the whole batch.
+    max_record_bytes: int = Field(default=1_000_000, ge=1024)
 
 
 class FeedbackSettings(Strict):
     """Ground-truth labels joined with the predictions they are for (hostd.feedback)."""
 
-    remember: int = Field(default=100_000, ge=1)  # recent predictions kept in memory to join labels with
-    window: int = Field(default=1_000, ge=1)  # labels per model version in each quality figure
+    remember: int = Field(default=100_000, ge=1)  # rows of recent predictions kept in memory to join labels with
+    window: int = Field(default=1_000, ge=1, le=100_000)  # labelled rows per model version in each quality figure
 
 
 Startup = Literal["all", "none"] | list[str]

@@ -204,3 +204,26 @@ async def test_a_stored_answer_that_is_not_json_is_a_miss() -> None:
         memory._entries[key] = (expires, b"\xff not json")  # type: ignore[union-attr]
     again = await plane.predict("echo", {"x": 1})  # as if something else wrote to a shared Redis
     assert (again.cached, again.output["y"]) == (False, 2.0)
+
+
+def test_rows_json_cannot_tell_apart_are_never_cached() -> None:
+    rows = [EchoInput.model_construct(x=value) for value in (float("inf"), float("-inf"), float("nan"))]
+    keys = row_keys("echo", "1.0.0", EchoInput, [*rows, EchoInput(x=1)])  # JSON writes the first 3 as null
+    assert keys[:3] == [None, None, None] and keys[3] is not None
+
+
+async def test_a_retired_version_finds_and_keeps_nothing() -> None:
+    plane = cached_echo()
+    await plane.predict("echo", {"x": 1})
+    cache = plane.model("echo").cache
+    assert cache is not None
+    await cache.drop()
+    assert (await cache.lookup([[EchoInput(x=1)]])).hits() == 0
+    cache.store([(b"k" * 20, b"{}")])
+    assert len(cache.backend) == 0  # type: ignore[arg-type]
+
+
+def test_a_model_whose_input_hides_fields_cannot_be_cached() -> None:
+    settings = parse_settings("models:\n  - class_path: tests.support.toy:SecretEcho\n    cache: {}\n", "host.yaml")
+    with pytest.raises(ConfigError, match=r"cannot be cached: its input's token would not be part of the key"):
+        Registry.from_settings(settings)

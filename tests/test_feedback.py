@@ -188,3 +188,32 @@ async def test_what_is_remembered_for_a_label_is_bounded_whatever_the_client_sen
     await dataplane.predict("echo", {"x": 1, "text": "b" * 300}, request_id="long-text")  # not a class
     await dataplane.predict("echo", {"x": 1, "text": "c"}, request_id="fine")
     assert dataplane.capture.feedback._recent.keys() == {"fine"}  # type: ignore[union-attr]
+
+
+async def test_a_label_that_does_not_fit_changes_nothing() -> None:
+    dataplane = plane()
+    await dataplane.predict_many("echo", [{"x": 1}, {"x": 2}], request_id="two")  # y: 2.0, 4.0
+    with pytest.raises(ModelNotFound):
+        await dataplane.label("other", "two", [2.0, 4.0])
+    for wrong in (2.0, [2.0, "four"], [2.0, 1e200]):  # a row short; a text for a number; no measurement
+        with pytest.raises(InvalidInput):
+            await dataplane.label("echo", "two", wrong)
+    assert gauge(dataplane, "mae") is None  # nothing was scored
+    assert (await dataplane.label("echo", "two", [2.0, 5.0]))["joined"] is True  # still remembered
+    assert gauge(dataplane, "mae") == 0.5
+
+
+async def test_quality_figures_are_exact_after_extreme_labels_leave_the_window() -> None:
+    dataplane = plane(FeedbackSettings(window=2))
+    for index, label in enumerate((1e140, 3.0, 3.0)):  # y = 2; the first error is huge, then 1 and 1
+        await dataplane.predict("echo", {"x": 1}, request_id=f"r{index}")
+        await dataplane.label("echo", f"r{index}", label)
+    assert (gauge(dataplane, "mae"), gauge(dataplane, "rmse")) == (1.0, 1.0)
+
+
+async def test_remember_counts_rows_so_big_requests_cannot_outgrow_it() -> None:
+    dataplane = plane(FeedbackSettings(remember=10))
+    await dataplane.predict_many("echo", [{"x": 1}] * 8, request_id="eight")
+    await dataplane.predict_many("echo", [{"x": 1}] * 4, request_id="four")  # 12 rows: "eight" goes
+    assert (await dataplane.label("echo", "eight", [2.0] * 8))["joined"] is False
+    assert (await dataplane.label("echo", "four", [2.0] * 4))["joined"] is True

@@ -204,3 +204,27 @@ async def test_the_file_sink_writes_parquet_complete_only_when_closed(tmp_path: 
     assert [row["request_id"] for row in table] == ["a", "b"]
     assert orjson.loads(table[0]["outputs"]) == [{"y": 2.0}]
     assert orjson.loads(table[1]["error"])["code"] == "MODEL_ERROR"
+
+
+async def test_inputs_json_cannot_write_leave_the_record_saying_why() -> None:
+    deep: Any = []
+    for _ in range(300):  # orjson reads 1,024 levels, writes 254
+        deep = [deep]
+    line = orjson.loads(encode(record("deep", inputs=[{"x": 1, "note": deep}])))
+    assert (line["request_id"], line["inputs"], line["outputs"]) == ("deep", None, [{"y": 2.0}])
+    assert "could not be written as JSON" in line["inputs_error"]
+    wide = orjson.loads(encode(record("wide", inputs=[{"x": 2**70}, {1: "an int key"}])))
+    assert wide["inputs"] is None and wide["inputs_error"]
+
+
+async def test_a_late_label_lookup_skips_a_line_cut_short_and_is_not_repeated_in_vain(tmp_path: Path) -> None:
+    sink = FileSink(PredictionLogSettings(sink="file", path="log"), tmp_path)
+    await sink.write([entry("whole"), entry("cut")])
+    await sink.close()
+    (path,) = (tmp_path / "log").glob("*.jsonl")
+    path.write_bytes(path.read_bytes()[:-20])  # the last record's line cut short, as by a full disk
+    assert (await sink.find("whole"))["request_id"] == "whole"  # type: ignore[index]
+    assert await sink.find("cut") is None
+    assert "cut" in sink._not_found  # looked for in vain: not read for again
+    async with sink._finding:  # while one lookup runs, another answers at once
+        assert await sink.find("whole") is None

@@ -38,20 +38,25 @@ REQUEST_ID = "hostd.request_id"
 
 
 def client_request_id(scope: Scope) -> str | None:
-    """The client's X-Request-Id, if it sent one that fits: 1-256 visible ASCII characters (else hostd
-    makes one up)."""
+    """The client's X-Request-Id, if it sent one that fits (else hostd makes one up)."""
     for name, value in scope["headers"]:
         if name == b"x-request-id":
-            return value.decode() if len(value) <= MAX_REQUEST_ID and _VISIBLE.fullmatch(value) else None
+            return value.decode() if fits(value) else None
     return None
 
 
-def request_id_of(scope: Scope, fallback: str | None = None) -> str:
-    """The request's id: the client's X-Request-Id, else ``fallback`` (an id in the body), else a new
-    one; the reply's X-Request-Id says the same."""
+def fits(request_id: bytes) -> bool:
+    """A client's request id is used if it is 1-256 visible ASCII characters: it goes back in a header."""
+    return len(request_id) <= MAX_REQUEST_ID and _VISIBLE.fullmatch(request_id) is not None
+
+
+def request_id_of(scope: Scope, fallback: Any = None) -> str:
+    """The request's id: the client's X-Request-Id, else ``fallback`` (an id in the body) if it fits,
+    else a new one; the reply's X-Request-Id says the same."""
     request_id: str | None = scope.get(REQUEST_ID)
     if request_id is None:
-        request_id = scope[REQUEST_ID] = fallback or new_request_id()
+        usable = isinstance(fallback, str) and fits(fallback.encode())
+        request_id = scope[REQUEST_ID] = fallback if usable else new_request_id()
     return request_id
 
 

@@ -71,7 +71,7 @@ def routes(dataplane: DataPlane, max_body: int) -> list[Route]:
         # The data plane picks the version that answers: the one asked for, else by routing (a reload
         # or a canary may have changed it since ``served`` gave the tensors to decode).
         # The request id: X-Request-Id if the client sent one, else the body's id, else one made up.
-        request_id = request_id_of(request.scope, inference.get("id") or None)
+        request_id = request_id_of(request.scope, inference.get("id"))
         result = await dataplane.predict_many(served.name, rows, request.path_params.get("version"), transport="http",
                                               deadline_s=_deadline_s(inference), client=client_of(request),
                                               request_id=request_id, use_cache=use_cache(request))

@@ -58,6 +58,10 @@ async def test_oip_takes_the_bodys_id_when_no_header_names_one(client: httpx.Asy
     assert (answer.headers["x-request-id"], answer.json()["id"]) == ("infer-7", "infer-7")
     answer = await client.post("/v2/models/echo/infer", json=body, headers={"X-Request-Id": "header-8"})
     assert (answer.headers["x-request-id"], answer.json()["id"]) == ("header-8", "infer-7")
+    for unfit in ("a\nb", "x" * 257, ""):  # not a header's value: the body keeps it, the header gets a new one
+        answer = await client.post("/v2/models/echo/infer", json={**body, "id": unfit})
+        assert answer.status_code == 200 and answer.json().get("id", "") == unfit
+        assert len(answer.headers["x-request-id"]) == 32
 
 
 async def test_the_cache_says_hit_or_miss_and_no_cache_skips_it(client: httpx.AsyncClient) -> None:

@@ -8,7 +8,7 @@ import threading
 import time
 from typing import Any
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
 
 from hostd import MLModel, MLModelDecorator
 
@@ -179,3 +179,13 @@ class SlowToLoad(EchoModel):
     def __init__(self, gate: str) -> None:
         super().__init__()
         wait_for_gate(gate, 30)
+
+
+class SecretInput(EchoInput):
+    token: SecretStr = SecretStr("")  # dumped as "**********" whatever it holds
+
+
+class SecretEcho(EchoModel):
+    """An echo whose input holds a secret: rows that differ only there would share a cache key."""
+
+    input_schema = SecretInput
