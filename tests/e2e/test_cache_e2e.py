@@ -266,7 +266,8 @@ def test_a_redis_cache_is_shared_by_two_hostd_and_a_redis_outage_only_turns_it_o
         while not (keys := cache_keys(client)):
             assert time.monotonic() < deadline, "A never stored its answer in Redis"
             time.sleep(0.02)
-        assert len(keys) == 1 and re.fullmatch(rf"hostd:cache:iris_model:{VERSION}:[0-9a-f]{{40}}", keys[0]), keys
+        assert len(keys) == 1 and re.fullmatch(rf"hostd:cache:iris_model:{VERSION}:[0-9a-f]{{16}}:[0-9a-f]{{40}}",
+                                                  keys[0]), keys  # ...:<the model's fingerprint>:<the row's>
         shared = predict(b, shuffled_with_ints(iris_payload(first)))
         assert (shared.headers["X-Cache"], shared.json()) == ("HIT", {"species": IRIS_ROWS[first]})
         assert rows_predicted(b) == 0, "B answered from A's entry without its model"
