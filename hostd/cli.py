@@ -8,7 +8,7 @@ import signal
 import ssl
 import sys
 import traceback
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import anyio
@@ -297,49 +297,70 @@ def predict(config: Path, model: str, data: str, model_version: str | None) -> N
 @config_argument
 @click.option("--model", required=True, help="Model name (its qualified_name).")
 @click.option("--version", "model_version", default=None, help="Model version (default: the latest).")
-@click.option("--input", "input_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--output", "output_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--errors", "errors_path", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--input", "input_path", required=True,
+              help="A file; for an engine that writes its own output, also a URL (s3://, gs://, hdfs://).")
+@click.option("--output", "output_path", required=True,
+              help="A file; for an engine that writes its own output, a directory or a URL, committed with _SUCCESS.")
+@click.option("--errors", "errors_path",
               help="Failed rows (row, id, code, message)  [default: OUTPUT with .errors before the extension]")
-@click.option("--engine", default="local", help="local, beam or mapreduce (any registered engine).")
+@click.option("--engine", default="local", help="local, beam, mapreduce, spark or ray (any registered engine).")
 @click.option("--format", "fmt", type=click.Choice(recordfiles.FORMATS), default=None,
               help="Input and output format  [default: from each file's extension]")
-@click.option("--workers", type=click.IntRange(min=1), default=1, help="local engine: processes.")
+@click.option("--workers", type=click.IntRange(min=1), default=1,
+              help="local: processes; ray: model replicas (actors); beam: DirectRunner workers.")
 @click.option("--chunk-size", type=click.IntRange(min=1), default=1024, help="Rows per predict_batch call.")
 @click.option("--allow-errors", is_flag=True, help="Exit 0 even if some rows failed.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar  [default: on a terminal]")
 @click.argument("engine_args", nargs=-1, type=click.UNPROCESSED)
-def batch(config: Path, model: str, model_version: str | None, input_path: Path, output_path: Path,
-          errors_path: Path | None, engine: str, fmt: str | None, workers: int, chunk_size: int,
+def batch(config: Path, model: str, model_version: str | None, input_path: str, output_path: str,
+          errors_path: str | None, engine: str, fmt: str | None, workers: int, chunk_size: int,
           allow_errors: bool, progress: bool | None, engine_args: tuple[str, ...]) -> None:
     """Score INPUT with MODEL into OUTPUT, offline: one output row per input row, or one error row.
 
-    Options after `--` go to the engine: Beam pipeline options (--runner=FlinkRunner ...) or mrjob
-    switches (-r local ...).
+    Options after `--` go to the engine: Beam pipeline options (--runner=FlinkRunner ...), mrjob
+    switches (-r local ...), Spark's (--master spark://... --conf k=v) or Ray's (--address ...).
     """
     from hostd.offline import BatchJob, Scorer, run_job
+    from hostd.partitions import DISTRIBUTED_FORMATS
 
     engines = plugins.batch_engines(click.get_current_context().find_root().obj or plugins.plugin_manager())
     if engine not in engines:
         raise click.BadParameter(f"no batch engine '{engine}' (installed: {', '.join(sorted(engines))}; "
-                                 "beam needs hostd[beam], mapreduce needs hostd[mapreduce])", param_hint="--engine")
-    if not input_path.is_file():
+                                 "beam, mapreduce, spark and ray need hostd[beam], hostd[mapreduce], hostd[spark] "
+                                 "and hostd[ray])", param_hint="--engine")
+    writes_itself = engines[engine].write is not None
+    if not (writes_itself and _is_url(input_path)) and not Path(input_path).is_file():
         raise click.BadParameter(f"no such file: {input_path}", param_hint="--input")
     try:
-        input_format = recordfiles.detect_format(input_path, fmt)
-        output_format = recordfiles.detect_format(output_path, fmt)
+        input_format = recordfiles.detect_format(PurePosixPath(input_path), fmt)
+        output_format = recordfiles.detect_format(PurePosixPath(output_path), fmt)
+        if writes_itself and output_format not in DISTRIBUTED_FORMATS:
+            raise ValueError(f"the {engine} engine writes {' or '.join(DISTRIBUTED_FORMATS)}, not {output_format}")
         columns = Scorer.load(config, model, model_version).output_columns()  # checks the model is there
     except (ValueError, HostdError) as exc:
         raise click.UsageError(str(exc)) from None
-    errors_path = errors_path or output_path.with_name(f"{output_path.stem}.errors{output_path.suffix}")
-    job = BatchJob(config.resolve(), model, model_version, input_path.resolve(), output_path.resolve(),
-                   errors_path.resolve(), input_format, output_format, workers, chunk_size, engine_args)
+    if errors_path is None:
+        stem, extension = os.path.splitext(output_path.rstrip("/"))
+        errors_path = f"{stem}.errors{extension}"
+    job = BatchJob(config.resolve(), model, model_version, _located(input_path), _located(output_path),
+                   _located(errors_path), input_format, output_format, workers, chunk_size, engine_args)
     summary = run_job(job, engines[engine], columns, progress)
     click.echo(f"hostd batch: {summary.line()}", err=True)
+    if summary.committed:
+        click.echo(f"hostd batch: committed {summary.committed}", err=True)
     if summary.failed:
-        click.echo(f"hostd batch: failed rows are in {errors_path}", err=True)
+        click.echo(f"hostd batch: failed rows are in {summary.errors or job.errors}", err=True)
         if not allow_errors:
             sys.exit(1)
+
+
+def _is_url(location: str) -> bool:
+    return "://" in location
+
+
+def _located(location: str) -> str:
+    """A URL as it is; a path made absolute (an engine's workers do not share our working directory)."""
+    return location if _is_url(location) else str(Path(location).resolve())
 
 
 def _has_uvloop() -> bool:

@@ -37,9 +37,11 @@ class BatchJob:
     config: Path
     model: str
     version: str | None
-    input: Path
-    output: Path
-    errors: Path
+    # Paths for the local engine; for an engine that writes its own output (``BatchEngine.write``),
+    # also URLs its filesystem layer reads and writes (s3://, gs://, hdfs://).
+    input: str
+    output: str
+    errors: str
     input_format: str
     output_format: str
     workers: int = 1
@@ -50,12 +52,26 @@ class BatchJob:
 @dataclass(frozen=True)
 class BatchEngine:
     name: str
-    run: Callable[[BatchJob], Iterable[dict[str, Any]]]  # one result per input record
+    run: Callable[[BatchJob], Iterable[dict[str, Any]]] | None  # one result per input record
     description: str = ""
     #: The same results a list at a time, for an engine that makes them so (the local engine): run_job
     #: then takes each list as it is, not a result at a time from ``run`` (a generator step per row
     #: was ~5% of the local engine's run).
     run_chunks: Callable[[BatchJob], Iterable[list[dict[str, Any]]]] | None = None
+    #: Instead of ``run``: the engine's workers write the output and the errors themselves, straight
+    #: to where they go (a cluster's workers cannot reach the driver's disk), and commit (hostd.partitions).
+    write: Callable[[BatchJob], Committed] | None = None
+
+
+@dataclass(frozen=True)
+class Committed:
+    """What an engine that writes its own output reports: the counts it kept (its metrics, counters
+    or an aggregation, never the files read back), and the marker it wrote last."""
+
+    rows_in: int
+    failed: int
+    marker: str
+    errors: str  # where the failed rows are
 
 
 @dataclass
@@ -65,6 +81,8 @@ class Summary:
     predicted: int = 0
     failed: int = 0
     seconds: float = 0.0
+    committed: str | None = None  # the _SUCCESS marker of an engine that writes its own output
+    errors: str | None = None  # where that engine put the failed rows
 
     @property
     def rows_per_s(self) -> float:
@@ -155,8 +173,15 @@ def run_job(job: BatchJob, engine: BatchEngine, columns: list[str], progress: bo
     """Run ``engine`` on ``job``; predictions go to job.output, failures to job.errors."""
     summary = Summary(engine.name)
     started = time.perf_counter()
-    output = recordfiles.open_writer(job.output, job.output_format, columns)
-    errors = recordfiles.open_writer(job.errors, job.output_format, recordfiles.ERROR_COLUMNS)
+    if engine.write is not None:
+        committed = engine.write(job)
+        summary.rows_in, summary.failed, summary.committed = committed.rows_in, committed.failed, committed.marker
+        summary.errors = committed.errors
+        summary.predicted = summary.rows_in - summary.failed
+        summary.seconds = time.perf_counter() - started
+        return summary
+    output = recordfiles.open_writer(Path(job.output), job.output_format, columns)
+    errors = recordfiles.open_writer(Path(job.errors), job.output_format, recordfiles.ERROR_COLUMNS)
     report = Progress(sys.stderr.isatty() if progress is None else progress)
     nested = job.output_format == "jsonl"  # {"id", "prediction": {...}}; tables have a column per field
     thresholds = collect_less()
@@ -195,6 +220,7 @@ def collect_less() -> tuple[int, int, int]:
 def _result_chunks(job: BatchJob, engine: BatchEngine) -> Iterable[list[dict[str, Any]]]:
     if engine.run_chunks is not None:
         return engine.run_chunks(job)
+    assert engine.run is not None, f"the {engine.name} engine neither runs nor writes"
     return recordfiles.chunks(engine.run(job), job.chunk_size)
 
 

@@ -13,7 +13,7 @@ import csv
 import itertools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, Protocol, TypeVar
 
 import orjson
@@ -28,7 +28,7 @@ ERROR_COLUMNS = ["row", "id", "code", "message"]
 T = TypeVar("T")
 
 
-def detect_format(path: Path, explicit: str | None = None) -> str:
+def detect_format(path: PurePath, explicit: str | None = None) -> str:
     if explicit:
         return explicit
     suffix = path.suffix.lower()
@@ -126,10 +126,10 @@ def _read_csv(path: Path) -> Iterator[dict[str, Any]]:
             if None in data:  # DictReader files surplus cells under None
                 yield failure(row, InvalidInput(f"row {row} has more cells than the header has columns"))
                 continue
-            yield record(row, {key: _cell(value) for key, value in data.items()})
+            yield record(row, {key: cell(value) for key, value in data.items()})
 
 
-def _cell(value: str | None) -> Any:
+def cell(value: str | None) -> Any:
     # CSV has only strings: pydantic turns "5.1" into 5.1 itself; lists and objects (an 8x8 image)
     # are written as JSON in their cell.
     if value and value[0] in "[{":

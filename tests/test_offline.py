@@ -89,15 +89,15 @@ def test_run_job_writes_the_same_files_from_results_one_at_a_time_or_in_chunks(c
     scorer = Scorer.load(config, "echo", "1.0.0")
 
     def chunked(job: BatchJob) -> Iterator[list[dict[str, Any]]]:
-        return (scorer.score(chunk) for chunk in recordfiles.read_chunks(job.input, job.input_format, 2))
+        return (scorer.score(chunk) for chunk in recordfiles.read_chunks(Path(job.input), job.input_format, 2))
 
     def flat(job: BatchJob) -> Iterator[dict[str, Any]]:
         return (result for chunk in chunked(job) for result in chunk)
 
     thresholds = gc.get_threshold()
     for engine in (BatchEngine("flat", flat), BatchEngine("chunked", flat, run_chunks=chunked)):
-        job = BatchJob(config, "echo", "1.0.0", source, tmp_path / f"{engine.name}.jsonl",
-                       tmp_path / f"{engine.name}.errors.jsonl", "jsonl", "jsonl", chunk_size=2)
+        job = BatchJob(config, "echo", "1.0.0", str(source), str(tmp_path / f"{engine.name}.jsonl"),
+                       str(tmp_path / f"{engine.name}.errors.jsonl"), "jsonl", "jsonl", chunk_size=2)
         summary = run_job(job, engine, scorer.output_columns(), progress=False)
         assert (summary.rows_in, summary.predicted, summary.failed) == (5, 2, 3)
     assert (tmp_path / "flat.jsonl").read_bytes() == (tmp_path / "chunked.jsonl").read_bytes()

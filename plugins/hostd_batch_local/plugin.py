@@ -9,6 +9,7 @@ import itertools
 import multiprocessing
 from collections import deque
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 from hostd import recordfiles
@@ -24,14 +25,14 @@ def run_chunks(job: BatchJob) -> Iterator[list[dict[str, Any]]]:
 
 def _here(job: BatchJob) -> Iterator[list[dict[str, Any]]]:
     scorer = Scorer.load(job.config, job.model, job.version)
-    for chunk in recordfiles.read_chunks(job.input, job.input_format, job.chunk_size):
+    for chunk in recordfiles.read_chunks(Path(job.input), job.input_format, job.chunk_size):
         yield scorer.score(chunk)
 
 
 def _in_workers(job: BatchJob) -> Iterator[list[dict[str, Any]]]:
     # JSONL goes to the workers unparsed: this process, which also writes every result, would
     # otherwise be the one all the workers wait for.
-    chunks = recordfiles.read_unparsed(job.input, job.input_format, job.chunk_size)
+    chunks = recordfiles.read_unparsed(Path(job.input), job.input_format, job.chunk_size)
     # spawn, not fork: a forked child would inherit whatever threads the parent has running.
     context = multiprocessing.get_context("spawn")
     with context.Pool(job.workers, initializer=_load, initargs=(str(job.config), job.model, job.version)) as pool:

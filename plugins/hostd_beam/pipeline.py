@@ -1,63 +1,124 @@
 """The `beam` batch engine: an Apache Beam pipeline, DirectRunner by default.
 
-read numbered records -> BatchElements -> a DoFn that loads the model once in setup() and calls
-predict_batch -> write results. Every option after `--` is a Beam pipeline option, so
-``-- --runner=FlinkRunner`` (or SparkRunner, DataflowRunner) runs the same pipeline elsewhere;
-``--workers N`` alone means ``--direct_num_workers=N --direct_running_mode=multi_processing``.
+    MatchFiles(input) -> read each file into numbered payload chunks -> Reshuffle -> a DoFn that loads
+        the model once in setup() and scores a chunk at a time -> predictions and errors, each written by
+        Beam's own sink -> _SUCCESS into the errors, then into the predictions
+
+Everything goes through Beam's ``FileSystems`` (local, ``gs://``, ``s3://`` with ``apache-beam[aws]``),
+so the same pipeline runs on a cluster: every option after `--` is a Beam pipeline option
+(``--runner=FlinkRunner``, ``DataflowRunner``, ``--s3_endpoint_url=...``); ``--workers N`` alone means
+``--direct_num_workers=N --direct_running_mode=multi_processing``. The counts are Beam metrics.
 """
 
 from __future__ import annotations
 
 import logging
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import orjson
-
-from hostd import recordfiles
-from hostd.offline import BatchJob, Scorer
+from hostd.offline import BatchJob, Committed
+from hostd.partitions import SUCCESS, PartitionScorer, join, read_payloads
 
 # Importing Beam logs "apitools not found" on the root logger (GCP extras we do not use).
 _previous = logging.root.manager.disable
 logging.disable(logging.WARNING)
 try:
     import apache_beam as beam
+    import pyarrow as pa
+    from apache_beam.io import fileio
+    from apache_beam.io.filesystems import FileSystems
+    from apache_beam.metrics.metric import Metrics, MetricsFilter
     from apache_beam.options.pipeline_options import PipelineOptions
 finally:
     logging.disable(_previous)
 
+NAMESPACE = "hostd"
+ERRORS = "errors"
 
-class ScoreBatches(beam.DoFn):  # type: ignore[misc]
-    def __init__(self, config: str, model: str, version: str | None) -> None:
+
+class ReadPayloads(beam.DoFn):  # type: ignore[misc]
+    """A matched file, read through Beam's FileSystems into chunks of (row numbers, payloads)."""
+
+    def __init__(self, fmt: str, size: int) -> None:
         super().__init__()
-        self.config, self.model, self.version = config, model, version
-        self.scorer: Scorer | None = None
+        self.format, self.size = fmt, size
+
+    def process(self, readable: Any) -> Iterator[tuple[list[int], list[bytes]]]:
+        with readable.open() as file:
+            yield from read_payloads(file, self.format, self.size)
+
+
+class ScorePartitions(beam.DoFn):  # type: ignore[misc]
+    """Scores a chunk into its predictions (the main output) and its errors (the ``errors`` output)."""
+
+    def __init__(self, config: str, model: str, version: str | None, input_format: str, output_format: str) -> None:
+        super().__init__()
+        self.arguments = (config, model, version, input_format, output_format)
+        self.scorer: PartitionScorer | None = None
+        self.rows = Metrics.counter(NAMESPACE, "rows")
+        self.failed = Metrics.counter(NAMESPACE, "failed")
 
     def setup(self) -> None:  # once per DoFn instance: the model loads once per worker
-        self.scorer = Scorer.load(self.config, self.model, self.version)
+        self.scorer = PartitionScorer(*self.arguments)
 
-    def process(self, batch: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    def process(self, chunk: tuple[list[int], list[bytes]]) -> Iterator[Any]:
         assert self.scorer is not None
-        yield from self.scorer.score(batch)
+        scored = self.scorer.score(*chunk)
+        failed = scored.column("failed")
+        errors = scored.filter(failed)
+        predictions = scored.filter(pa.compute.invert(failed))
+        self.rows.inc(scored.num_rows)
+        self.failed.inc(errors.num_rows)
+        if self.scorer.output_format == "jsonl":  # one element per chunk: WriteToText adds the last newline
+            if predictions.num_rows:
+                yield "\n".join(predictions.column("line").to_pylist())
+            if errors.num_rows:
+                yield beam.pvalue.TaggedOutput(ERRORS, "\n".join(errors.column("line").to_pylist()))
+        else:
+            if predictions.num_rows:
+                yield predictions.select(self.scorer.prediction_columns)
+            if errors.num_rows:
+                yield beam.pvalue.TaggedOutput(ERRORS, errors.select(self.scorer.error_columns))
 
 
-def run(job: BatchJob) -> Iterator[dict[str, Any]]:
-    with tempfile.TemporaryDirectory(prefix="hostd-beam-") as tmp:
-        numbered = Path(tmp) / "input.jsonl"
-        write_numbered(job, numbered)
-        with beam.Pipeline(options=PipelineOptions(pipeline_args(job))) as pipeline:
-            (pipeline
-             | "Read" >> beam.io.ReadFromText(str(numbered))
-             | "Parse" >> beam.Map(orjson.loads)
-             | "Batch" >> beam.BatchElements(min_batch_size=min(64, job.chunk_size), max_batch_size=job.chunk_size)
-             | "Predict" >> beam.ParDo(ScoreBatches(str(job.config), job.model, job.version))
-             | "Encode" >> beam.Map(lambda result: orjson.dumps(result).decode())
-             | "Write" >> beam.io.WriteToText(str(Path(tmp) / "results"), file_name_suffix=".jsonl"))
-        for shard in sorted(Path(tmp).glob("results*.jsonl")):
-            with shard.open("rb") as lines:
-                yield from (orjson.loads(line) for line in lines)
+def write(job: BatchJob) -> Committed:
+    options = PipelineOptions(pipeline_args(job))
+    FileSystems.set_options(options)  # the markers below go through the same filesystems (an S3 endpoint)
+    _clear_marker(job.output)
+    driver = PartitionScorer(str(job.config), job.model, job.version, job.input_format, job.output_format)
+    pipeline = beam.Pipeline(options=options)
+    scored = (pipeline
+              | "Match" >> fileio.MatchFiles(job.input)
+              | "Open" >> fileio.ReadMatches()
+              | "Read" >> beam.ParDo(ReadPayloads(job.input_format, job.chunk_size))
+              | "Spread" >> beam.Reshuffle()  # one file is read in one place; its chunks are scored everywhere
+              | "Score" >> beam.ParDo(ScorePartitions(str(job.config), job.model, job.version, job.input_format,
+                                                      job.output_format)).with_outputs(ERRORS, main="predictions"))
+    _sink(scored.predictions, "Predictions", job.output, job.output_format, driver.schema, driver.prediction_columns)
+    _sink(scored[ERRORS], "Errors", job.errors, job.output_format, driver.schema, driver.error_columns)
+    result = pipeline.run()
+    result.wait_until_finish()
+    counters = {found.key.metric.name: found.committed
+                for found in result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]}
+    for location in (job.errors, job.output):  # the predictions' marker last: it says the whole job is there
+        FileSystems.create(join(location, SUCCESS)).close()
+    return Committed(counters.get("rows", 0), counters.get("failed", 0), join(job.output, SUCCESS), job.errors)
+
+
+def _sink(results: Any, label: str, location: str, fmt: str, schema: Any, columns: list[str]) -> None:
+    prefix = join(location, "part")
+    if fmt == "jsonl":
+        results | f"Write{label}" >> beam.io.WriteToText(prefix, file_name_suffix=".jsonl")
+    else:
+        results | f"Write{label}" >> beam.io.WriteToParquetBatched(
+            prefix, pa.schema([schema.field(name) for name in columns]), file_name_suffix=".parquet")
+
+
+def _clear_marker(location: str) -> None:
+    """A job that fails part way must not leave an earlier run's marker behind."""
+    marker = join(location, SUCCESS)
+    if FileSystems.exists(marker):
+        FileSystems.delete([marker])
 
 
 def pipeline_args(job: BatchJob) -> list[str]:
@@ -67,10 +128,3 @@ def pipeline_args(job: BatchJob) -> list[str]:
     if job.workers > 1 and not any(arg.startswith("--direct_num_workers") for arg in args):
         args += [f"--direct_num_workers={job.workers}", "--direct_running_mode=multi_processing"]
     return args
-
-
-def write_numbered(job: BatchJob, path: Path) -> None:
-    """The input as one JSON record per line, numbered (Beam's text source has no line numbers)."""
-    with path.open("wb") as out:
-        for item in recordfiles.read_records(job.input, job.input_format):
-            out.write(orjson.dumps(item, option=orjson.OPT_APPEND_NEWLINE))

@@ -1,6 +1,7 @@
 """A map-only Hadoop Streaming job: each mapper loads the model once and scores its lines in chunks.
 
-The mapper reads JSON lines on stdin and writes result lines on stdout, so it runs under mrjob
+The mapper reads JSON lines on stdin and writes a line per row on stdout (a prediction as the local
+engine writes it, or the failed row), counting both in Hadoop counters, so it runs under mrjob
 (`hostd batch --engine mapreduce`, runners inline/local/hadoop/emr/dataproc) or under plain Hadoop
 Streaming:
 
@@ -24,6 +25,9 @@ from mrjob.protocol import RawValueProtocol
 from hostd import recordfiles
 from hostd.errors import InvalidInput
 from hostd.offline import Scorer
+from hostd.partitions import error_row, prediction_row
+
+NAMESPACE = "hostd"  # the Hadoop counters' group: rows, failed
 
 
 class HostdScoringJob(MRJob):  # type: ignore[misc]
@@ -50,8 +54,13 @@ class HostdScoringJob(MRJob):  # type: ignore[misc]
         yield from self.flush()
 
     def flush(self) -> Iterator[tuple[None, str]]:
-        for result in self.scorer.score(self.pending):
-            yield None, orjson.dumps(result).decode()
+        results = self.scorer.score(self.pending)
+        failed = sum("error" in result for result in results)
+        self.increment_counter(NAMESPACE, "rows", len(results))
+        self.increment_counter(NAMESPACE, "failed", failed)
+        for result in results:
+            row = error_row(result) if "error" in result else prediction_row(result, nested=True)
+            yield None, orjson.dumps(row).decode()
         self.pending = []
 
 

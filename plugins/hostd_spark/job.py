@@ -1,0 +1,139 @@
+"""The `spark` batch engine: read with Spark's own readers, score each partition in Arrow batches with
+the model loaded once per Python worker, write with Spark's own writers.
+
+    input (text | csv | parquet) -> rows numbered -> mapInArrow(PartitionScorer) -> persisted scored table
+        -> errors written, then predictions written (Spark's committer writes _SUCCESS last) -> counts
+
+Everything after `--` configures the session as spark-submit would: ``--master spark://host:7077``,
+``--conf key=value`` (repeatable), ``--name``, ``--jars``. Without ``--master`` the job runs on
+``local[*]``, or on whatever a spark-submit that runs ``hostd batch`` configured.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+from pyspark import StorageLevel
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from hostd.offline import BatchJob, Committed
+from hostd.partitions import SUCCESS, PartitionScorer, join
+
+#: monotonically_increasing_id() puts the partition's index above bit 33 and the row's place in the
+#: partition below it: with the rows per partition counted, rows are numbered in file order.
+_PARTITION_SHIFT = 33
+
+_scorers: dict[tuple[str, ...], PartitionScorer] = {}  # per Python worker (Spark reuses its workers)
+
+
+def write(job: BatchJob) -> Committed:
+    spark = session(job.engine_args)
+    driver = PartitionScorer(str(job.config), job.model, job.version, job.input_format, job.output_format)
+    scored = score(numbered(spark, job), job, driver.schema).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        counts = {row["failed"]: row["count"] for row in scored.groupBy("failed").count().collect()}
+        # The errors first: the predictions' _SUCCESS, written last, then says the whole job is there.
+        _save(scored.filter(F.col("failed")).select(*driver.error_columns), job.errors, job.output_format)
+        _save(scored.filter(~F.col("failed")).select(*driver.prediction_columns), job.output, job.output_format)
+    finally:
+        scored.unpersist()
+    return Committed(sum(counts.values()), counts.get(True, 0), join(job.output, SUCCESS), job.errors)
+
+
+def session(engine_args: tuple[str, ...]) -> SparkSession:
+    """A session configured by spark-submit's options; the Python workers run this interpreter."""
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    builder = SparkSession.builder.appName("hostd batch")
+    options = _options(engine_args)
+    if "PYSPARK_GATEWAY_PORT" not in os.environ:  # not run by spark-submit, which sets the master itself
+        options.setdefault("spark.master", "local[*]")
+    for key, value in options.items():
+        builder = builder.config(key, value)
+    return builder.config("spark.ui.showConsoleProgress", "true").getOrCreate()
+
+
+def _options(engine_args: tuple[str, ...]) -> dict[str, str]:
+    names = {"--master": "spark.master", "--name": "spark.app.name", "--jars": "spark.jars",
+             "--driver-memory": "spark.driver.memory", "--executor-memory": "spark.executor.memory",
+             "--total-executor-cores": "spark.cores.max", "--executor-cores": "spark.executor.cores"}
+    options: dict[str, str] = {}
+    args = list(engine_args)
+    while args:
+        arg = args.pop(0)
+        flag, _, value = arg.partition("=")
+        if flag not in names and flag != "--conf":
+            raise SystemExit(f"hostd batch: the spark engine takes {', '.join([*names, '--conf'])} after --, "
+                             f"not {arg}")
+        if not value:
+            if not args:
+                raise SystemExit(f"hostd batch: {flag} needs a value")
+            value = args.pop(0)
+        if flag == "--conf":
+            key, equals, setting = value.partition("=")
+            if not equals:
+                raise SystemExit(f"hostd batch: --conf takes key=value, not {value}")
+            options[key] = setting
+        else:
+            options[names[flag]] = value
+    return options
+
+
+def numbered(spark: SparkSession, job: BatchJob) -> DataFrame:
+    """The input as (row, payload): each record's number in the file and its JSON text."""
+    if job.input_format == "jsonl":
+        lines = spark.read.text(job.input)
+        frame = lines.filter(~F.col("value").rlike(r"^\s*$")).select(F.col("value").alias("payload"))
+    else:
+        reader = spark.read.option("header", True).option("inferSchema", False).csv if job.input_format == "csv" \
+            else spark.read.parquet
+        table = reader(job.input)
+        payload = F.to_json(F.struct(*[F.col(f"`{name}`") for name in table.columns]), {"ignoreNullFields": "false"})
+        frame = table.select(payload.alias("payload"))
+    frame = frame.withColumn("_place", F.monotonically_increasing_id())
+    sizes = frame.groupBy(F.shiftright("_place", _PARTITION_SHIFT).alias("partition")).count().collect()
+    starts, total = {}, 0
+    for size in sorted(sizes, key=lambda found: found["partition"]):
+        starts[size["partition"]], total = total, total + size["count"]
+    return frame.select(_row_number(starts).alias("row"), "payload")
+
+
+def _row_number(starts: dict[int, int]) -> Column:
+    partition = F.shiftright("_place", _PARTITION_SHIFT)
+    start = F.create_map(*[F.lit(value) for pair in starts.items() for value in pair]) if starts else None
+    place = F.col("_place").bitwiseAND((1 << _PARTITION_SHIFT) - 1)
+    return (F.element_at(start, partition) if start is not None else F.lit(0)) + place + 1
+
+
+def score(rows: DataFrame, job: BatchJob, schema: Any) -> DataFrame:
+    key = (str(job.config), job.model, job.version or "", job.input_format, job.output_format)
+    # A partial of a module-level function pickles by reference: the worker's _scorers is its own.
+    return rows.mapInArrow(functools.partial(_score_partition, key), spark_schema(schema))
+
+
+_SPARK_TYPES = {"bool": T.BooleanType, "string": T.StringType, "int64": T.LongType, "double": T.DoubleType}
+
+
+def spark_schema(schema: Any) -> T.StructType:
+    """A scored table's Arrow schema as Spark's (pyspark's own converter needs pandas, which we do not)."""
+    return T.StructType([T.StructField(field.name, _SPARK_TYPES[str(field.type)](), True) for field in schema])
+
+
+def _score_partition(key: tuple[str, ...], batches: Iterator[Any]) -> Iterator[Any]:
+    if key not in _scorers:  # once per Python worker: the model loads once, not per partition
+        config, model, version, input_format, output_format = key
+        _scorers[key] = PartitionScorer(config, model, version or None, input_format, output_format)
+    return _scorers[key].score_batches(batches)
+
+
+def _save(frame: DataFrame, location: str, fmt: str) -> None:
+    writer = frame.write.mode("overwrite")
+    if fmt == "jsonl":
+        writer.text(location)
+    else:
+        writer.parquet(location)
