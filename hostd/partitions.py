@@ -43,6 +43,9 @@ READ_ERROR = "\x00hostd_read_error"
 def read_payloads(file: IO[bytes], fmt: str, size: int) -> Iterator[tuple[list[int], list[bytes]]]:
     """The records of one file, numbered from 1 as the local engine numbers them, as lists of at
     most ``size`` (row numbers, payloads)."""
+    if fmt == "parquet":
+        yield from _numbered(_parquet_objects(file), size)
+        return
     # Any engine's file object reads bytes; not all read lines (pyarrow's, Ray's filesystem layer).
     file = io.BufferedReader(_RawReader(file), 1 << 20)
     if fmt == "jsonl":
@@ -53,8 +56,11 @@ def read_payloads(file: IO[bytes], fmt: str, size: int) -> Iterator[tuple[list[i
                 yield list(range(row, row + len(lines))), lines
                 row += len(lines)
         return
-    numbered = enumerate(_csv_objects(file) if fmt == "csv" else _parquet_objects(file), start=1)
-    for chunk in recordfiles.chunks(numbered, size):
+    yield from _numbered(_csv_objects(file), size)
+
+
+def _numbered(objects: Iterator[dict[str, Any]], size: int) -> Iterator[tuple[list[int], list[bytes]]]:
+    for chunk in recordfiles.chunks(enumerate(objects, start=1), size):
         yield [row for row, _ in chunk], [orjson.dumps(data) for _, data in chunk]
 
 
@@ -83,8 +89,11 @@ def _csv_objects(file: IO[bytes]) -> Iterator[dict[str, Any]]:
 
 
 def _parquet_objects(file: IO[bytes]) -> Iterator[dict[str, Any]]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
+    if not (hasattr(file, "seekable") and file.seekable()):  # a stream: Parquet's footer is at the end
+        file = pa.BufferReader(file.read())
     for batch in pq.ParquetFile(file).iter_batches(batch_size=4096):
         yield from batch.to_pylist()
 
@@ -94,7 +103,11 @@ def records(rows: Sequence[int], payloads: Sequence[bytes | str], fmt: str) -> l
     is not a JSON object becomes its row's error. CSV cells are strings, as the local engine reads
     them (a cell holding a JSON list or object is decoded)."""
     if fmt == "jsonl":
-        return recordfiles.parsed(recordfiles.Lines(0, []) if not rows else _numbered_lines(rows, payloads))
+        lines = [payload.encode() if isinstance(payload, str) else payload for payload in payloads]
+        if rows and list(rows) == list(range(rows[0], rows[0] + len(rows))):  # as engines mostly hand them over
+            return recordfiles.parsed(recordfiles.Lines(rows[0], lines))
+        return [item for row, line in zip(rows, lines, strict=True)
+                for item in recordfiles.parsed(recordfiles.Lines(row, [line]))]
     made = []
     for row, payload in zip(rows, payloads, strict=True):
         try:
@@ -109,13 +122,6 @@ def records(rows: Sequence[int], payloads: Sequence[bytes | str], fmt: str) -> l
             data = {key: recordfiles.cell(value) if isinstance(value, str) else value for key, value in data.items()}
         made.append(recordfiles.record(row, data))
     return made
-
-
-def _numbered_lines(rows: Sequence[int], payloads: Sequence[bytes | str]) -> recordfiles.Lines:
-    lines = [payload.encode() if isinstance(payload, str) else payload for payload in payloads]
-    if rows[-1] - rows[0] == len(rows) - 1:  # consecutive, as every engine here reads them
-        return recordfiles.Lines(rows[0], lines)
-    raise ValueError("a partition's JSONL rows must be consecutive")
 
 
 # -- the output -----------------------------------------------------------------------------------

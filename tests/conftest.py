@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -132,11 +133,26 @@ def start_hostd(tmp_path: Path) -> Iterator[Callable[..., HostdProcess]]:
     """Factory: ``start_hostd(config)`` runs ``hostd run`` until it is ready, every listener on a free
     port (``server.transports`` says which). ``config`` is a dict (its transports must include http,
     the default) or the text of a config file without a transports section (HTTP on a port from the
-    environment). If a port was taken meanwhile, hostd exits saying so and starts again on fresh ones."""
+    environment). If a port was taken meanwhile, hostd exits saying so and starts again on fresh ones.
+    Every hostd it started is killed when the test ends."""
+    with hostd_starter(tmp_path) as start:
+        yield start
+
+
+@pytest.fixture(scope="module")
+def start_shared_hostd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., HostdProcess]]:
+    """``start_hostd`` for a hostd the tests of a module share (each start costs seconds): only for
+    tests that change nothing another test reads (no metrics counted, no models loaded, no signals)."""
+    with hostd_starter(tmp_path_factory.mktemp("shared-hostd")) as start:
+        yield start
+
+
+@contextmanager
+def hostd_starter(folder: Path) -> Iterator[Callable[..., HostdProcess]]:
     servers: list[HostdProcess] = []
 
     def launch(config: dict[str, Any] | str, env: dict[str, str]) -> HostdProcess:
-        path, log = tmp_path / f"host-{len(servers)}.yaml", tmp_path / f"hostd-{len(servers)}.log"
+        path, log = folder / f"host-{len(servers)}.yaml", folder / f"hostd-{len(servers)}.log"
         if isinstance(config, str):
             transports = {"http": {"port": free_port()}}
             path.write_text(config)
@@ -165,8 +181,10 @@ def start_hostd(tmp_path: Path) -> Iterator[Callable[..., HostdProcess]]:
                     raise
                 attempt += 1
 
-    yield start
-    for server in servers:
-        if server.proc.poll() is None:
-            server.proc.kill()
-            server.proc.wait()
+    try:
+        yield start
+    finally:
+        for server in servers:
+            if server.proc.poll() is None:
+                server.proc.kill()
+                server.proc.wait()

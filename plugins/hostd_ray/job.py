@@ -51,7 +51,9 @@ def _write(job: BatchJob) -> Committed:
     scored = (ray.data.read_datasource(source)
               .map_batches(_Score, fn_constructor_args=(str(job.config), job.model, job.version, job.input_format,
                                                          job.output_format),
-                           batch_format="pyarrow", batch_size=job.chunk_size, concurrency=job.workers)
+                           batch_format="pyarrow", batch_size=job.chunk_size,
+                           # 1 to N actors: with as many actors as CPUs, none would be left to read the input
+                           concurrency=(1, job.workers))
               .materialize())  # scored once: the counts and both writes read it
     total, failed = scored.count(), int(scored.sum("failed") or 0)
     # The errors first: the predictions' _SUCCESS, written last, then says the whole job is there.

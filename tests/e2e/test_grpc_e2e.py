@@ -61,10 +61,10 @@ def start_grpc(start_hostd: Start) -> Callable[..., GrpcHostd]:
     return start
 
 
-@pytest.fixture
-def real(start_grpc: Callable[..., GrpcHostd]) -> GrpcHostd:
-    """The three real models and the toys (starts in ~3 s)."""
-    return start_grpc(REAL_MODELS + TOY_MODELS)
+@pytest.fixture(scope="module")
+def real(start_shared_hostd: Start) -> GrpcHostd:
+    """The three real models and the toys (starts in ~3 s), shared by the tests that only predict."""
+    return GrpcHostd(start_shared_hostd({"models": REAL_MODELS + TOY_MODELS, "transports": {"http": {}, "grpc": {}}}))
 
 
 @pytest.fixture
@@ -79,7 +79,7 @@ def triton_client(server: GrpcHostd) -> Iterator[triton.InferenceServerClient]:
         yield tc
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def client(real: GrpcHostd) -> Iterator[triton.InferenceServerClient]:
     with triton_client(real) as tc:
         yield tc

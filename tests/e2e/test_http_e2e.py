@@ -34,12 +34,13 @@ from tests.support.e2e import (
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture
-def real(start_hostd: Start) -> HostdProcess:
-    return start_hostd({"models": REAL_MODELS})
+@pytest.fixture(scope="module")
+def real(start_shared_hostd: Start) -> HostdProcess:
+    """The three real models, shared by the tests that only predict."""
+    return start_shared_hostd({"models": REAL_MODELS})
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def client(real: HostdProcess) -> Iterator[triton.InferenceServerClient]:
     with triton.InferenceServerClient(url=f"127.0.0.1:{real.port}") as tc:
         yield tc
