@@ -115,7 +115,8 @@ def _hostd(config: Path, source: Path, output: Path, args: list[str], env: dict[
 
 
 def _check(output: Path, rows: int) -> None:
-    files = [output] if output.is_file() else [part for part in output.iterdir() if not part.name.startswith(("_", "."))]
+    files = [output] if output.is_file() else [part for part in output.iterdir()
+                                                if not part.name.startswith(("_", "."))]
     written = sum(sum(1 for line in part.open("rb") if line.strip()) for part in files)
     if written != rows:
         raise RuntimeError(f"{output} holds {written:,} predictions, not {rows:,}")

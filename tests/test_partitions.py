@@ -42,7 +42,8 @@ def test_jsonl_payloads_make_the_local_engines_records_whatever_the_chunk(tmp_pa
     path.write_bytes(JSONL)
     assert payload_records(path, "jsonl", size) == local_records(path, "jsonl")
     with path.open("rb") as file:
-        assert [rows for rows, _ in read_payloads(file, "jsonl", 3)] == [[1, 2], [3, 4], [5, 6, 7]]  # 3 lines a chunk, less the blank ones
+        # 3 lines a chunk, less the blank ones
+        assert [rows for rows, _ in read_payloads(file, "jsonl", 3)] == [[1, 2], [3, 4], [5, 6, 7]]
 
 
 def test_a_partition_in_any_order_keeps_each_lines_row_number() -> None:
