@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,6 +25,9 @@ from pyspark.sql import types as T
 
 from hostd.offline import BatchJob, Committed
 from hostd.partitions import SUCCESS, PartitionScorer, join
+
+# pyspark warns (when a job starts) that it "does not yet fully support pandas >= 3": this job uses no pandas.
+warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas", category=FutureWarning)
 
 #: monotonically_increasing_id() puts the partition's index above bit 33 and the row's place in the
 #: partition below it: with the rows per partition counted, rows are numbered in file order.

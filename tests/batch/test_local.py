@@ -303,7 +303,7 @@ USAGE_ERRORS = {
     "missing input": (["--model", "iris_model", "--input", "{tmp}/nowhere.jsonl"], ["no such file", "nowhere.jsonl"]),
     "unknown model": (["--model", "iris"], ["model 'iris'", "iris_model", "digits_model", "diabetes_model"]),
     "unknown version": (["--model", "iris_model", "--version", "9.9.9"], ["version '9.9.9'", "iris_model 1.0.0"]),
-    "unknown engine": (["--model", "iris_model", "--engine", "spark"], ["spark", "local"]),
+    "unknown engine": (["--model", "iris_model", "--engine", "flink"], ["flink", "local", "spark"]),
     "unknown input extension": (["--model", "iris_model", "--input", "{tmp}/in.txt"], ["in.txt", "--format"]),
     "unknown output extension": (["--model", "iris_model", "--output", "{tmp}/out.xlsx"], ["out.xlsx", "--format"]),
     "unknown format": (["--model", "iris_model", "--format", "xml"], ["xml"]),
