@@ -3,7 +3,9 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 MODEL_PACKAGES := $(sort $(dir $(wildcard models/*/pyproject.toml)))
-PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
+# uv installs what pip would (the same versions, checked), in ~1.5 min instead of ~5 on a fresh machine.
+UV := $(BIN)/uv
+PIP := VIRTUAL_ENV=$(VENV) $(UV) pip install --quiet
 # What serving needs (every transport, the local brokers, the models), then what testing adds.
 SERVE_STAMP := $(VENV)/.installed-serve
 TEST_STAMP := $(VENV)/.installed-test
@@ -18,6 +20,7 @@ setup-test: $(TEST_STAMP)
 
 $(SERVE_STAMP): pyproject.toml $(addsuffix pyproject.toml,$(MODEL_PACKAGES))
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	test -x $(UV) || $(BIN)/python -m pip install --quiet --disable-pip-version-check "uv>=0.5"
 	$(PIP) -e ".[all,brokers]" $(foreach package,$(MODEL_PACKAGES),-e $(package))
 	touch $@
 

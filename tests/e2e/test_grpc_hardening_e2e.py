@@ -36,9 +36,15 @@ def iris(start_hostd: Start) -> HostdProcess:
     return start_hostd({"models": REAL_MODELS, "transports": {"http": {}, "grpc": {}}})
 
 
-@pytest.fixture
-def client(iris: HostdProcess) -> Iterator[triton.InferenceServerClient]:
-    with triton.InferenceServerClient(url=grpc_target(iris)) as tc:
+@pytest.fixture(scope="module")
+def shared(start_shared_hostd: Start) -> HostdProcess:
+    """For the tests that each measure their own request against it (RSS before and after)."""
+    return start_shared_hostd({"models": REAL_MODELS, "transports": {"http": {}, "grpc": {}}})
+
+
+@pytest.fixture(scope="module")
+def client(shared: HostdProcess) -> Iterator[triton.InferenceServerClient]:
+    with triton.InferenceServerClient(url=grpc_target(shared)) as tc:
         yield tc
 
 
@@ -117,16 +123,16 @@ def many_digits() -> list[triton.InferInput]:
 @pytest.mark.parametrize(("model", "inputs"), [("iris_model", big_iris), ("iris_model", huge_raw),
                                                ("digits_model", many_digits)])
 def test_a_request_over_max_request_bytes_is_resource_exhausted(
-        iris: HostdProcess, client: triton.InferenceServerClient, model: str,
+        shared: HostdProcess, client: triton.InferenceServerClient, model: str,
         inputs: Callable[[], list[triton.InferInput]]) -> None:
-    before = rss_kb(iris.proc.pid)
+    before = rss_kb(shared.proc.pid)
     with pytest.raises(InferenceServerException) as caught:
         client.infer(model, inputs(), client_timeout=60)
     assert caught.value.status() == "StatusCode.RESOURCE_EXHAUSTED", caught.value.message()
     assert caught.value.message().startswith("PAYLOAD_TOO_LARGE: request message is "), caught.value.message()
     assert "the limit is 1048576" in caught.value.message()
     # Refused after the 5-byte prefix: the body was never buffered (it was 8-64 MB, and grew RSS by 530 MB).
-    assert rss_kb(iris.proc.pid) - before < 30_000
+    assert rss_kb(shared.proc.pid) - before < 30_000
     assert iris_answers(client)  # the daemon still answers a normal request right after
 
 
