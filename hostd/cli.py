@@ -322,7 +322,6 @@ def batch(config: Path, model: str, model_version: str | None, input_path: str, 
     switches (-r local ...), Spark's (--master spark://... --conf k=v) or Ray's (--address ...).
     """
     from hostd.offline import BatchJob, Scorer, run_job
-    from hostd.partitions import DISTRIBUTED_FORMATS
 
     engines = plugins.batch_engines(click.get_current_context().find_root().obj or plugins.plugin_manager())
     if engine not in engines:
@@ -335,8 +334,9 @@ def batch(config: Path, model: str, model_version: str | None, input_path: str, 
     try:
         input_format = recordfiles.detect_format(PurePosixPath(input_path), fmt)
         output_format = recordfiles.detect_format(PurePosixPath(output_path), fmt)
-        if writes_itself and output_format not in DISTRIBUTED_FORMATS:
-            raise ValueError(f"the {engine} engine writes {' or '.join(DISTRIBUTED_FORMATS)}, not {output_format}")
+        if output_format not in engines[engine].output_formats:
+            writes = " or ".join(engines[engine].output_formats)
+            raise ValueError(f"the {engine} engine writes {writes}, not {output_format}")
         columns = Scorer.load(config, model, model_version).output_columns()  # checks the model is there
     except (ValueError, HostdError) as exc:
         raise click.UsageError(str(exc)) from None
@@ -364,8 +364,8 @@ def batch(config: Path, model: str, model_version: str | None, input_path: str, 
 
 def _cause(exc: BaseException) -> str:
     """The last line of an engine's error that names an exception (its innermost cause)."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    named = [line for line in lines if re.match(r"^[\w.]+(Error|Exception|Exit|Interrupt)\b:?", line)]
+    lines = [line.strip().removeprefix("Caused by: ") for line in str(exc).splitlines() if line.strip()]
+    named = [line for line in lines if re.match(r"^[\w.$]+(Error|Exception|Exit|Interrupt)\b:?", line)]
     return (named or lines or [type(exc).__name__])[-1][:500]
 
 

@@ -61,6 +61,8 @@ class BatchEngine:
     #: Instead of ``run``: the engine's workers write the output and the errors themselves, straight
     #: to where they go (a cluster's workers cannot reach the driver's disk), and commit (hostd.partitions).
     write: Callable[[BatchJob], Committed] | None = None
+    #: What it writes: every format, or (an engine that writes its own output) what its writers can.
+    output_formats: tuple[str, ...] = recordfiles.FORMATS
 
 
 @dataclass(frozen=True)

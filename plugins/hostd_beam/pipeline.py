@@ -83,8 +83,11 @@ class ScorePartitions(beam.DoFn):  # type: ignore[misc]
 
 def write(job: BatchJob) -> Committed:
     options = PipelineOptions(pipeline_args(job))
+    # "No shards found to finalize": what an output of no rows (skip_if_empty) rightly has.
+    logging.getLogger("apache_beam.io.filebasedsink").setLevel(logging.ERROR)
     FileSystems.set_options(options)  # the markers below go through the same filesystems (an S3 endpoint)
     _clear_marker(job.output)
+    _clear_marker(job.errors)
     driver = PartitionScorer(str(job.config), job.model, job.version, job.input_format, job.output_format)
     pipeline = beam.Pipeline(options=options)
     scored = (pipeline
@@ -100,15 +103,24 @@ def write(job: BatchJob) -> Committed:
     result.wait_until_finish()
     counters = {found.key.metric.name: found.committed
                 for found in result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]}
+    committed = Committed(counters.get("rows", 0), counters.get("failed", 0), join(job.output, SUCCESS), job.errors)
     for location in (job.errors, job.output):  # the predictions' marker last: it says the whole job is there
-        FileSystems.create(join(location, SUCCESS)).close()
-    return Committed(counters.get("rows", 0), counters.get("failed", 0), join(job.output, SUCCESS), job.errors)
+        _commit(location, committed)
+    return committed
+
+
+def _commit(location: str, committed: Committed) -> None:
+    """``_SUCCESS`` holding the counts: S3 refuses an empty object from Beam's uploader (a multipart
+    upload of no parts)."""
+    with FileSystems.create(join(location, SUCCESS)) as marker:
+        marker.write(b'{"rows_in": %d, "failed": %d}\n' % (committed.rows_in, committed.failed))
 
 
 def _sink(results: Any, label: str, location: str, fmt: str, schema: Any, columns: list[str]) -> None:
     prefix = join(location, "part")
     if fmt == "jsonl":
-        results | f"Write{label}" >> beam.io.WriteToText(prefix, file_name_suffix=".jsonl")
+        # No empty shard: S3 refuses one from Beam's uploader, and no rows need no file.
+        results | f"Write{label}" >> beam.io.WriteToText(prefix, file_name_suffix=".jsonl", skip_if_empty=True)
     else:
         results | f"Write{label}" >> beam.io.WriteToParquetBatched(
             prefix, pa.schema([schema.field(name) for name in columns]), file_name_suffix=".parquet")

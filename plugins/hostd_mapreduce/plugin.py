@@ -30,8 +30,6 @@ def write(job: BatchJob) -> Committed:
         from hostd_mapreduce.job import HostdScoringJob
     except ImportError as exc:
         raise SystemExit(f"the mapreduce engine needs mrjob: pip install 'hostd[mapreduce]' ({exc})") from None
-    if job.output_format != "jsonl":
-        raise SystemExit("hostd batch: the mapreduce engine writes jsonl (Hadoop Streaming writes lines)")
     with tempfile.TemporaryDirectory(prefix="hostd-mapreduce-") as tmp:
         source = job.input if "://" in job.input else _numbered(job, Path(tmp) / "input.jsonl")
         args = list(job.engine_args)
@@ -74,4 +72,5 @@ def _numbered(job: BatchJob, path: Path) -> str:
 @hookimpl
 def register_batch_engines(register: RegisterBatchEngine) -> None:
     register(BatchEngine("mapreduce", None, "a Hadoop Streaming job via mrjob (-r inline|local|hadoop|emr after --)",
-                         write=write))
+                         write=write,
+                         output_formats=("jsonl",)))

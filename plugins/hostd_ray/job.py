@@ -47,6 +47,7 @@ def _write(job: BatchJob) -> Committed:
     output_fs, output_path = pafs.FileSystem.from_uri(job.output)
     errors_fs, errors_path = pafs.FileSystem.from_uri(job.errors)
     _clear_marker(output_fs, output_path)
+    _clear_marker(errors_fs, errors_path)
     source = _PayloadSource(input_path, job.input_format, job.chunk_size, filesystem=input_fs)
     scored = (ray.data.read_datasource(source)
               .map_batches(_Score, fn_constructor_args=(str(job.config), job.model, job.version, job.input_format,

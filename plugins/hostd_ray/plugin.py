@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from hostd.hookspecs import RegisterBatchEngine, hookimpl
 from hostd.offline import BatchEngine, BatchJob, Committed
+from hostd.partitions import DISTRIBUTED_FORMATS
 
 
 def write(job: BatchJob) -> Committed:
@@ -16,4 +17,5 @@ def write(job: BatchJob) -> Committed:
 
 @hookimpl
 def register_batch_engines(register: RegisterBatchEngine) -> None:
-    register(BatchEngine("ray", None, "Ray Data (a local Ray; --address after --)", write=write))
+    register(BatchEngine("ray", None, "Ray Data (a local Ray; --address after --)", write=write,
+                         output_formats=DISTRIBUTED_FORMATS))

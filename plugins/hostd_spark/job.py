@@ -38,6 +38,7 @@ _scorers: dict[tuple[str, ...], PartitionScorer] = {}  # per Python worker (Spar
 
 def write(job: BatchJob) -> Committed:
     spark = session(job.engine_args)
+    _clear_markers(spark, job.output, job.errors)
     driver = PartitionScorer(str(job.config), job.model, job.version, job.input_format, job.output_format)
     scored = score(numbered(spark, job), job, driver.schema).persist(StorageLevel.MEMORY_AND_DISK)
     try:
@@ -57,9 +58,13 @@ def session(engine_args: tuple[str, ...]) -> SparkSession:
     options = _options(engine_args)
     if "PYSPARK_GATEWAY_PORT" not in os.environ:  # not run by spark-submit, which sets the master itself
         options.setdefault("spark.master", "local[*]")
+    options.setdefault("spark.ui.showConsoleProgress", "true")
+    # The job's only shuffles are two counts (rows per partition, failed or not): Spark's default of 200
+    # partitions for them cost ~6 s a run on local[2].
+    options.setdefault("spark.sql.shuffle.partitions", "8")
     for key, value in options.items():
         builder = builder.config(key, value)
-    return builder.config("spark.ui.showConsoleProgress", "true").getOrCreate()
+    return builder.getOrCreate()
 
 
 def _options(engine_args: tuple[str, ...]) -> dict[str, str]:
@@ -93,18 +98,24 @@ def numbered(spark: SparkSession, job: BatchJob) -> DataFrame:
     if job.input_format == "jsonl":
         lines = spark.read.text(job.input)
         frame = lines.filter(~F.col("value").rlike(r"^\s*$")).select(F.col("value").alias("payload"))
+    elif job.input_format == "csv":
+        table = spark.read.option("header", True).option("inferSchema", False).csv(job.input)
+        # Spark reads an empty cell as null; Python's csv module, so the local engine, as "".
+        frame = table.select(_as_json([F.coalesce(F.col(f"`{name}`"), F.lit("")).alias(name)
+                                       for name in table.columns]).alias("payload"))
     else:
-        reader = spark.read.option("header", True).option("inferSchema", False).csv if job.input_format == "csv" \
-            else spark.read.parquet
-        table = reader(job.input)
-        payload = F.to_json(F.struct(*[F.col(f"`{name}`") for name in table.columns]), {"ignoreNullFields": "false"})
-        frame = table.select(payload.alias("payload"))
+        table = spark.read.parquet(job.input)
+        frame = table.select(_as_json([F.col(f"`{name}`") for name in table.columns]).alias("payload"))
     frame = frame.withColumn("_place", F.monotonically_increasing_id())
     sizes = frame.groupBy(F.shiftright("_place", _PARTITION_SHIFT).alias("partition")).count().collect()
     starts, total = {}, 0
     for size in sorted(sizes, key=lambda found: found["partition"]):
         starts[size["partition"]], total = total, total + size["count"]
     return frame.select(_row_number(starts).alias("row"), "payload")
+
+
+def _as_json(columns: list[Column]) -> Column:
+    return F.to_json(F.struct(*columns), {"ignoreNullFields": "false"})
 
 
 def _row_number(starts: dict[int, int]) -> Column:
@@ -133,6 +144,17 @@ def _score_partition(key: tuple[str, ...], batches: Iterator[Any]) -> Iterator[A
         config, model, version, input_format, output_format = key
         _scorers[key] = PartitionScorer(config, model, version or None, input_format, output_format)
     return _scorers[key].score_batches(batches)
+
+
+def _clear_markers(spark: SparkSession, *locations: str) -> None:
+    """A job that fails part way must not leave an earlier run's marker behind (Spark's overwrite
+    removes it only when the write starts, after the scoring)."""
+    hadoop = spark._jvm.org.apache.hadoop.fs  # type: ignore[union-attr]
+    for location in locations:
+        marker = hadoop.Path(join(location, SUCCESS))
+        filesystem = marker.getFileSystem(spark._jsc.hadoopConfiguration())  # type: ignore[union-attr]
+        if filesystem.exists(marker):
+            filesystem.delete(marker, False)
 
 
 def _save(frame: DataFrame, location: str, fmt: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from hostd.hookspecs import RegisterBatchEngine, hookimpl
 from hostd.offline import BatchEngine, BatchJob, Committed
+from hostd.partitions import DISTRIBUTED_FORMATS
 
 
 def write(job: BatchJob) -> Committed:
@@ -17,4 +18,5 @@ def write(job: BatchJob) -> Committed:
 
 @hookimpl
 def register_batch_engines(register: RegisterBatchEngine) -> None:
-    register(BatchEngine("spark", None, "Apache Spark (local[*]; --master and --conf after --)", write=write))
+    register(BatchEngine("spark", None, "Apache Spark (local[*]; --master and --conf after --)", write=write,
+                         output_formats=DISTRIBUTED_FORMATS))

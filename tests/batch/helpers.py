@@ -4,6 +4,10 @@ console script, and reading what it wrote back.
 A ``Case`` is a list of ``Entry``s, one per input line; from it come the input file (JSONL, CSV or
 Parquet) and everything a user would check afterwards: which ids come out, in which order, and
 which rows fail with which code and which field named in the message.
+
+What hostd wrote is read back the same way whether it is a file (the local engine) or a directory
+of part files committed with ``_SUCCESS`` (the engines that write their own output: beam,
+mapreduce, spark, ray).
 """
 
 from __future__ import annotations
@@ -46,30 +50,38 @@ class Run:
     stdout: str
     stderr: str
 
+    @property
+    def lines(self) -> list[str]:
+        """stderr's lines as a terminal shows them: an engine's progress bar ends with a carriage
+        return (Spark's), and what follows it starts a line of its own."""
+        return re.split(r"\r\n?|\n", self.stderr)
+
     def summary(self) -> tuple[int, int, int, str]:
         """(rows in, predicted, failed, engine) from the summary line on stderr."""
-        found = SUMMARY.findall(self.stderr)
+        found = SUMMARY.findall("\n".join(self.lines))
         assert len(found) == 1, f"no single summary line in stderr:\n{self.stderr}"
         rows_in, predicted, failed, engine = found[0]
         return int(rows_in.replace(",", "")), int(predicted.replace(",", "")), int(failed.replace(",", "")), engine
 
 
-def hostd(*args: str | Path, timeout: float = 100) -> Run:
-    env = {name: value for name, value in os.environ.items() if not name.startswith("HOSTD_")}
-    result = subprocess.run([HOSTD, *map(str, args)], cwd=ROOT, env=env, capture_output=True, text=True,
-                            timeout=timeout)
+def hostd(*args: str | Path, timeout: float = 100, env: dict[str, str] | None = None) -> Run:
+    """The console script, run in the repository without HOSTD_ variables; ``env`` adds variables."""
+    environment = {name: value for name, value in os.environ.items() if not name.startswith("HOSTD_")}
+    result = subprocess.run([HOSTD, *map(str, args)], cwd=ROOT, env=environment | (env or {}), capture_output=True,
+                            text=True, timeout=timeout)
     return Run(result.returncode, result.stdout, result.stderr)
 
 
-def batch(model: str, source: Path, output: Path, *options: str | Path, config: Path = CONFIG,
-          timeout: float = 100) -> Run:
+def batch(model: str, source: Path | str, output: Path, *options: str | Path, config: Path = CONFIG,
+          timeout: float = 100, env: dict[str, str] | None = None) -> Run:
     """``hostd batch CONFIG --model MODEL --input SOURCE --output OUTPUT [options]``."""
     return hostd("batch", config, "--model", model, "--input", source, "--output", output, *options,
-                 timeout=timeout)
+                 timeout=timeout, env=env)
 
 
 def errors_path(output: Path) -> Path:
-    """Where hostd puts failed rows by default: out.jsonl -> out.errors.jsonl."""
+    """Where hostd puts failed rows by default: out.jsonl -> out.errors.jsonl (a file or a directory,
+    as the output is)."""
     return output.with_name(f"{output.stem}.errors{output.suffix}")
 
 
@@ -275,30 +287,67 @@ def make_case(model: str, count: int, *, some_without_id: bool = True) -> Case:
 
 # -- outputs --------------------------------------------------------------------------------------
 
+SUCCESS = "_SUCCESS"  # the marker an engine that writes its own output commits with, last
+
+
+def parts(path: Path) -> list[Path]:
+    """The files that hold what hostd wrote at ``path``: the file itself, or a directory's data part
+    files in name order (names starting with ``_`` or ``.`` are markers and checksums, not data)."""
+    if not path.is_dir():
+        return [path]
+    return sorted(part for part in path.iterdir() if part.is_file() and not part.name.startswith(("_", ".")))
+
+
 def read_rows(path: Path) -> list[dict[str, Any]]:
-    """The rows of a JSONL, CSV or Parquet file hostd wrote (CSV cells are strings)."""
-    if path.suffix == ".jsonl":
-        return [json.loads(line) for line in path.read_text().splitlines()]
-    if path.suffix == ".csv":
-        with path.open(newline="") as handle:
-            return list(csv.DictReader(handle))
-    return pq.read_table(path).to_pylist()
+    """The rows of a JSONL, CSV or Parquet file hostd wrote, or of a directory of such part files,
+    concatenated (CSV cells are strings). The format is the extension of ``path`` itself: a part's
+    name may have another (Spark's JSONL parts end in .txt) or none (mapreduce's)."""
+    rows: list[dict[str, Any]] = []
+    for part in parts(path):
+        if path.suffix == ".jsonl":
+            rows += [json.loads(line) for line in part.read_text().splitlines()]
+        elif path.suffix == ".csv":
+            with part.open(newline="") as handle:
+                rows += list(csv.DictReader(handle))
+        else:
+            rows += pq.read_table(part).to_pylist()
+    return rows
+
+
+def read_results(output: Path, errors: Path | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(output rows, error rows) hostd wrote to ``output`` and ``errors`` (default: errors_path(output)).
+    If ``errors`` is ``output`` (mapreduce writes failed rows beside the predictions), its rows are
+    split: an error row has exactly the error columns."""
+    errors = errors or errors_path(output)
+    if errors != output:
+        return read_rows(output), read_rows(errors)
+    rows = read_rows(output)
+    return ([row for row in rows if set(row) != set(ERROR_COLUMNS)],
+            [row for row in rows if set(row) == set(ERROR_COLUMNS)])
 
 
 def header(path: Path) -> list[str]:
-    if path.suffix == ".csv":
-        with path.open(newline="") as handle:
-            return next(csv.reader(handle))
-    return pq.read_schema(path).names
+    """The columns of a CSV or Parquet file hostd wrote, or of every part of such a directory (they
+    must agree, and there must be one)."""
+    found = set()
+    for part in parts(path):
+        if path.suffix == ".csv":
+            with part.open(newline="") as handle:
+                found.add(tuple(next(csv.reader(handle))))
+        else:
+            found.add(tuple(pq.read_schema(part).names))
+    assert len(found) == 1, f"{path}: the parts' columns are {found or 'nowhere: no part'}"
+    return list(found.pop())
 
 
 def check_outputs(case: Case, output: Path, errors: Path | None = None, *, ordered: bool = True,
                   text: bool = False) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Assert the output and errors files hold exactly what ``case`` should give: every good row's
-    id (in input order if ``ordered``), every bad row with its row number, id, code and a message
-    that names the field. ``text``: the files are CSV, so every value is a string."""
+    """Assert the output and errors (files or directories, as ``read_results`` reads them) hold
+    exactly what ``case`` should give: every good row's id (in input order if ``ordered``), every
+    bad row with its row number, id, code and a message that names the field. ``text``: the files
+    are CSV, so every value is a string."""
     expected = case.expected()
-    outputs, failures = read_rows(output), read_rows(errors or errors_path(output))
+    outputs, failures = read_results(output, errors)
 
     def as_read(value: Any) -> Any:
         return ("" if value is None else str(value)) if text else value
@@ -310,7 +359,7 @@ def check_outputs(case: Case, output: Path, errors: Path | None = None, *, order
     else:
         assert sorted(map(repr, ids)) == sorted(map(repr, wanted))
     got = {int(row["row"]): (row["id"], row["code"]) for row in failures}
-    assert len(got) == len(failures), "a row is in the errors file twice"
+    assert len(got) == len(failures), "a row is in the errors twice"
     assert got == {row: (as_read(key), code) for row, (key, code, _) in expected.errors.items()}
     for failure in failures:
         says = expected.errors[int(failure["row"])][2]
