@@ -1,7 +1,8 @@
 """Batch at scale (issue 19): the same 1,000,000 iris rows through every `hostd batch` engine, against
 the numpy floor (benchmarks/batch.py's: orjson, numpy and the estimator in one process).
 
-Each engine runs through the real console script, timed from spawn to exit (a JVM, a Ray or a Beam
+The clusters are tests/batch/clusters.py's (a Spark master and two 1-core workers; a Ray head of 2
+CPUs), on 127.0.0.1. Each engine runs through the real console script, timed from spawn to exit (a JVM, a Ray or a Beam
 runner started on the way included: that is what a user waits for), with its output checked to hold
 every row. Peak memory is the largest sum of RSS over the process tree, sampled every 0.2 s: the
 hostd process, everything it started (Spark's JVM and Python workers, Ray's raylet and actors, Beam's
@@ -30,8 +31,8 @@ import psutil
 import yaml
 
 from benchmarks import batch as floor_batch
-from benchmarks.clusters import ray_head, spark_standalone
 from benchmarks.common import ROOT
+from tests.batch.clusters import ray_head, spark_standalone  # the clusters tests/batch/test_clusters.py uses
 
 ROWS = int(os.environ.get("HOSTD_BENCH_ENGINE_ROWS", "1000000"))
 #: name -> (engine options, which cluster it needs). Two of everything: this machine has 2 cores.
@@ -56,7 +57,7 @@ def engines(seconds: int, workdir: Path, rows: int = ROWS, only: list[str] | Non
         config.write_text(yaml.safe_dump({"models": [{"class_path": "iris_model.model:IrisModel"}],
                                           "log_level": "warning"}))
         report: dict[str, Any] = {"rows": rows}
-        with _peak_memory(lambda: [psutil.Process()]) as peak:
+        with _peak_memory(list) as peak:
             wall, _, scoring = floor_batch._floor(source, folder / "floor.jsonl", rows)
         report["floor"] = {"rows_per_s": round(rows / wall), "scoring_rows_per_s": round(scoring),
                            "peak_mib": round(peak[0] / 2**20)}
@@ -67,7 +68,7 @@ def engines(seconds: int, workdir: Path, rows: int = ROWS, only: list[str] | Non
                 args = [option.format(**values) for option in options]
                 env = {**os.environ, **values.get("env", {})}
                 output = folder / f"{name}.jsonl"
-                with _peak_memory(lambda: [psutil.Process(), *map(psutil.Process, extra_pids)]) as peak:
+                with _peak_memory(lambda: list(map(psutil.Process, extra_pids))) as peak:
                     started = time.perf_counter()
                     _hostd(config, source, output, args, env)
                     wall = time.perf_counter() - started
@@ -82,26 +83,16 @@ def engines(seconds: int, workdir: Path, rows: int = ROWS, only: list[str] | Non
 @contextmanager
 def _cluster(kind: str | None, folder: Path) -> Iterator[tuple[dict[str, Any], list[int]]]:
     if kind == "spark":
+        (folder / "spark").mkdir()
         with spark_standalone(folder / "spark") as spark:
-            yield {"spark": spark.master}, spark.pids
+            yield {"spark": spark.master}, [process.pid for process in spark.processes]
     elif kind == "ray":
-        with ray_head(folder / "ray") as ray:
-            yield {"ray": ray.address, "env": ray.env}, _ray_pids(ray.env["HOME"])
+        (folder / "ray").mkdir()
+        with tempfile.TemporaryDirectory(prefix="ray-") as sessions, ray_head(folder / "ray", Path(sessions)) as ray:
+            yield {"ray": ray.address, "env": ray.env}, [ray.head.pid]  # `ray start --block`: Ray's parent
     else:
         with nullcontext():
             yield {}, []
-
-
-def _ray_pids(home: str) -> list[int]:
-    """The Ray head's processes (started by `ray start`, so not our children): those whose HOME is ``home``."""
-    found = []
-    for process in psutil.process_iter(["pid"]):
-        try:
-            if process.environ().get("HOME") == home:
-                found.append(process.pid)
-        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
-            continue
-    return found
 
 
 def _hostd(config: Path, source: Path, output: Path, args: list[str], env: dict[str, str]) -> None:
@@ -124,7 +115,8 @@ def _check(output: Path, rows: int) -> None:
 
 @contextmanager
 def _peak_memory(roots: Callable[[], list[psutil.Process]]) -> Iterator[list[float]]:
-    """[the largest RSS sum seen over ``roots()`` and their descendants], sampled every 0.2 s."""
+    """[the largest RSS sum seen over this process's descendants (not itself: it only waits), and
+    ``roots()`` and theirs], sampled every 0.2 s."""
     peak = [0.0]
     done = threading.Event()
 
@@ -132,9 +124,9 @@ def _peak_memory(roots: Callable[[], list[psutil.Process]]) -> Iterator[list[flo
         while not done.wait(0.2):
             seen: set[int] = set()
             total = 0
-            for root in roots():
+            for root in [psutil.Process(), *roots()]:
                 try:
-                    tree = [root, *root.children(recursive=True)]
+                    tree = [*([root] if root.pid != os.getpid() else []), *root.children(recursive=True)]
                 except psutil.NoSuchProcess:
                     continue
                 for process in tree:

@@ -322,6 +322,7 @@ def batch(config: Path, model: str, model_version: str | None, input_path: str, 
     switches (-r local ...), Spark's (--master spark://... --conf k=v) or Ray's (--address ...).
     """
     from hostd.offline import BatchJob, Scorer, run_job
+    from hostd.partitions import path_of, shown, sibling
 
     engines = plugins.batch_engines(click.get_current_context().find_root().obj or plugins.plugin_manager())
     if engine not in engines:
@@ -332,19 +333,18 @@ def batch(config: Path, model: str, model_version: str | None, input_path: str, 
     if not (writes_itself and _is_url(input_path)) and not Path(input_path).is_file():
         raise click.BadParameter(f"no such file: {input_path}", param_hint="--input")
     try:
-        input_format = recordfiles.detect_format(PurePosixPath(input_path), fmt)
-        output_format = recordfiles.detect_format(PurePosixPath(output_path), fmt)
+        input_format = recordfiles.detect_format(PurePosixPath(path_of(input_path)), fmt)
+        output_format = recordfiles.detect_format(PurePosixPath(path_of(output_path)), fmt)
         if output_format not in engines[engine].output_formats:
             writes = " or ".join(engines[engine].output_formats)
             raise ValueError(f"the {engine} engine writes {writes}, not {output_format}")
         columns = Scorer.load(config, model, model_version).output_columns()  # checks the model is there
     except (ValueError, HostdError) as exc:
         raise click.UsageError(str(exc)) from None
-    if errors_path is None:
-        stem, extension = os.path.splitext(output_path.rstrip("/"))
-        errors_path = f"{stem}.errors{extension}"
+    errors_path = errors_path or sibling(output_path, ".errors")
     job = BatchJob(config.resolve(), model, model_version, _located(input_path), _located(output_path),
-                   _located(errors_path), input_format, output_format, workers, chunk_size, engine_args)
+                   _located(errors_path), input_format, output_format, workers, chunk_size, engine_args,
+                   sys.stderr.isatty() if progress is None else progress)
     try:
         summary = run_job(job, engines[engine], columns, progress)
     except Exception as exc:
@@ -355,9 +355,9 @@ def batch(config: Path, model: str, model_version: str | None, input_path: str, 
         raise click.ClickException(f"the {engine} job failed, and committed nothing: {_cause(exc)}") from None
     click.echo(f"hostd batch: {summary.line()}", err=True)
     if summary.committed:
-        click.echo(f"hostd batch: committed {summary.committed}", err=True)
+        click.echo(f"hostd batch: committed {shown(summary.committed)}", err=True)
     if summary.failed:
-        click.echo(f"hostd batch: failed rows are in {summary.errors or job.errors}", err=True)
+        click.echo(f"hostd batch: failed rows are in {shown(summary.errors or job.errors)}", err=True)
         if not allow_errors:
             sys.exit(1)
 
@@ -365,7 +365,7 @@ def batch(config: Path, model: str, model_version: str | None, input_path: str, 
 def _cause(exc: BaseException) -> str:
     """The last line of an engine's error that names an exception (its innermost cause)."""
     lines = [line.strip().removeprefix("Caused by: ") for line in str(exc).splitlines() if line.strip()]
-    named = [line for line in lines if re.match(r"^[\w.$]+(Error|Exception|Exit|Interrupt)\b:?", line)]
+    named = [line for line in lines if re.match(r"^[\w.$]+(Error|Exception|Invalid|Exit|Interrupt)\b", line)]
     return (named or lines or [type(exc).__name__])[-1][:500]
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import importlib
 import sys
 import time
 import weakref
@@ -47,6 +48,7 @@ class BatchJob:
     workers: int = 1
     chunk_size: int = 1024
     engine_args: tuple[str, ...] = ()  # everything after `--`: Beam pipeline options, mrjob switches
+    progress: bool = False  # an engine's own progress bars (Spark's, Ray Data's): --progress, or a terminal
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,21 @@ class Committed:
     failed: int
     marker: str
     errors: str  # where the failed rows are
+
+
+def deferred_write(engine: str, module: str, needs: str) -> Callable[[BatchJob], Committed]:
+    """An engine's ``write`` that imports ``module`` (and calls its ``write``) only when the engine runs:
+    Beam takes half a second to import, pyspark and Ray more. Without it installed, the user is told
+    what to install (``needs``: 'pyspark and Java 17: pip install hostd[spark]')."""
+
+    def write(job: BatchJob) -> Committed:
+        try:
+            imported = importlib.import_module(module)
+        except ImportError as exc:
+            raise SystemExit(f"the {engine} engine needs {needs} ({exc})") from None
+        return imported.write(job)  # type: ignore[no-any-return]
+
+    return write
 
 
 @dataclass

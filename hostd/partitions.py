@@ -13,8 +13,9 @@ through the engine's own filesystem layer. Nothing passes through the driver.
   row. For JSONL that is one ``line`` column holding the finished line; for Parquet, a column per
   output field and per error field. The engine then writes the predictions (``failed`` false, the
   ``prediction_columns``) and the errors (the ``error_columns``) with its own writers.
-- A job commits by writing the ``_SUCCESS`` marker last, into the predictions' directory, after the
-  errors' directory is complete; a job that failed part way has none (``markers``).
+- A job commits by writing the ``_SUCCESS`` marker (``SUCCESS``, ``join``) last, into the predictions'
+  directory, after the errors' directory is complete, each engine with its own filesystem layer; it
+  removes an earlier one first, so a job that failed part way has none.
 - The counts come from the engine (its metrics or counters, or an aggregation of the scored table),
   never from reading the output back on one machine.
 """
@@ -23,8 +24,10 @@ from __future__ import annotations
 
 import csv
 import io
+import posixpath
 from collections.abc import Iterator, Sequence
 from typing import IO, Any
+from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
@@ -49,12 +52,8 @@ def read_payloads(file: IO[bytes], fmt: str, size: int) -> Iterator[tuple[list[i
     # Any engine's file object reads bytes; not all read lines (pyarrow's, Ray's filesystem layer).
     file = io.BufferedReader(_RawReader(file), 1 << 20)
     if fmt == "jsonl":
-        row = 1
-        for block in recordfiles.chunks(file, size):
-            lines = [line for line in block if not line.isspace()]  # blank lines are no records
-            if lines:
-                yield list(range(row, row + len(lines))), lines
-                row += len(lines)
+        for chunk in recordfiles.jsonl_lines(file, size):
+            yield list(range(chunk.first_row, chunk.first_row + len(chunk.lines))), chunk.lines
         return
     yield from _numbered(_csv_objects(file), size)
 
@@ -222,5 +221,30 @@ def _arrow_type(spec: dict[str, Any], definitions: dict[str, Any]) -> Any:
 # -- the commit -----------------------------------------------------------------------------------
 
 def join(location: str, name: str) -> str:
-    """``name`` inside the directory ``location`` (a path or a URL)."""
+    """``name`` inside the directory ``location`` (a path, or a URL, whose query string stays last)."""
+    url = urlsplit(location)
+    if url.scheme and url.query:
+        return urlunsplit(url._replace(path=f"{url.path.rstrip('/')}/{name}"))
     return f"{location.rstrip('/')}/{name}"
+
+
+def sibling(location: str, infix: str) -> str:
+    """``location`` with ``infix`` before its extension: out.jsonl -> out.errors.jsonl (in a URL's path)."""
+    url = urlsplit(location)
+    path = url.path if url.scheme else location
+    stem, extension = posixpath.splitext(path.rstrip("/"))
+    named = f"{stem}{infix}{extension}"
+    return urlunsplit(url._replace(path=named)) if url.scheme else named
+
+
+def path_of(location: str) -> str:
+    """The path of a location: a URL's without its scheme, host and query (to tell its format by)."""
+    return urlsplit(location).path if "://" in location else location
+
+
+def shown(location: str) -> str:
+    """A location as it may be printed: a URL's credentials (s3://key:secret@bucket/...) left out."""
+    url = urlsplit(location)
+    if url.scheme and "@" in url.netloc:
+        return urlunsplit(url._replace(netloc="***@" + url.netloc.rsplit("@", 1)[1]))
+    return location

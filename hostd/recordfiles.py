@@ -95,12 +95,17 @@ def failure(row: int, exc: HostdError, row_id: Any = None) -> dict[str, Any]:
 
 def _jsonl_lines(path: Path, size: int) -> Iterator[Lines]:
     with path.open("rb") as file:
-        row = 1
-        for block in chunks(file, size):
-            lines = [line for line in block if not line.isspace()]  # blank lines are no records
-            if lines:
-                yield Lines(row, lines)
-                row += len(lines)
+        yield from jsonl_lines(file, size)
+
+
+def jsonl_lines(file: Iterable[bytes], size: int) -> Iterator[Lines]:
+    """The lines of an open JSONL file, ``size`` at a time less the blank ones, numbered from 1."""
+    row = 1
+    for block in chunks(file, size):
+        lines = [line for line in block if not line.isspace()]  # blank lines are no records
+        if lines:
+            yield Lines(row, lines)
+            row += len(lines)
 
 
 def _jsonl_records(lines: list[bytes], first_row: int) -> list[dict[str, Any]]:

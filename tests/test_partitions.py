@@ -13,7 +13,7 @@ import pytest
 
 from hostd import recordfiles
 from hostd.offline import BatchEngine, BatchJob, Scorer, run_job
-from hostd.partitions import PartitionScorer, read_payloads, records
+from hostd.partitions import PartitionScorer, join, path_of, read_payloads, records, shown, sibling
 
 ROOT = Path(__file__).resolve().parents[1]
 JSONL = (b'{"x": 1}\n\n{broken\n{"id": "k", "x": 2}\n   \t\n[1]\n{"x": "nope"}\n'
@@ -128,3 +128,15 @@ def test_the_scored_schema_is_known_before_any_row_is_scored() -> None:
 def test_csv_is_no_output_of_these_engines(config: Path) -> None:
     with pytest.raises(ValueError, match="jsonl or parquet, not csv"):
         PartitionScorer(str(config), "echo", None, "jsonl", "csv")
+
+
+def test_locations_keep_a_urls_query_last_and_never_show_its_credentials() -> None:
+    url = "s3://key:secret@bucket/ray/out.jsonl?endpoint_override=127.0.0.1:9000&scheme=http"
+    assert join(url, "_SUCCESS") == "s3://key:secret@bucket/ray/out.jsonl/_SUCCESS?endpoint_override=127.0.0.1:9000&scheme=http"
+    assert sibling(url, ".errors") == "s3://key:secret@bucket/ray/out.errors.jsonl?endpoint_override=127.0.0.1:9000&scheme=http"
+    assert path_of(url) == "/ray/out.jsonl"  # what the format is told by
+    assert shown(join(url, "_SUCCESS")) == "s3://***@bucket/ray/out.jsonl/_SUCCESS?endpoint_override=127.0.0.1:9000&scheme=http"
+    assert (join("/data/out.parquet/", "_SUCCESS"), sibling("/data/out.parquet", ".errors")) == (
+        "/data/out.parquet/_SUCCESS", "/data/out.errors.parquet")
+    assert (shown("/data/out.jsonl"), sibling("s3a://bucket/out.jsonl/", ".errors")) == (
+        "/data/out.jsonl", "s3a://bucket/out.errors.jsonl")

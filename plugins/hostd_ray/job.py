@@ -42,6 +42,7 @@ def write(job: BatchJob) -> Committed:
 
 
 def _write(job: BatchJob) -> Committed:
+    ray.data.DataContext.get_current().enable_progress_bars = job.progress
     driver = PartitionScorer(str(job.config), job.model, job.version, job.input_format, job.output_format)
     input_fs, input_path = pafs.FileSystem.from_uri(job.input)
     output_fs, output_path = pafs.FileSystem.from_uri(job.output)

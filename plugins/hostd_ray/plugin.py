@@ -3,19 +3,12 @@
 from __future__ import annotations
 
 from hostd.hookspecs import RegisterBatchEngine, hookimpl
-from hostd.offline import BatchEngine, BatchJob, Committed
+from hostd.offline import BatchEngine, deferred_write
 from hostd.partitions import DISTRIBUTED_FORMATS
-
-
-def write(job: BatchJob) -> Committed:
-    try:
-        from hostd_ray import job as ray_job
-    except ImportError as exc:
-        raise SystemExit(f"the ray engine needs Ray Data: pip install 'hostd[ray]' ({exc})") from None
-    return ray_job.write(job)
 
 
 @hookimpl
 def register_batch_engines(register: RegisterBatchEngine) -> None:
-    register(BatchEngine("ray", None, "Ray Data (a local Ray; --address after --)", write=write,
+    register(BatchEngine("ray", None, "Ray Data (a local Ray; --address after --)",
+                         write=deferred_write("ray", "hostd_ray.job", "Ray Data: pip install 'hostd[ray]'"),
                          output_formats=DISTRIBUTED_FORMATS))

@@ -37,7 +37,7 @@ _scorers: dict[tuple[str, ...], PartitionScorer] = {}  # per Python worker (Spar
 
 
 def write(job: BatchJob) -> Committed:
-    spark = session(job.engine_args)
+    spark = session(job.engine_args, job.progress)
     _clear_markers(spark, job.output, job.errors)
     driver = PartitionScorer(str(job.config), job.model, job.version, job.input_format, job.output_format)
     scored = score(numbered(spark, job), job, driver.schema).persist(StorageLevel.MEMORY_AND_DISK)
@@ -51,14 +51,14 @@ def write(job: BatchJob) -> Committed:
     return Committed(sum(counts.values()), counts.get(True, 0), join(job.output, SUCCESS), job.errors)
 
 
-def session(engine_args: tuple[str, ...]) -> SparkSession:
+def session(engine_args: tuple[str, ...], progress: bool = False) -> SparkSession:
     """A session configured by spark-submit's options; the Python workers run this interpreter."""
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = SparkSession.builder.appName("hostd batch")
     options = _options(engine_args)
     if "PYSPARK_GATEWAY_PORT" not in os.environ:  # not run by spark-submit, which sets the master itself
         options.setdefault("spark.master", "local[*]")
-    options.setdefault("spark.ui.showConsoleProgress", "true")
+    options.setdefault("spark.ui.showConsoleProgress", "true" if progress else "false")
     # The job's only shuffles are two counts (rows per partition, failed or not): Spark's default of 200
     # partitions for them cost ~6 s a run on local[2].
     options.setdefault("spark.sql.shuffle.partitions", "8")

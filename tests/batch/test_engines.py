@@ -231,15 +231,14 @@ def test_parquet_in_as_on_the_local_engine(tabular: Callable[[str, str, str, str
     assert tabular(engine, "digits_model", ".parquet", output) == tabular("local", "digits_model", ".parquet", output)
 
 
-@pytest.mark.parametrize(("engine", "suffix", "code"), [
-    ("beam", ".csv", 2), ("mapreduce", ".csv", 2), ("spark", ".csv", 2), ("ray", ".csv", 2),
-    ("mapreduce", ".parquet", 1),
+@pytest.mark.parametrize(("engine", "suffix"), [
+    ("beam", ".csv"), ("mapreduce", ".csv"), ("spark", ".csv"), ("ray", ".csv"), ("mapreduce", ".parquet"),
 ])
-def test_formats_an_engine_does_not_write_are_refused(tmp_path: Path, engine: str, suffix: str, code: int) -> None:
+def test_formats_an_engine_does_not_write_are_refused(tmp_path: Path, engine: str, suffix: str) -> None:
     source = make_case("iris_model", 10).write_jsonl(tmp_path / "in.jsonl")
     output = tmp_path / f"out{suffix}"
     run = run_on(engine, "iris_model", source, output)
-    assert run.returncode == code, run.stderr
+    assert run.returncode == 2, run.stderr  # a usage error, before anything runs
     said = run.stderr.strip().splitlines()[-1]  # which formats it writes
     assert f"{engine} engine writes" in said, said
     assert all(fmt in said for fmt in (["jsonl"] if engine == "mapreduce" else ["jsonl", "parquet"])), said
