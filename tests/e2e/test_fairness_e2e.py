@@ -54,11 +54,14 @@ def test_a_dealer_that_sends_10000_requests_and_leaves_does_not_lock_http_client
         context.term()
     statuses = http_right_after(server.url)
     assert statuses == [200] * HTTP_CLIENTS, f"HTTP answers right after the flood: {statuses}"
-    # The departed peer's queued requests were dropped, not run: the model is soon idle.
+    # The departed peer's queued requests were dropped, not run: the model is soon idle. (Its requests
+    # in flight when its departure is learned are cancelled, and counted so; those still unread or not
+    # started are dropped uncounted, so on a fast run the CANCELLED count may be 0: what it left is
+    # shown by what the model did not run.)
     wait_for(lambda: pending(server.url) == 0, "the departed peer's requests never left the queue")
-    assert cancelled(server.url, "zmq") > 0, "nothing of the departed peer's queued work was cancelled"
     ran = metric(server.url, 'hostd_requests_total{code="OK",model="echo",transport="zmq"}')
     assert ran < FLOOD / 2, f"the model ran {ran:.0f} of {FLOOD} requests from a peer that had gone"
+    assert ran + cancelled(server.url, "zmq") < FLOOD
     assert server.proc.poll() is None
 
 
