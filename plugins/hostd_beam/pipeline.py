@@ -86,8 +86,8 @@ def write(job: BatchJob) -> Committed:
     # "No shards found to finalize": what an output of no rows (skip_if_empty) rightly has.
     logging.getLogger("apache_beam.io.filebasedsink").setLevel(logging.ERROR)
     FileSystems.set_options(options)  # the markers below go through the same filesystems (an S3 endpoint)
-    _clear_marker(job.output)
-    _clear_marker(job.errors)
+    _clear(job.output)
+    _clear(job.errors)
     driver = PartitionScorer(str(job.config), job.model, job.version, job.input_format, job.output_format)
     pipeline = beam.Pipeline(options=options)
     scored = (pipeline
@@ -126,11 +126,15 @@ def _sink(results: Any, label: str, location: str, fmt: str, schema: Any, column
             prefix, pa.schema([schema.field(name) for name in columns]), file_name_suffix=".parquet")
 
 
-def _clear_marker(location: str) -> None:
-    """A job that fails part way must not leave an earlier run's marker behind."""
+def _clear(location: str) -> None:
+    """An earlier run's output goes first, its marker before its parts (as Spark's overwrite): a job
+    that fails part way leaves no marker, and one that succeeds commits only its own parts."""
     marker = join(location, SUCCESS)
     if FileSystems.exists(marker):
         FileSystems.delete([marker])
+    found = FileSystems.match([join(location, "*")])[0].metadata_list
+    if found:
+        FileSystems.delete([metadata.path for metadata in found])
 
 
 def pipeline_args(job: BatchJob) -> list[str]:

@@ -20,7 +20,7 @@ import orjson
 from hostd import recordfiles
 from hostd.hookspecs import RegisterBatchEngine, hookimpl
 from hostd.offline import BatchEngine, BatchJob, Committed
-from hostd.partitions import SUCCESS, join
+from hostd.partitions import SUCCESS, join, shown
 
 NAMESPACE = "hostd"
 
@@ -50,7 +50,8 @@ def write(job: BatchJob) -> Committed:
             try:
                 runner.run()
             except Exception as exc:  # a task failed: its stderr is above
-                raise SystemExit(f"hostd batch: the mapreduce job failed: {type(exc).__name__}: {exc}") from None
+                said = str(exc).replace(job.input, shown(job.input)).replace(job.output, shown(job.output))
+                raise SystemExit(f"hostd batch: the mapreduce job failed: {type(exc).__name__}: {said}") from None
             counters: dict[str, int] = {}
             for step in runner.counters():
                 for name, amount in step.get(NAMESPACE, {}).items():

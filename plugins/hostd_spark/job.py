@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import os
+import posixpath
 import sys
 import warnings
 from collections.abc import Iterator
@@ -24,7 +25,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from hostd.offline import BatchJob, Committed
-from hostd.partitions import SUCCESS, PartitionScorer, join
+from hostd.partitions import SUCCESS, PartitionScorer, join, path_of, shown
 
 # pyspark warns (when a job starts) that it "does not yet fully support pandas >= 3": this job uses no pandas.
 warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas", category=FutureWarning)
@@ -95,9 +96,13 @@ def _options(engine_args: tuple[str, ...]) -> dict[str, str]:
 
 def numbered(spark: SparkSession, job: BatchJob) -> DataFrame:
     """The input as (row, payload): each record's number in the file and its JSON text."""
+    if posixpath.basename(path_of(job.input).rstrip("/")).startswith(("_", ".")):
+        raise SystemExit(f"hostd batch: Spark (Hadoop) reads no file whose name starts with _ or . "
+                         f"(it takes them for its own): rename {shown(job.input)}")
     if job.input_format == "jsonl":
         lines = spark.read.text(job.input)
-        frame = lines.filter(~F.col("value").rlike(r"^\s*$")).select(F.col("value").alias("payload"))
+        # As bytes: a line that is not UTF-8 is its row's error, as on the other engines, not the job's.
+        frame = lines.filter(~F.col("value").rlike(r"^\s*$")).select(F.col("value").cast("binary").alias("payload"))
     elif job.input_format == "csv":
         table = spark.read.option("header", True).option("inferSchema", False).csv(job.input)
         # Spark reads an empty cell as null; Python's csv module, so the local engine, as "".
