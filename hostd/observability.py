@@ -101,6 +101,10 @@ class Metrics:
             "hostd_request_rows", "Rows per prediction call", ["model"],
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 1024), registry=self.registry,
         )
+        self.batch_rows = Histogram(
+            "hostd_batch_rows", "Rows per model call (one predict_batch: the requests a batcher ran together)",
+            ["model"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 1024), registry=self.registry,
+        )
         self.pending = Gauge("hostd_pending", "Requests admitted and not yet answered", ["model"],
                              registry=self.registry)
         self.models_loaded = Gauge("hostd_models_loaded", "Model versions loaded", registry=self.registry)

@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from hostd.dataplane import DataPlane
 from hostd.settings import HostSettings
 from hostd_http import docs, rest, v2
+from hostd_http.spans import ServerSpans
 from hostd_http.connections import REQUEST_ID, client_request_id, request_id_of
 from hostd_http.front import error_body_of
 from hostd_http.responses import ErrorBody, Handler, error_handlers
@@ -49,7 +50,7 @@ def compose(api: Sequence[BaseRoute], oip: Sequence[BaseRoute], oip_root: Sequen
     (docs, metrics, anything else) as the author's API."""
     oip_errors = _errors_as(v2.error_body)
     return Starlette(
-        middleware=[Middleware(RequestIds)],
+        middleware=[Middleware(ServerSpans), Middleware(RequestIds)],
         # The mounts first and one level deep, prediction/infer first in each: a prediction is 2 or 3 path
         # matches from the top (it was 7, and 13 for /v2 infer, when every route sat in one flat list).
         routes=[
