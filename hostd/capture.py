@@ -29,28 +29,30 @@ class Capture:
         self._on = prediction_log is not None or feedback is not None
 
     def observe(self, request_id: str | None, model: str, served: ServedModel | None, transport: str,
-                rows: Sequence[Any], outcome: Prediction | HostdError, started: float) -> None:
-        """Keep what is kept of a request answered with ``outcome`` (``started``: perf_counter() when it came).
-        Never raises: the request was answered, whatever happens to its record."""
+                rows: Sequence[Any], outcome: Prediction | HostdError, started: float,
+                trace_id: str | None = None) -> None:
+        """Keep what is kept of a request answered with ``outcome`` (``started``: perf_counter() when it came;
+        ``trace_id``: its trace, if it was traced). Never raises: the request was answered, whatever happens
+        to its record."""
         if not self._on:
             return
         try:
-            self._observe(request_id or new_request_id(), model, served, transport, rows, outcome, started)
+            self._observe(request_id or new_request_id(), model, served, transport, rows, outcome, started, trace_id)
         except Exception:  # a bug here must cost the record, not the answer
             log.exception("a request's record could not be kept", model=model, transport=transport)
 
     def _observe(self, request_id: str, model: str, served: ServedModel | None, transport: str,
-                 rows: Sequence[Any], outcome: Prediction | HostdError, started: float) -> None:
+                 rows: Sequence[Any], outcome: Prediction | HostdError, started: float, trace_id: str | None) -> None:
         if self.feedback is not None and isinstance(outcome, Prediction) and served is not None:
             self.feedback.remember(request_id, outcome.model, outcome.version, served.feedback_target, outcome.outputs)
         if self.prediction_log is not None and self.prediction_log.sampled():
             elapsed = time.perf_counter() - started
             if isinstance(outcome, Prediction):
                 record = Record(request_id, time.time() - elapsed, outcome.model, outcome.version, transport, rows,
-                                outcome.outputs, None, elapsed, outcome.cached)
+                                outcome.outputs, None, elapsed, outcome.cached, trace_id)
             else:
                 record = Record(request_id, time.time() - elapsed, model, served.version if served else None,
-                                transport, rows, None, outcome, elapsed, None)
+                                transport, rows, None, outcome, elapsed, None, trace_id)
             self.prediction_log.add(record)
 
     def mirrored(self, shadow: ServedModel, request_ids: Sequence[str | None],

@@ -18,7 +18,7 @@ import pluggy
 import structlog
 from anyio.abc import TaskStatus
 
-from hostd import plugins
+from hostd import plugins, tracing
 from hostd.auth import Guard
 from hostd.capture import Capture
 from hostd.dataplane import DataPlane
@@ -56,7 +56,10 @@ async def serve(settings: HostSettings, pm: pluggy.PluginManager, stop: anyio.Ev
     _warn_if_exposed(settings)
     # host.yaml as it is now, validated as at start (for a reload)
     reread = functools.partial(load_settings, settings.source, {name: t.settings for name, t in available.items()})
+    provider = tracing.provider_for(settings.tracing)  # before any model loads: a missing extra stops the start
     repository = await anyio.to_thread.run_sync(ModelRepository, settings, None, reread)
+    if provider is not None:
+        tracing.enable(provider)
     try:
         await repository.start()
         dataplane = _dataplane(settings, repository, guard)
@@ -74,6 +77,8 @@ async def serve(settings: HostSettings, pm: pluggy.PluginManager, stop: anyio.Ev
     finally:
         with anyio.CancelScope(shield=True):
             await repository.close()
+            if provider is not None:
+                await tracing.close(provider)
         log.info("stopped")
 
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 
-from hostd import kernel
+from hostd import kernel, tracing
 from hostd.auth import Guard
 from hostd.cache import PredictionCache, make_cache
 from hostd.capture import Capture
@@ -78,6 +78,8 @@ class DataPlane:
         self.metrics.models_loaded.set(len(self.registry))
         for served in self.registry:
             self._cache_of(served)
+            if served.batcher is not None:
+                served.batcher.observe_rows = self.metrics.batch(served.name).observe
         settings = self.repository.settings if self.repository is not None else None
         if settings is not None and (settings.auth, settings.rate_limit) != (self.guard.settings, self.guard.limit):
             self.guard = Guard.of(settings)  # keys rotated by a reload apply at once
@@ -160,11 +162,12 @@ class DataPlane:
         try:
             self._check_ready()
             served = self._servable(model, version)
-            inputs = await off_loop_if(len(rows) >= OFF_LOOP_ROWS, kernel.validate_all, served.name,
-                                       served.model.input_schema, rows)
+            with tracing.step("hostd.validate", **{"hostd.rows": len(rows)}):
+                inputs = await off_loop_if(len(rows) >= OFF_LOOP_ROWS, kernel.validate_all, served.name,
+                                           served.model.input_schema, rows)
         except HostdError as exc:
             self._refused(model, transport, exc, started)
-            self.capture.observe(request_id, model, served, transport, rows, exc, started)
+            self.capture.observe(request_id, model, served, transport, rows, exc, started, tracing.trace_id())
             raise
         timeout = served.settings.timeout_ms / 1000
         if deadline_s is not None:
@@ -175,10 +178,10 @@ class DataPlane:
             if isinstance(outcome, HostdError):
                 raise outcome
         except HostdError as exc:
-            self.capture.observe(request_id, model, served, transport, rows, exc, started)
+            self.capture.observe(request_id, model, served, transport, rows, exc, started, tracing.trace_id())
             raise
         result = Prediction(served.name, served.version, outcome, request_id, cached)
-        self.capture.observe(request_id, model, served, transport, rows, result, started)
+        self.capture.observe(request_id, model, served, transport, rows, result, started, tracing.trace_id())
         return result
 
     async def predict_each(self, model: str, rows: Sequence[Any], version: str | None = None, *,
@@ -191,26 +194,30 @@ class DataPlane:
         alone. ``request_ids`` (one per row) and ``use_cache`` as for ``predict_many``."""
         started = time.perf_counter()
         ids = request_ids if request_ids is not None else [None] * len(rows)
+        traces = tracing.trace_ids(len(rows))  # each message's own, when the transport traced each (fan_out)
+        spans = tracing.parents()
         try:
             self._check_ready()
             served = self._servable(model, version)
         except HostdError as exc:
             for index, row in enumerate(rows):
                 self._refused(model, transport, exc, started)
-                self.capture.observe(ids[index], model, None, transport, [row], exc, started)
+                self.capture.observe(ids[index], model, None, transport, [row], exc, started, traces[index])
             return [exc] * len(rows)
         outcomes: list[Prediction | HostdError] = []
-        checked = kernel.validate_rows(served.name, served.model.input_schema, rows)
+        with tracing.step("hostd.validate", **{"hostd.rows": len(rows)}):
+            checked = kernel.validate_rows(served.name, served.model.input_schema, rows)
         for start in range(0, len(checked), EACH_CHUNK):
             chunk = range(start, min(start + EACH_CHUNK, len(checked)))
             valid = [index for index in chunk if not isinstance(checked[index], InvalidInput)]
             for index in chunk:
                 if isinstance(checked[index], InvalidInput):
                     self._refused(served.name, transport, checked[index], started)
-            answered, by, cached = await self._call(
-                served, [[checked[index]] for index in valid], transport,
-                served.settings.timeout_ms / 1000 * len(valid), time.perf_counter(), client, version,
-                use_cache, [ids[index] for index in valid]) if valid else ([], served, [])
+            with tracing.fan_out([spans[index] for index in valid] if len(spans) == len(rows) else spans):
+                answered, by, cached = await self._call(
+                    served, [[checked[index]] for index in valid], transport,
+                    served.settings.timeout_ms / 1000 * len(valid), time.perf_counter(), client, version,
+                    use_cache, [ids[index] for index in valid]) if valid else ([], served, [])
             answers = iter(zip(answered, cached, strict=True))
             for index in chunk:
                 outcome: Prediction | HostdError = checked[index]
@@ -218,7 +225,7 @@ class DataPlane:
                     answer, from_cache = next(answers)
                     outcome = answer if isinstance(answer, HostdError) \
                         else Prediction(by.name, by.version, answer, ids[index], from_cache)
-                self.capture.observe(ids[index], model, by, transport, [rows[index]], outcome, started)
+                self.capture.observe(ids[index], model, by, transport, [rows[index]], outcome, started, traces[index])
                 outcomes.append(outcome)
         return outcomes
 
@@ -283,7 +290,10 @@ class DataPlane:
         nothing); the answers, and whether each unit was answered by the cache alone. ``look=False``:
         every row from the model (the client asked for fresh answers), each answer then stored."""
         big = sum(len(unit) for unit in units) >= OFF_LOOP_ROWS
-        lookup = await cache.lookup(units, look=look, off_loop=big)
+        with tracing.step("hostd.cache_lookup", **{"hostd.rows": sum(len(unit) for unit in units)}) as step:
+            lookup = await cache.lookup(units, look=look, off_loop=big)
+            if step:  # counting the hits only when someone looks
+                step.set("hostd.cache.hits", lookup.hits())
         todo, origin = lookup.missing(units)
         computed = await self._run(served, todo, timeout, client) if todo else []
         answers, new = await off_loop_if(big, lookup.complete, origin, computed)
@@ -322,7 +332,11 @@ class DataPlane:
             async with asyncio.timeout_at(deadline):  # asyncio's, not anyio's: this runs per request
                 if served.batcher is not None:
                     return await served.batcher(units, deadline)
-                return await kernel.execute(served.run_batch, units, model=served.name)
+                rows_in_call = sum(len(unit) for unit in units)
+                self.metrics.batch(served.name).observe(rows_in_call)
+                with tracing.step("hostd.model", **{"hostd.model": served.name, "hostd.version": served.version,
+                                                    "hostd.batch.rows": rows_in_call, "hostd.batch.requests": 1}):
+                    return await kernel.execute(served.run_batch, units, model=served.name)
         except TimeoutError:
             raise Timeout(f"model '{served.name}' did not answer within {round(timeout * 1000)} ms") from None
         finally:
@@ -348,7 +362,7 @@ class DataPlane:
             refused = exc
         if refused is not None:
             self._refused(served.name if served else model, transport, refused, started)
-            self.capture.observe(request_id, model, served, transport, (), refused, started)
+            self.capture.observe(request_id, model, served, transport, (), refused, started, tracing.trace_id())
         return refused
 
     def _servable(self, name: str, version: str | None) -> ServedModel:

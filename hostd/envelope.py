@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from hostd import tracing
 from hostd.auth import Scope
 from hostd.clients import Client
 from hostd.dataplane import DataPlane, Prediction, new_request_id
@@ -95,24 +96,30 @@ async def handle_all(dataplane: DataPlane, raws: Sequence[bytes | str], transpor
     own, so one slow request holds up no other."""
     groups: dict[tuple[str, str | None, bool], list[tuple[int, Call]]] = {}
     work: list[Coroutine[Any, Any, None]] = []
+    spans: dict[int, Any] = {}  # each traced message's server span, by index (hostd.tracing; empty when off)
     for index, raw in enumerate(raws):
         request: dict[str, Any] = {}
         try:
             request = parse(raw, limit)
             call = prediction(request)
             if call is not None:
+                if tracing.enabled():
+                    spans[index] = _begin_span(request, transport, call)
                 permit(dataplane, client, Scope.INFER, call.model)
                 groups.setdefault((call.model, call.version, call.cache), []).append((index, call))
                 continue
         except HostdError as exc:
+            tracing.end(spans.pop(index, None) or _begin_span(request, transport), exc.code.value)
             await reply(index, encode(error_reply(request.get("id"), exc)))
             continue
         work.append(_answer_one(dataplane, index, request, transport, reply, client))  # another op
     for (model, version, _), calls in groups.items():
         if len(calls) > 1 and _batches(dataplane, model, version):
-            work.append(_predict_group(dataplane, model, version, calls, transport, reply, client))
+            work.append(_predict_group(dataplane, model, version, calls, transport, reply, client,
+                                       [spans.get(index) for index, _ in calls]))
         else:
-            work += [_predict_one(dataplane, index, call, transport, reply, client) for index, call in calls]
+            work += [_predict_one(dataplane, index, call, transport, reply, client, spans.get(index))
+                     for index, call in calls]
     if len(work) == 1:  # the common cases, one request or one model's burst: no task to make
         await work[0]
         return
@@ -130,30 +137,51 @@ def _batches(dataplane: DataPlane, model: str, version: str | None) -> bool:
 
 async def _answer_one(dataplane: DataPlane, index: int, request: dict[str, Any], transport: str, reply: Reply,
                       client: Client | None) -> None:
-    await reply(index, encode(await answer(dataplane, request, transport, client)))
+    span = _begin_span(request, transport)
+    with tracing.current(span):
+        answered = await answer(dataplane, request, transport, client)
+    tracing.end(span, answered["error"]["code"] if "error" in answered else "OK")
+    await reply(index, encode(answered))
 
 
 async def _predict_one(dataplane: DataPlane, index: int, call: Call, transport: str, reply: Reply,
-                       client: Client | None) -> None:
+                       client: Client | None, span: Any = None) -> None:
     """One prediction already permitted (answer() would check the key, and take a rate-limit token,
-    a second time)."""
+    a second time), under its message's span (if traced)."""
     try:
-        answered = prediction_reply(call.id, await dataplane.predict(
-            call.model, call.data, call.version, transport=transport, client=client, request_id=call.request_id,
-            use_cache=call.cache))
+        with tracing.current(span):
+            answered = prediction_reply(call.id, await dataplane.predict(
+                call.model, call.data, call.version, transport=transport, client=client, request_id=call.request_id,
+                use_cache=call.cache))
+        tracing.end(span, "OK")
     except HostdError as exc:
+        tracing.end(span, exc.code.value)
         answered = error_reply(call.id, exc)
     await reply(index, encode(answered))
 
 
 async def _predict_group(dataplane: DataPlane, model: str, version: str | None, calls: list[tuple[int, Call]],
-                         transport: str, reply: Reply, client: Client | None) -> None:
-    results = await dataplane.predict_each(model, [call.data for _, call in calls], version, transport=transport,
-                                           client=client, request_ids=[call.request_id for _, call in calls],
-                                           use_cache=calls[0][1].cache)
-    for (index, call), result in zip(calls, results, strict=True):
+                         transport: str, reply: Reply, client: Client | None, spans: list[Any]) -> None:
+    with tracing.fan_out(spans):  # one call for the group, each message's steps under its own span
+        results = await dataplane.predict_each(model, [call.data for _, call in calls], version,
+                                               transport=transport, client=client,
+                                               request_ids=[call.request_id for _, call in calls],
+                                               use_cache=calls[0][1].cache)
+    for (index, call), result, span in zip(calls, results, spans, strict=True):
+        tracing.end(span, result.code.value if isinstance(result, HostdError) else "OK")
         await reply(index, encode(error_reply(call.id, result) if isinstance(result, HostdError)
                                   else prediction_reply(call.id, result)))
+
+
+def _begin_span(request: dict[str, Any], transport: str, call: Call | None = None) -> Any:
+    """A message's server span, continued from its envelope's ``traceparent``/``tracestate`` fields (None
+    when tracing is off). Named "{transport} {op}": "ws predict", "zmq metadata"."""
+    if not tracing.enabled():
+        return None
+    op = request.get("op", "predict")
+    attributes: dict[str, Any] = {"hostd.model": call.model if call else None,
+                                  "hostd.request_id": call.request_id if call else None}
+    return tracing.begin(f"{transport} {op if op in OPS else 'message'}", transport, request, **attributes)
 
 
 def _is_utf8(raw: bytes) -> bool:

@@ -18,11 +18,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from hostd import kernel
+from hostd import kernel, tracing
 
 
 @dataclass(eq=False, slots=True)
@@ -30,6 +30,8 @@ class _Request:
     units: Sequence[list[Any]]
     rows: int
     deadline: float | None  # on the loop's clock
+    spans: tuple[Any, ...]  # the request's span(s), when it is traced (hostd.tracing)
+    queued_ns: int  # when it came, if traced
     wake: asyncio.Event = field(default_factory=asyncio.Event)  # done, or promoted to lead
     taken: bool = False
     done: bool = False
@@ -50,11 +52,14 @@ class Batcher:
         self._queued = 0  # rows in the queue (kept, not summed: this runs per request)
         self._leader: _Request | None = None
         self._filled = asyncio.Event()
+        self.observe_rows: Callable[[float], None] | None = None  # the data plane's batch-size histogram
+
 
     async def __call__(self, units: Sequence[list[Any]], deadline: float | None = None) -> list[kernel.Outcome]:
         """One outcome per unit. A batch runs until the latest deadline of the requests in it; each
         caller bounds its own wait."""
-        request = _Request(units, sum(len(unit) for unit in units), deadline)
+        spans = tracing.parents()
+        request = _Request(units, sum(len(unit) for unit in units), deadline, spans, tracing.now_ns() if spans else 0)
         self._queue.append(request)
         self._queued += request.rows
         if self._queued >= self.max_batch_size:
@@ -123,8 +128,20 @@ class Batcher:
     async def _execute(self, batch: list[_Request]) -> None:
         deadlines = [item.deadline for item in batch]
         deadline = None if None in deadlines else max(deadlines)  # type: ignore[type-var]
+        rows = sum(item.rows for item in batch)
+        if self.observe_rows is not None:
+            self.observe_rows(rows)
+        traced = [item for item in batch if item.spans]
+        began = tracing.now_ns() if traced else 0
         outcomes = await kernel.execute(self._run, [unit for item in batch for unit in item.units],
                                         model=self.name, deadline=deadline)
+        if traced:  # each request's trace shows its wait and the call it shared, with the batch's size
+            ended = tracing.now_ns()
+            for item in traced:
+                tracing.record("hostd.batch_wait", item.spans, item.queued_ns, began)
+                tracing.record("hostd.model", item.spans, began, ended,
+                               **{"hostd.model": self.name, "hostd.batch.rows": rows,
+                                  "hostd.batch.requests": len(batch)})
         offset = 0
         for item in batch:
             item.outcomes = outcomes[offset:offset + len(item.units)]

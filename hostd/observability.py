@@ -12,6 +12,8 @@ from typing import Any
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from hostd import tracing
+
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -22,7 +24,8 @@ def configure_logging(level: str = "info", fmt: str = "auto", stdlib: dict[str, 
     warnings and tracebacks Python would print raw (see ``_route_last_resort_output``)."""
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     renderer: Any = structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer()
-    stamped: list[Any] = [structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso", utc=True)]
+    stamped: list[Any] = [structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso", utc=True),
+                          tracing.add_trace_id]
     if stdlib:
         logging.config.dictConfig(stdlib)  # a rest-model-service `logging:` section: the user's own format
     else:
@@ -147,6 +150,7 @@ class Metrics:
                                     registry=self.registry)
         self._answered: dict[tuple[str, str, str], tuple[Any, Any]] = {}
         self._per_model: dict[str, tuple[Any, Any]] = {}
+        self._batches: dict[str, Any] = {}
 
     def model(self, name: str) -> tuple[Any, Any]:
         """The model's (pending gauge, rows histogram) children, looked up once."""
@@ -154,6 +158,13 @@ class Metrics:
         if children is None:
             children = self._per_model[name] = (self.pending.labels(name), self.rows.labels(name))
         return children
+
+    def batch(self, name: str) -> Any:
+        """The model's rows-per-model-call histogram child, looked up once (this runs per batch)."""
+        child = self._batches.get(name)
+        if child is None:
+            child = self._batches[name] = self.batch_rows.labels(name)
+        return child
 
     def answered(self, model: str, transport: str, code: str, seconds: float) -> None:
         """Count one answered request and its latency (the labelled children are looked up once:

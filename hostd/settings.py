@@ -14,6 +14,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr,
 
 from hostd.errors import ConfigError, ConfigErrors
 from hostd.runtimes import expand_uri
+from hostd.tracing import TracingSettings
 
 Loc = tuple[str | int, ...]
 ENV_PREFIX = "HOSTD_"
@@ -249,6 +250,7 @@ class HostSettings(Strict):
     rate_limit: RateLimitSettings | None = None
     prediction_log: PredictionLogSettings | None = None
     feedback: FeedbackSettings | None = None  # ground-truth labels (POST /api/models/{name}/feedback)
+    tracing: TracingSettings | None = None  # OpenTelemetry spans (none: the OTEL_* variables, else off)
     # Validated per transport by the settings class its plugin registers; no section = HTTP only.
     transports: dict[str, Any] = Field(default_factory=lambda: {"http": {}})
     shutdown_grace_s: float = Field(default=10.0, ge=0)

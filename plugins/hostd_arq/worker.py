@@ -10,6 +10,7 @@ import structlog
 from arq.connections import RedisSettings
 from arq.worker import Worker, func
 
+from hostd import tracing
 from hostd.dataplane import DataPlane
 from hostd.errors import InvalidInput
 from hostd.transports import Shutdown
@@ -23,14 +24,18 @@ log = structlog.get_logger("hostd.arq")
 
 def make_predict(dataplane: DataPlane) -> Any:
     async def predict(ctx: dict[str, Any], model: str, data: Any, version: str | None = None,
-                      cache: bool = True) -> dict[str, Any]:
+                      cache: bool = True, traceparent: str | None = None, tracestate: str | None = None,
+                      ) -> dict[str, Any]:
         """arq job: one prediction (``cache=False``: from the model, not its cache), known by its job id
-        to the prediction log and feedback; a HostdError is stored as its code, message and details."""
+        to the prediction log and feedback; a HostdError is stored as its code, message and details.
+        ``traceparent`` (and ``tracestate``): the enqueuer's trace, which the job's span continues."""
         await dataplane.until_started()  # the worker may pick a job up before hostd is ready
-        if not isinstance(cache, bool):
-            raise InvalidInput("cache must be True or False")
-        return (await dataplane.predict(model, data, version, transport="arq", request_id=ctx.get("job_id"),
-                                        use_cache=cache)).output
+        with tracing.serve("arq predict", "arq", {"traceparent": traceparent, "tracestate": tracestate},
+                           kind="consumer", **{"hostd.model": model, "hostd.request_id": ctx.get("job_id")}):
+            if not isinstance(cache, bool):
+                raise InvalidInput("cache must be True or False")
+            return (await dataplane.predict(model, data, version, transport="arq", request_id=ctx.get("job_id"),
+                                            use_cache=cache)).output
 
     return predict
 

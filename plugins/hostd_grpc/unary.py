@@ -21,8 +21,10 @@ from grpclib.exceptions import GRPCError
 from grpclib.metadata import Deadline
 from grpclib.server import Stream
 
+from hostd import tracing
 from hostd.auth import Principal, Scope, bearer_key
 from hostd.clients import Client
+from hostd.errors import ErrorCode
 from hostd.refusals import HELD_BACK
 from hostd.tasks import OFF_LOOP_BYTES, InFlight, off_loop_if
 from hostd_grpc.server import client_of
@@ -84,11 +86,18 @@ def unary_handler(respond: Respond, request_type: type[Message], reply_type: typ
                   limits: RequestLimits = DEFAULT_LIMITS, guarded: Guarded | None = None) -> Handler:
     async def handle(stream: Stream[Any, Any]) -> None:
         with in_flight.track():
+            span = _begin_span(stream)
             try:
-                await serve(stream)
+                with tracing.current(span):
+                    await serve(stream)
+                tracing.end(span, "OK")
             except GRPCError as exc:
+                tracing.end(span, _code(exc), **{"rpc.grpc.status_code": exc.status.value})
                 if isinstance(exc.__cause__, HELD_BACK):  # a client that keeps asking to be refused waits
                     await asyncio.sleep(client_of(stream).refusals.pause_s(asyncio.get_running_loop().time()))
+                raise
+            except BaseException:
+                tracing.end(span, "CANCELLED")  # the client left (grpclib cancels the handler)
                 raise
 
     async def serve(stream: Stream[Any, Any]) -> None:
@@ -125,6 +134,22 @@ def unary_handler(respond: Respond, request_type: type[Message], reply_type: typ
         await stream.send_message(reply)
 
     return Handler(handle, Cardinality.UNARY_UNARY, request_type, reply_type)
+
+
+def _begin_span(stream: Stream[Any, Any]) -> Any:
+    """The RPC's server span (None when tracing is off), continued from its ``traceparent`` metadata."""
+    if not tracing.enabled():
+        return None
+    # grpclib keeps the path private (it is in its RecvRequest event, which hostd does not dispatch: see receive)
+    service, _, method = stream._method_name.lstrip("/").rpartition("/")
+    return tracing.begin(f"{service}/{method}", "grpc", stream.metadata,
+                         **{"rpc.system": "grpc", "rpc.service": service, "rpc.method": method})
+
+
+def _code(exc: GRPCError) -> str:
+    """hostd's error code a GRPCError carries ("CODE: message"), else its gRPC status's name."""
+    prefix = (exc.message or "").partition(":")[0]
+    return prefix if prefix in ErrorCode.__members__ else exc.status.name
 
 
 def _key(stream: Stream[Any, Any]) -> str | None:

@@ -28,13 +28,14 @@ from starlette.datastructures import QueryParams
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from hostd import tracing
 from hostd.auth import Guard, bearer_key
 from hostd.auth import Scope as AuthScope
 from hostd.clients import Client
 from hostd.dataplane import DataPlane, State, new_request_id
 from hostd.errors import HostdError, NotReady, RateLimited
 from hostd.refusals import HELD_BACK, LONGEST_PAUSE_S
-from hostd_http import rest, v2
+from hostd_http import rest, spans, v2
 from hostd_http.connections import (
     CLIENT,
     PRINCIPAL,
@@ -78,6 +79,12 @@ class Front:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if tracing.enabled():
+            await spans.traced(self._serve, scope, receive, send)
+        else:
+            await self._serve(scope, receive, send)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         connection = self.connections.get(scope.get("client"))
         client = connection.client if connection is not None else None
         scope[CLIENT] = client

@@ -15,7 +15,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 
-from hostd import envelope
+from hostd import envelope, tracing
 from hostd.dataplane import DataPlane, Prediction
 from hostd.errors import HostdError, NotReady, PayloadTooLarge
 from hostd.transports import Shutdown
@@ -23,7 +23,8 @@ from hostd.transports import Shutdown
 if TYPE_CHECKING:
     from hostd_kafka.plugin import KafkaSettings
 
-Output = tuple[str, bytes | None, bytes]  # topic, key, value
+Headers = list[tuple[str, bytes]]
+Output = tuple[str, bytes | None, bytes, Headers]  # topic, key, value, headers (the trace's, if traced)
 Batches = dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
 POLL_MS = 1000  # how long an idle poll waits for records (a stop cuts it short)
 
@@ -86,7 +87,8 @@ class Stream:
         except NotReady:
             return False
         # Send in input order (aiokafka keeps per-partition order), then wait for every ack.
-        acks = [await self.producer.send(topic, value, key=key) for topic, key, value in outputs]
+        acks = [await self.producer.send(topic, value, key=key, headers=headers or None)
+                for topic, key, value, headers in outputs]
         for ack in acks:
             await ack
         await self.consumer.commit({tp: part[-1].offset + 1 for tp, part in batches.items() if part})
@@ -96,6 +98,8 @@ class Stream:
         """One output per record, in record order; predictions grouped per model into batch calls."""
         outputs: list[Output | None] = [None] * len(records)
         groups: dict[tuple[str, str | None, bool], list[tuple[int, envelope.Call]]] = defaultdict(list)
+        # Each record's span (hostd.tracing), continued from its traceparent header; None when tracing is off.
+        spans = [_begin_span(record) for record in records] if tracing.enabled() else [None] * len(records)
         for index, record in enumerate(records):
             request: dict[str, Any] = {}
             try:
@@ -108,17 +112,21 @@ class Stream:
                 outputs[index] = self.dead_letter(record, request.get("id"), exc)
                 continue
             if call is None:  # another op: answered as on every envelope transport
-                answered = await envelope.answer(self.dataplane, request, "kafka")
+                with tracing.current(spans[index]):
+                    answered = await envelope.answer(self.dataplane, request, "kafka")
                 if request.get("op") != "feedback" or "error" in answered:  # a label taken needs no reply
                     outputs[index] = self.reply(record, answered)
             else:
                 groups[call.model, call.version, call.cache].append((index, call))
         for (model, version, cache), calls in groups.items():
-            results = await self.dataplane.predict_each(model, [call.data for _, call in calls], version,
-                                                        transport="kafka", use_cache=cache,
-                                                        request_ids=[call.request_id for _, call in calls])
+            with tracing.fan_out([spans[index] for index, _ in calls]):
+                results = await self.dataplane.predict_each(model, [call.data for _, call in calls], version,
+                                                            transport="kafka", use_cache=cache,
+                                                            request_ids=[call.request_id for _, call in calls])
             for (index, call), result in zip(calls, results, strict=True):
                 outputs[index] = self.outcome(records[index], call, result)
+        if tracing.enabled():
+            return _traced(outputs, spans, self.settings.dead_letter_topic)
         return [output for output in outputs if output is not None]
 
     def outcome(self, record: ConsumerRecord[bytes, bytes], call: envelope.Call,
@@ -131,16 +139,16 @@ class Stream:
 
     def reply(self, record: ConsumerRecord[bytes, bytes], reply: dict[str, Any]) -> Output:
         if "error" in reply:
-            return (self.settings.dead_letter_topic, self._key(record), self._dead_letter_value(record, reply))
+            return (self.settings.dead_letter_topic, self._key(record), self._dead_letter_value(record, reply), [])
         value = envelope.encode(reply)
         if len(value) > self._room(record):  # the producer would refuse it and fail the whole batch
             too_big = PayloadTooLarge(f"the reply is {len(value)} bytes; the limit is {self._room(record)}")
             return self.dead_letter(record, reply.get("id"), too_big)
-        return (self.settings.output_topic, self._key(record), value)
+        return (self.settings.output_topic, self._key(record), value, [])
 
     def dead_letter(self, record: ConsumerRecord[bytes, bytes], request_id: Any, exc: HostdError) -> Output:
         reply = envelope.error_reply(request_id, exc)
-        return (self.settings.dead_letter_topic, self._key(record), self._dead_letter_value(record, reply))
+        return (self.settings.dead_letter_topic, self._key(record), self._dead_letter_value(record, reply), [])
 
     def _check_key(self, record: ConsumerRecord[bytes, bytes]) -> None:
         if record.key is not None and len(record.key) > self.settings.max_key_bytes:
@@ -209,6 +217,30 @@ async def _abandon_group_join(consumer: AIOKafkaConsumer) -> None:
     if isinstance(task, asyncio.Task) and not task.done():
         task.cancel()
         await asyncio.wait([task])  # returns once it has stopped; its cancellation stays in it
+
+
+def _begin_span(record: ConsumerRecord[bytes, bytes]) -> Any:
+    """A record's span: "process <topic>", a consumer span continuing its ``traceparent`` header."""
+    headers = {key: value for key, value in record.headers or () if key in ("traceparent", "tracestate")}
+    return tracing.begin(f"process {record.topic}", "kafka", headers, kind="consumer", **{
+        "messaging.system": "kafka", "messaging.destination.name": record.topic,
+        "messaging.kafka.offset": record.offset, "messaging.destination.partition.id": str(record.partition)})
+
+
+def _traced(outputs: list[Output | None], spans: list[Any], dead_letters: str) -> list[Output]:
+    """End each record's span with its outcome; its output carries the trace on, in its own headers."""
+    traced: list[Output] = []
+    for output, span in zip(outputs, spans, strict=True):
+        if output is None:  # a label taken: nothing to send
+            tracing.end(span, "OK")
+            continue
+        topic, key, value, _ = output
+        code = orjson.loads(value).get("error", {}).get("code", "INVALID_INPUT") if topic == dead_letters else "OK"
+        with tracing.current(span):
+            carrier = tracing.inject({})
+        tracing.end(span, code)
+        traced.append((topic, key, value, [(name, text.encode()) for name, text in carrier.items()]))
+    return traced
 
 
 class _FinishBatchFirst(ConsumerRebalanceListener):  # type: ignore[misc]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from hostd_http.app import compose, create_app
@@ -22,23 +23,27 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from hostd import plugins
+from hostd import plugins, tracing
 from hostd.capture import Capture
 from hostd.dataplane import DataPlane
-from hostd.errors import ConfigError, NotReady, describe
+from hostd.errors import ConfigError, NotReady, StartupError, describe
 from hostd.feedback import Feedback
 from hostd.observability import Metrics, configure_logging
 from hostd.registry import Registry
 from hostd.settings import load_settings
 
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
+
 log = structlog.get_logger("hostd.lambda")
+FLUSH_MS = 2000  # the most an invocation waits for its spans to be sent
 
 
 def default_config() -> Path:
     return Path(os.environ.get("HOSTD_CONFIG") or Path(os.environ.get("LAMBDA_TASK_ROOT", ".")) / "host.yaml")
 
 
-def create_handler(config: Path | str, base_path: str | None = None) -> Mangum:
+def create_handler(config: Path | str, base_path: str | None = None) -> Mangum | Flushing:
     """Load the models in ``config`` and wrap the HTTP app for Lambda (lifespan off: nothing to start).
     ``base_path`` (default: $HOSTD_LAMBDA_BASE_PATH, else "/") is a prefix API Gateway leaves on the
     path, e.g. the stage of an HTTP API or a custom domain's base path mapping: it is stripped."""
@@ -47,7 +52,8 @@ def create_handler(config: Path | str, base_path: str | None = None) -> Mangum:
         known = {name: transport.settings for name, transport in plugins.transports(plugins.plugin_manager()).items()}
         settings = load_settings(config, known)  # checks the http section as `hostd run` does
         registry = Registry.from_settings(settings)
-    except (ConfigError, OSError) as exc:
+        provider = tracing.provider_for(settings.tracing)
+    except (ConfigError, OSError, StartupError) as exc:
         reason = str(exc) if isinstance(exc, ConfigError) else describe(exc)
         log.error("models failed to load", config=str(config), error=reason)
         return Mangum(unavailable(f"hostd could not load its models: {reason}"), lifespan="off",
@@ -61,8 +67,26 @@ def create_handler(config: Path | str, base_path: str | None = None) -> Mangum:
     dataplane = DataPlane(registry, metrics, capture=Capture(registry, feedback=feedback))
     dataplane.set_ready()
     http = settings.transports.get("http") or HttpSettings()
-    return Mangum(create_app(dataplane, settings, http.max_request_bytes), lifespan="off",
-                  api_gateway_base_path=base_path)
+    app = Mangum(create_app(dataplane, settings, http.max_request_bytes), lifespan="off",
+                 api_gateway_base_path=base_path)
+    if provider is None:
+        return app
+    tracing.enable(provider)
+    return Flushing(app, provider)
+
+
+class Flushing:
+    """The handler when tracing is on: each invocation's spans are exported before it returns, since Lambda
+    freezes the container between invocations (and the exporter's thread with it)."""
+
+    def __init__(self, app: Mangum, provider: TracerProvider) -> None:
+        self.app, self.provider = app, provider
+
+    def __call__(self, event: dict[str, Any], context: Any) -> dict[str, Any]:
+        try:
+            return self.app(event, context)
+        finally:
+            self.provider.force_flush(FLUSH_MS)
 
 
 def unavailable(reason: str) -> Starlette:

@@ -15,7 +15,7 @@ from typing import Any
 import anyio
 import msgpack
 
-from hostd import envelope
+from hostd import envelope, tracing
 from hostd.auth import Scope
 from hostd.clients import Client
 from hostd.dataplane import DataPlane
@@ -43,15 +43,20 @@ def responder(dataplane: DataPlane, max_message_bytes: int | None = None) -> Res
         if not route or route[-1] != b"":
             route = [*route, b""]
         try:
-            message_id, name, args = _unpack(blob, max_message_bytes)
+            header, name, args = _unpack(blob, max_message_bytes)
         except Malformed as exc:  # answered, though a client that sent no message_id cannot match it
             return [*route, _event(exc.message_id, "ERR", [exc.error.code.value, exc.error.message, ""])]
         if name in IGNORED_EVENTS:
             return None
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(_heartbeat, send, route, message_id)
-            status, result = await _call(dataplane, name, args, client, message_id)
-            tg.cancel_scope.cancel()
+        message_id = header["message_id"]
+        # A trace is continued from the event header's traceparent (a zerorpc client middleware's
+        # client_before_request can put it there).
+        with tracing.serve(f"zerorpc {name}", "zerorpc", header, **{"hostd.model": name}) as span:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_heartbeat, send, route, message_id)
+                status, result = await _call(dataplane, name, args, client, message_id)
+                tg.cancel_scope.cancel()
+            tracing.outcome(span, status if status == "OK" else result[0])
         return [*route, _event(message_id, status, result)]
 
     return respond
@@ -65,8 +70,8 @@ class Malformed(Exception):
         self.error, self.message_id = error, message_id
 
 
-def _unpack(blob: bytes, limit: int | None) -> tuple[Any, str, Any]:
-    """An event's message_id, name and arguments."""
+def _unpack(blob: bytes, limit: int | None) -> tuple[dict[Any, Any], str, Any]:
+    """An event's header (with a message_id), name and arguments."""
     if limit is not None and len(blob) > limit:
         raise Malformed(PayloadTooLarge(f"event is {len(blob)} bytes; the limit is {limit}"))
     try:
@@ -81,7 +86,7 @@ def _unpack(blob: bytes, limit: int | None) -> tuple[Any, str, Any]:
     if not isinstance(name, str):
         raise Malformed(InvalidInput(f"the event's name must be a string (a model's name), not "
                                      f"{type(name).__name__}"), header["message_id"])
-    return header["message_id"], name, args
+    return header, name, args
 
 
 async def _call(dataplane: DataPlane, name: str, args: Any, client: Client | None,

@@ -50,7 +50,7 @@ def test_an_error_too_big_to_fit_keeps_its_code() -> None:
 async def test_an_oversized_message_gets_one_bounded_dead_letter(stream: Stream) -> None:
     text = "a" * (SETTINGS.max_message_bytes + 1)
     value = orjson.dumps({"id": "big", "model": "echo", "data": {"x": 1, "text": text}})
-    [(topic, _key, encoded)] = await stream.answer([record(0, value)])
+    [(topic, _key, encoded, _headers)] = await stream.answer([record(0, value)])
     assert topic == SETTINGS.dead_letter_topic and len(encoded) <= SETTINGS.max_message_bytes
     letter = orjson.loads(encoded)
     assert (letter["error"]["code"], letter["value_bytes"], letter["offset"]) == ("PAYLOAD_TOO_LARGE", len(value), 0)
@@ -60,7 +60,7 @@ async def test_a_reply_too_big_to_send_is_a_dead_letter_saying_so(stream: Stream
     text = "\u0390" * 200_000  # 400 KB in; upper-cased it is 1.2 MB of reply
     answered = await stream.answer([record(0, {"id": "loud", "model": "echo", "data": {"x": 1, "text": text}}),
                                     record(1, {"id": "fine", "model": "echo", "data": {"x": 1}})])
-    assert [topic for topic, _, _ in answered] == [SETTINGS.dead_letter_topic, SETTINGS.output_topic]
+    assert [topic for topic, _, _, _ in answered] == [SETTINGS.dead_letter_topic, SETTINGS.output_topic]
     letter = orjson.loads(answered[0][2])
     assert (letter["id"], letter["error"]["code"], "value_truncated" in letter) == ("loud", "PAYLOAD_TOO_LARGE", False)
     assert "reply is" in letter["error"]["message"]
@@ -70,7 +70,7 @@ async def test_a_key_too_long_to_copy_is_a_dead_letter_keyed_by_its_hash(stream:
     key = b"k" * (SETTINGS.max_key_bytes + 1)
     long_key = replace(record(0, {"id": "a", "model": "echo", "data": {"x": 1}}), key=key)
     at_limit = replace(record(1, {"id": "b", "model": "echo", "data": {"x": 1}}), key=key[:-1])
-    [(topic, out_key, encoded), reply] = await stream.answer([long_key, at_limit])
+    [(topic, out_key, encoded, _headers), reply] = await stream.answer([long_key, at_limit])
     letter, digest = orjson.loads(encoded), hashlib.sha256(key).hexdigest()
     assert (topic, out_key, letter["error"]["code"]) == (SETTINGS.dead_letter_topic, digest.encode(),
                                                           "PAYLOAD_TOO_LARGE")

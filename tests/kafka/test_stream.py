@@ -46,7 +46,7 @@ def record(offset: int, value: bytes | dict[str, Any]) -> ConsumerRecord[bytes, 
 
 async def outputs(stream: Stream, *values: bytes | dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     answered = await stream.answer([record(offset, value) for offset, value in enumerate(values)])
-    return [(topic, orjson.loads(value)) for topic, _key, value in answered]
+    return [(topic, orjson.loads(value)) for topic, _key, value, _headers in answered]
 
 
 @pytest.mark.parametrize("request_", [

@@ -1,0 +1,64 @@
+"""Building the OpenTelemetry tracer provider that ``tracing:`` (or the ``OTEL_*`` variables) ask for.
+Imported only when tracing is on: OpenTelemetry's SDK is the optional extra ``hostd[tracing]``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from hostd.errors import StartupError
+from hostd.tracing import TracingSettings
+
+try:
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+except ImportError:  # pragma: no cover - exercised by an install without the extra
+    raise StartupError("tracing needs OpenTelemetry's SDK: pip install 'hostd[tracing]'") from None
+
+OTLP_DEFAULT = "http://localhost:4318/v1/traces"  # OpenTelemetry's own default for OTLP over HTTP
+
+
+def make_provider(settings: TracingSettings, exporter: str, environ: Mapping[str, str]) -> TracerProvider:
+    """A provider sampling ``sample_ratio`` of the new traces (a caller's sampled flag is kept: a trace is
+    whole or absent), exporting in batches off the event loop through ``exporter`` (otlp or console)."""
+    ratio = settings.sample_ratio if settings.sample_ratio is not None else _env_ratio(environ)
+    name = settings.service_name or environ.get("OTEL_SERVICE_NAME") or "hostd"
+    # Resource.create also reads OTEL_RESOURCE_ATTRIBUTES (deployment.environment=..., and so on).
+    provider = TracerProvider(resource=Resource.create({"service.name": name}),
+                              sampler=ParentBased(TraceIdRatioBased(ratio)))
+    provider.add_span_processor(BatchSpanProcessor(_exporter(settings, exporter, environ)))
+    return provider
+
+
+def _exporter(settings: TracingSettings, exporter: str, environ: Mapping[str, str]) -> SpanExporter:
+    if exporter == "console":
+        return ConsoleSpanExporter(service_name=settings.service_name)
+    if exporter != "otlp":
+        raise StartupError(f"tracing exporter {exporter!r} is not one hostd has; use otlp, console or none")
+    protocol = environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+    if protocol not in (None, "", "http/protobuf"):
+        raise StartupError(f"OTLP protocol {protocol!r} is not supported; hostd exports OTLP over HTTP "
+                           "(http/protobuf, port 4318 on a collector)")
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    return OTLPSpanExporter(endpoint=settings.endpoint or _env_endpoint(environ))
+
+
+def _env_endpoint(environ: Mapping[str, str]) -> str:
+    if traces := environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        return traces  # used as it is, as the specification says
+    if base := environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+        return base.rstrip("/") + "/v1/traces"
+    return OTLP_DEFAULT
+
+
+def _env_ratio(environ: Mapping[str, str]) -> float:
+    sampler = environ.get("OTEL_TRACES_SAMPLER", "")
+    if sampler in ("always_off", "parentbased_always_off"):
+        return 0.0
+    if sampler.endswith("traceidratio"):
+        try:
+            return min(max(float(environ.get("OTEL_TRACES_SAMPLER_ARG", "1")), 0.0), 1.0)
+        except ValueError:
+            raise StartupError("OTEL_TRACES_SAMPLER_ARG must be a number from 0 to 1") from None
+    return 1.0
