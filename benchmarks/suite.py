@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import hostd
-from benchmarks import batch, capture, engines, lifecycle, memory, scenarios, security, startup
+from benchmarks import batch, capture, engines, lifecycle, memory, scenarios, security, startup, tracing
 from benchmarks.common import ROOT, Result, free_port, start_hostd
 from benchmarks.messaging import ws_load, zmq_load
 from benchmarks.oip_infer import h2load, hostd_grpc_request, hostd_v2_body, wrk
@@ -24,7 +24,7 @@ from benchmarks.peers.table import markdown, ratio_line
 from benchmarks.streams import run_streams
 
 TRANSPORTS = ("http", "hypercorn", "grpc", "ws", "zmq", "streams", "overload", "workers", "lifecycle", "security",
-              "startup", "memory", "batch", "capture", "engines")
+              "startup", "memory", "batch", "capture", "engines", "tracing")
 RESULTS = ROOT / "benchmarks" / "results"
 INFER = "/v2/models/iris_model/infer"
 GRPC_INFER = "/inference.GRPCInferenceService/ModelInfer"
@@ -75,6 +75,8 @@ class Suite:
             self.scenarios["capture"] = capture.capture(self.seconds, self.workdir)
         if "engines" in only:
             self.scenarios["engines"] = engines.engines(self.seconds, self.workdir)
+        if "tracing" in only:
+            self.scenarios["tracing"] = tracing.tracing(self.seconds, self.workdir)
 
     def oip(self, only: list[str]) -> None:
         """HTTP and gRPC ModelInfer: every server is up at once, and at each concurrency they take
