@@ -23,6 +23,7 @@ import zmq.asyncio
 
 from hostd.auth import Principal
 from hostd.clients import Client
+from hostd.ratelimitedlog import RateLimitedLog
 from hostd.readahead import ReadAhead
 from hostd.tasks import BoundedTasks
 from hostd.transports import Shutdown
@@ -83,6 +84,7 @@ class Peers:
         # ZeroMQ-made identities (a zero byte first) are never reused, so their requests read after
         # they left can be dropped; a peer that chose its identity may reconnect under it.
         self.departed: dict[bytes, None] = {}
+        self.dropped = RateLimitedLog(log)  # a line per interval, however many replies a stalled peer misses
 
     def admit(self, identity: bytes) -> Peer | None:  # one message
         """The peer a request read from ``identity`` belongs to; None if that peer is known to be gone."""
@@ -103,7 +105,8 @@ class Peers:
         try:
             await self.sock.send_multipart(frames, flags=zmq.DONTWAIT)
         except zmq.Again:  # its queue is full (high_water_mark): it is not reading
-            log.debug("zmq reply dropped: the peer's queue is full", bind=self.bind)
+            self.dropped.warning("full", "zmq reply dropped: the peer does not read its replies (its queue holds "
+                                 "high_water_mark of them)", bind=self.bind)
         except zmq.ZMQError as exc:
             if exc.errno != zmq.EHOSTUNREACH:
                 raise

@@ -215,6 +215,10 @@ async def over_zmq(endpoint: str, requests: list[Request]) -> dict[str, Received
     context = zmq.asyncio.Context()
     dealer = context.socket(zmq.DEALER)
     dealer.setsockopt(zmq.LINGER, 0)
+    # Replies wait in this socket's queue, unbounded, while the test's loop is busy with the other four
+    # transports' clients: with ZeroMQ's default bound (1,000), hostd's queue for this peer filled up too,
+    # and hostd drops a reply to a peer that does not read (CI saw a reply never come).
+    dealer.setsockopt(zmq.RCVHWM, 0)
     dealer.connect(endpoint)
     try:
         async def send() -> None:
