@@ -311,7 +311,7 @@ def _text_carrier(carrier: Mapping[str, Any]) -> dict[str, str]:
         value = carrier.get(key)
         if isinstance(value, bytes):
             value = value.decode("latin-1")
-        if isinstance(value, str) and len(value) <= 512:  # tracestate is at most 32 entries of ~16 bytes
+        if isinstance(value, str) and len(value) <= 8192:  # tracestate: at most 32 entries of up to 256 bytes
             found[key] = value
     return found
 

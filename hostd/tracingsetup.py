@@ -10,12 +10,13 @@ from hostd.tracing import TracingSettings
 
 try:
     from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace import SpanLimits, TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
     from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 except ImportError:  # pragma: no cover - exercised by an install without the extra
     raise StartupError("tracing needs OpenTelemetry's SDK: pip install 'hostd[tracing]'") from None
 
+ATTRIBUTE_CHARS = 1024
 OTLP_DEFAULT = "http://localhost:4318/v1/traces"  # OpenTelemetry's own default for OTLP over HTTP
 
 
@@ -25,8 +26,12 @@ def make_provider(settings: TracingSettings, exporter: str, environ: Mapping[str
     ratio = settings.sample_ratio if settings.sample_ratio is not None else _env_ratio(environ)
     name = settings.service_name or environ.get("OTEL_SERVICE_NAME") or "hostd"
     # Resource.create also reads OTEL_RESOURCE_ATTRIBUTES (deployment.environment=..., and so on).
+    # An attribute a client chose (a URL path, a request id) is cut at ATTRIBUTE_CHARS unless
+    # OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT says otherwise: a span stays small whatever was sent.
+    limit = environ.get("OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT") or environ.get("OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT")
     provider = TracerProvider(resource=Resource.create({"service.name": name}),
-                              sampler=ParentBased(TraceIdRatioBased(ratio)))
+                              sampler=ParentBased(TraceIdRatioBased(ratio)),
+                              span_limits=SpanLimits(max_attribute_length=None if limit else ATTRIBUTE_CHARS))
     provider.add_span_processor(BatchSpanProcessor(_exporter(settings, exporter, environ)))
     return provider
 

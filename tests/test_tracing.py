@@ -245,6 +245,16 @@ def test_host_yaml_wins_over_the_variables() -> None:
         provider.shutdown()
 
 
+def test_what_a_client_sent_is_cut_short_in_an_attribute() -> None:
+    provider = tracing.provider_for(TracingSettings(exporter="console"), {})
+    assert provider is not None
+    try:
+        span = provider.get_tracer("test").start_span("request", attributes={"url.path": "/" + "a" * 100_000})
+        assert len(span.attributes["url.path"]) == 1024  # type: ignore[attr-defined]
+    finally:
+        provider.shutdown()
+
+
 @pytest.mark.parametrize(("environ", "says"), [
     ({"OTEL_TRACES_EXPORTER": "zipkin"}, "'zipkin' is not one hostd has"),
     ({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}, "hostd exports OTLP over HTTP"),

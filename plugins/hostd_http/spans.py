@@ -56,6 +56,11 @@ async def traced(app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> No
         scope[SPAN] = span
         await app(scope, receive, send_noting_status)
         code = status.get("code", 500)
+        if code == 404 and span is not None and "endpoint" not in scope:
+            # No route took it: its path is whatever the client sent, so it does not name the span (a
+            # scanner's thousand paths would be a thousand span names).
+            span.update_name(method)
+            span.set_attribute("http.route", "")
         tracing.outcome(span, "OK" if code < 400 else str(code), **{
             "http.response.status_code": code, "hostd.request_id": scope.get(REQUEST_ID)})
 

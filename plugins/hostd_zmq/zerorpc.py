@@ -51,7 +51,7 @@ def responder(dataplane: DataPlane, max_message_bytes: int | None = None) -> Res
         message_id = header["message_id"]
         # A trace is continued from the event header's traceparent (a zerorpc client middleware's
         # client_before_request can put it there).
-        with tracing.serve(f"zerorpc {name}", "zerorpc", header, **{"hostd.model": name}) as span:
+        with tracing.serve("zerorpc predict", "zerorpc", header, **{"hostd.model": name}) as span:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_heartbeat, send, route, message_id)
                 status, result = await _call(dataplane, name, args, client, message_id)
