@@ -4,6 +4,7 @@ parse, every path they copy exists, and their ports, probes and config agree wit
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from hostd_http.app import create_app
 
 from hostd import plugins
 from hostd.dataplane import DataPlane
+from hostd.observability import Metrics
 from hostd.registry import Registry
 from hostd.settings import HostSettings, load_settings, parse_settings
 
@@ -147,3 +149,36 @@ def test_every_secret_host_yaml_names_is_mounted_from_a_secret(manifest: dict[st
     files += [curve.secret_key_file, curve.clients]
     for file in files:
         assert file is not None and any(f"{config}/{file}".startswith(path) for path in mounted), file
+
+
+def exported_names() -> set[str]:
+    """Every sample name hostd's /metrics can show, from a real Metrics registry (a counter's
+    _total, a histogram's _bucket, _count and _sum, each with its _created)."""
+    suffixes = {"counter": ["_total", "_created"], "gauge": [""],
+                "histogram": ["_bucket", "_count", "_sum", "_created"]}
+    return {family.name + suffix for family in Metrics().registry.collect() for suffix in suffixes[family.type]}
+
+
+def grafana_panels(panels: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The panels, those inside collapsed rows too."""
+    return [found for panel in panels for found in [panel, *grafana_panels(panel.get("panels", []))]]
+
+
+def test_the_grafana_dashboard_queries_only_metrics_hostd_exports() -> None:
+    dashboard = json.loads((ROOT / "deploy/grafana/hostd.json").read_text())
+    variables = {variable["name"]: variable for variable in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+    panels = grafana_panels(dashboard["panels"])
+    assert len({panel["id"] for panel in panels}) == len(panels)
+    expressions = [variables["model"]["query"]["query"]]
+    for panel in panels:
+        assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel["title"]
+        for target in panel["targets"]:
+            assert target["datasource"] == panel["datasource"], panel["title"]
+            expressions.append(target["expr"])
+    exported = exported_names()
+    used = {name for expression in expressions for name in re.findall(r"\bhostd_\w+", expression)}
+    assert used <= exported, f"not exported by hostd: {sorted(used - exported)}"
+    # The panels the dashboard exists for: traffic, errors, latency, batches, queues, cache, models.
+    assert {"hostd_requests_total", "hostd_request_duration_seconds_bucket", "hostd_batch_rows_bucket",
+            "hostd_pending", "hostd_cache_lookups_total", "hostd_models_loaded"} <= used

@@ -1,5 +1,5 @@
 """The Starlette application: the author's API under /api and OIP v2 under /v2, each answering errors
-in its own format, plus /metrics and the docs."""
+in its own format, plus /metrics, the docs and the dashboard."""
 
 from __future__ import annotations
 
@@ -16,11 +16,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hostd.dataplane import DataPlane
 from hostd.settings import HostSettings
-from hostd_http import docs, rest, v2
-from hostd_http.spans import ServerSpans
+from hostd_http import dashboard, docs, rest, v2
 from hostd_http.connections import REQUEST_ID, client_request_id, request_id_of
 from hostd_http.front import error_body_of
 from hostd_http.responses import ErrorBody, Handler, error_handlers
+from hostd_http.spans import ServerSpans
 
 
 def create_app(dataplane: DataPlane, host: HostSettings, max_body: int = 1 << 20) -> Starlette:
@@ -36,6 +36,7 @@ def create_app(dataplane: DataPlane, host: HostSettings, max_body: int = 1 << 20
         oip_root=[Route("/v2", v2.server_metadata)],
         other=[
             *docs.routes(dataplane, host.service_title, host.description),
+            *dashboard.routes(),
             Route("/metrics", metrics),
             Route("/", root, include_in_schema=False),
         ],

@@ -17,6 +17,7 @@ from starlette.staticfiles import StaticFiles
 from hostd import __version__
 from hostd.dataplane import DataPlane
 from hostd.registry import ServedModel
+from hostd.stats import SCHEMA as STATS
 from hostd.tensors import DATATYPES
 from hostd_http.responses import ORJSONResponse
 
@@ -182,6 +183,9 @@ def _api_paths(names: list[str]) -> Json:
         "/api/quality": _get("quality", "service", "Live quality of each labelled model version", _responses(
             REST_ERROR, _ok("Accuracy (classifiers) or MAE and RMSE (regressors) over the last labels", _object(
                 ["quality"], quality={"type": "array", "items": ANY_OBJECT})))),
+        "/api/stats": _get("stats", "service", "The dashboard's figures: model states; per model and transport, "
+                           "requests since start, and requests/s, p50/p99 latency and error shares of late",
+                           _responses(REST_ERROR, _ok("The figures of the models the key may see", STATS))),
         "/api/admin/reload": {"post": {
             "operationId": "reload", "tags": ["service"],
             "summary": "Re-read the config and the model repository and apply the difference (as SIGHUP does)",
@@ -275,6 +279,10 @@ def _other_paths() -> Json:
             REST_ERROR, _ok("OpenAPI 3.1", ANY_OBJECT))),
         "/docs": _get("docs", "service", "Swagger UI", _responses(REST_ERROR, _ok("The page", text, "text/html"))),
         "/docs/static/{path}": _get("docs_static", "service", "The Swagger UI page's assets", _responses(
+            REST_ERROR, _ok("An asset", text, "*/*"), 404), [_path_parameter("path")]),
+        "/dashboard": _get("dashboard", "service", "The live dashboard (draws /api/stats)", _responses(
+            REST_ERROR, _ok("The page", text, "text/html"))),
+        "/dashboard/static/{path}": _get("dashboard_static", "service", "The dashboard's script and style", _responses(
             REST_ERROR, _ok("An asset", text, "*/*"), 404), [_path_parameter("path")]),
         "/metrics": _get("metrics", "service", "Prometheus metrics", _responses(
             REST_ERROR, _ok("Metrics, Prometheus text format", text, "text/plain"))),

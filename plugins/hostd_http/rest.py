@@ -1,4 +1,5 @@
-"""The rest-model-service API: /api/models..., /api/health..., errors as {"type", "messages"}."""
+"""The rest-model-service API: /api/models..., /api/health..., the dashboard's /api/stats, errors as
+{"type", "messages"}."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from starlette.routing import Route
 
 from hostd.dataplane import DataPlane
 from hostd.errors import InvalidInput
+from hostd.stats import Stats
 from hostd.tasks import OFF_LOOP_BYTES, off_loop_if
 from hostd_http.connections import client_of, request_id_of, sees
 from hostd_http.responses import ORJSONResponse, answer_headers, parse_json, read_body, use_cache
@@ -66,6 +68,12 @@ def routes(dataplane: DataPlane, max_body: int) -> list[Route]:
         figures = feedback.quality() if feedback is not None else []
         return ORJSONResponse({"quality": [item for item in figures if sees(request, item["model"])]})
 
+    board = Stats(dataplane.metrics.registry)
+
+    async def stats(request: Request) -> Response:
+        # The dashboard's figures (hostd.stats), of the models this key may see, as list_models shows them.
+        return ORJSONResponse(board.report(dataplane.repository_index(), lambda model: sees(request, model)))
+
     async def reload(request: Request) -> Response:
         change = await dataplane.admin().reload()
         return ORJSONResponse(change.to_dict())
@@ -74,6 +82,7 @@ def routes(dataplane: DataPlane, max_body: int) -> list[Route]:
         Route("/models/{name}/prediction", prediction, methods=["POST"]),
         Route("/models/{name}/feedback", feedback, methods=["POST"]),
         Route("/quality", quality),
+        Route("/stats", stats),
         Route("/health", health),
         Route("/health/ready", ready),
         Route("/health/startup", startup),

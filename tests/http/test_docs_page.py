@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
-import signal
-import subprocess
 from collections.abc import Callable
 from html.parser import HTMLParser
 from pathlib import Path
@@ -22,38 +17,13 @@ from hostd import MLModel
 from hostd.dataplane import DataPlane
 from hostd.registry import Registry
 from hostd.settings import HostSettings
+from tests.support.browser import rendered_dom
 from tests.support.e2e import DIABETES_FIELDS, IRIS_FIELDS, REAL_MODELS
 
-CHROMIUM = shutil.which("chromium")
 #: The fields each real model's request body shows on the page.
 INPUT_FIELDS = {"iris_model": IRIS_FIELDS, "digits_model": ["image"], "diabetes_model": DIABETES_FIELDS}
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
 Start = Callable[..., Any]
-
-
-def rendered_dom(url: str, home: Path, timeout: float = 90) -> str:
-    """The DOM of ``url`` once headless Chromium has run its scripts. Only 127.0.0.1 resolves, so a
-    page that needed a CDN would not render. Chromium writes only under ``home``."""
-    if CHROMIUM is None:  # never a skip: `make test` installs it (scripts/system_deps.sh test)
-        pytest.fail("chromium is not installed: run scripts/system_deps.sh test as root, or apt-get install chromium")
-    argv = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
-            "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1", f"--user-data-dir={home / 'profile'}",
-            "--virtual-time-budget=15000", "--dump-dom", url]
-    # Its crash reporter keeps its database in the XDG config directory, not in the profile.
-    env = {**os.environ, "HOME": str(home), "XDG_CONFIG_HOME": str(home / "config"),
-           "XDG_CACHE_HOME": str(home / "cache")}
-    # A session of its own, so that killing its process group also ends the browser's helpers (the crash
-    # reporter, in a group of its own, exits when the browser does).
-    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-                          start_new_session=True) as proc:
-        try:
-            out, err = proc.communicate(timeout=timeout)
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 0 and out, f"chromium exited with {proc.returncode}:\n{err.decode()[-3000:]}"
-    return out.decode()
 
 
 class Page(HTMLParser):

@@ -90,8 +90,9 @@ def operations(spec: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]
 async def test_every_route_is_documented(client: httpx.AsyncClient, spec: dict[str, Any]) -> None:
     app = client._transport.app  # type: ignore[attr-defined]
     served = served_routes(app.routes)
-    # of which the first document had 6; 4 are the model repository and reload, 2 feedback and quality
-    assert len(served) == 26
+    # of which the first document had 6; 4 are the model repository and reload, 2 feedback and quality, 3 the
+    # dashboard (its page, its assets, /api/stats)
+    assert len(served) == 29
     assert documented_routes(spec) == served
     assert [path for path in spec["paths"] if path.endswith("/prediction")] == [
         PREDICTION.format(name=name) for name in MODELS]
@@ -137,6 +138,7 @@ def response_schema(spec: dict[str, Any], path: str, status: int) -> dict[str, A
     ("POST", "/api/models/iris_model/prediction?version=9", "/api/models/iris_model/prediction", 404, b"{}"),
     ("GET", "/api/models/nope/metadata", "/api/models/{name}/metadata", 404, None),
     ("GET", "/docs/static/nope.js", "/docs/static/{path}", 404, None),
+    ("GET", "/dashboard/static/nope.js", "/dashboard/static/{path}", 404, None),
 ])
 async def test_errors_come_as_documented(client: httpx.AsyncClient, spec: dict[str, Any], method: str, url: str,
                                          path: str, status: int, body: bytes | None) -> None:
@@ -146,8 +148,8 @@ async def test_errors_come_as_documented(client: httpx.AsyncClient, spec: dict[s
 
 
 async def test_answers_come_as_documented(client: httpx.AsyncClient, spec: dict[str, Any]) -> None:
-    for path in ["/api/models", "/api/health", "/api/health/ready", "/api/health/startup", "/v2", "/v2/health/live",
-                 "/v2/health/ready"]:
+    for path in ["/api/models", "/api/stats", "/api/health", "/api/health/ready", "/api/health/startup", "/v2",
+                 "/v2/health/live", "/v2/health/ready"]:
         response = await client.get(path)
         jsonschema.validate(response.json(), response_schema(spec, path, 200))
     for url, path in [("/api/models/iris_model/metadata", "/api/models/{name}/metadata"),
