@@ -1,6 +1,7 @@
 """/dashboard: a page that draws /api/stats (hostd.stats) once a second. Its HTML, script and style ship
-in this package (the dashboard/ folder): no CDN, no build step. The page is static and holds no data;
-the figures come from /api/stats, under the key's read scope like every /api route."""
+in this package (the dashboard/ folder): no CDN, no build step. The page and its assets are static and
+hold no data, so they are open to all (front._needs); the figures come from /api/stats, under the read
+scope like every /api route: the page sends the key it was given in its URL's fragment or its form."""
 
 from __future__ import annotations
 
@@ -13,6 +14,11 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 ASSETS = Path(__file__).with_name("dashboard")
+PAGE = "/dashboard"
+STATIC = "/dashboard/static"
+#: Only this origin's script, style and requests; the key form never submits (its key would go into a
+#: URL, and the server's logs, if the script failed to take the submit); no framing of the key form.
+POLICY = "default-src 'self'; form-action 'none'; frame-ancestors 'none'"
 
 
 def routes() -> list[Route | Mount]:
@@ -22,9 +28,9 @@ def routes() -> list[Route | Mount]:
     page = (ASSETS / "index.html").read_text().replace("{version}", version)
 
     async def dashboard(request: Request) -> Response:
-        return HTMLResponse(page)
+        return HTMLResponse(page, headers={"Content-Security-Policy": POLICY})
 
     return [
-        Route("/dashboard", dashboard),
-        Mount("/dashboard/static", StaticFiles(directory=ASSETS), name="dashboard-static"),
+        Route(PAGE, dashboard),
+        Mount(STATIC, StaticFiles(directory=ASSETS), name="dashboard-static"),
     ]

@@ -35,7 +35,7 @@ from hostd.clients import Client
 from hostd.dataplane import DataPlane, State, new_request_id
 from hostd.errors import HostdError, NotReady, RateLimited
 from hostd.refusals import HELD_BACK, LONGEST_PAUSE_S
-from hostd_http import rest, spans, v2
+from hostd_http import dashboard, rest, spans, v2
 from hostd_http.connections import (
     CLIENT,
     PRINCIPAL,
@@ -243,6 +243,11 @@ def _needs(path: str, guard: Guard, prediction: tuple[str, str | None] | None) -
         return None if guard.open_to("metrics") else (AuthScope.READ, None)
     if path in ("/", "/docs", "/openapi.json") or path.startswith("/docs/"):
         return None if guard.open_to("docs") else (AuthScope.READ, None)
+    if path == dashboard.PAGE or path.startswith(f"{dashboard.STATIC}/"):
+        # Open to all: the page and its assets are the same static files for everyone, with no data in
+        # them (the figures come from /api/stats, under the read scope), and a browser opening a page sends
+        # no Authorization header. The page sends its key itself, with each request for the figures.
+        return None
     parts = path.split("/")
     if path == "/api/admin/reload":
         return AuthScope.ADMIN, None

@@ -1,5 +1,6 @@
 """/dashboard as a person sees it: headless Chromium loads the page of a real hostd while traffic flows,
-and the numbers it shows are the traffic the test sent.
+and the numbers it shows are the traffic the test sent; with API keys on, the page takes its key from the
+URL's fragment (and no log line holds it) or asks for one.
 
 The screenshot Chromium takes is a test artifact: ``dashboard.png`` in the test's tmp_path, and copied
 into the folder ``$HOSTD_ARTIFACTS`` names, if it is set (CI uploads that folder).
@@ -7,7 +8,9 @@ into the folder ``$HOSTD_ARTIFACTS`` names, if it is set (CI uploads that folder
 
 from __future__ import annotations
 
+import hashlib
 import os
+import secrets
 import shutil
 import threading
 from collections.abc import Iterator
@@ -30,6 +33,7 @@ PLACES = ("data-model", "data-version", "data-transport", "data-code", "data-ser
 VOID = {"br", "hr", "img", "input", "link", "meta"}
 ROWS = list(IRIS_ROWS)  # five iris rows: after its first time each is a cache hit
 OK_HTTP, INVALID_HTTP, OK_WS = 37, 5, 11
+SENT_WITH_A_KEY = 13
 
 
 class Shown(HTMLParser):
@@ -152,3 +156,45 @@ def test_the_dashboard_shows_the_traffic_sent(start_hostd: Start, tmp_path: Path
     assert shown.fields[("echo", "http", "error-rate")] == "0.0%"
     assert int(shown.elements["echo/per-s"]["data-points"]) >= 1
     assert ("echo", "ws", "requests") not in shown.fields  # no row for a transport it was not asked on
+
+
+def test_with_keys_on_the_page_takes_its_key_from_the_fragment_or_asks_for_one(start_hostd: Start,
+                                                                             tmp_path: Path) -> None:
+    keys = {name: f"hostd_{name}-{secrets.token_urlsafe(16)}" for name in ("reader", "predictor")}
+    server = start_hostd({
+        "models": [echo(workers=1)],
+        "auth": {"keys": [{"name": name, "sha256": hashlib.sha256(key.encode()).hexdigest(),
+                           "scopes": ["read" if name == "reader" else "infer"]} for name, key in keys.items()]},
+        "transports": {"http": {"access_log": True}}})
+    with httpx.Client(base_url=server.url, timeout=10,
+                      headers={"Authorization": f"Bearer {keys['predictor']}"}) as http:
+        for x in range(SENT_WITH_A_KEY):
+            assert http.post("/api/models/echo/prediction", json={"x": x}).status_code == 200
+
+    shown = Shown(rendered_dom(f"{server.url}/dashboard#key={keys['reader']}", tmp_path / "chromium-key",
+                               budget_ms=2500))
+    assert shown.elements["status"]["data-state"] == "live"
+    assert "hidden" in shown.elements["key-form"]
+    assert shown.count("echo", "http", "requests") == shown.count("echo", "http", "OK", "count") == SENT_WITH_A_KEY
+
+    # A new browser, so a new session: no key in it.
+    dom = rendered_dom(f"{server.url}/dashboard", tmp_path / "chromium-none", budget_ms=2500)
+    shown = Shown(dom)
+    assert shown.elements["status"]["data-state"] == "error"
+    assert "hidden" not in shown.elements["key-form"] and "An API key is needed." in dom
+    assert shown.fields == {}  # not one number: no model section, no traffic row
+    assert int(shown.elements["body"]["data-polls"]) == 0
+    dom = rendered_dom(f"{server.url}/dashboard#key={keys['predictor']}", tmp_path / "chromium-infer", budget_ms=2500)
+    assert "hidden" not in Shown(dom).elements["key-form"] and "This key lacks the read scope." in dom
+    assert Shown(dom).fields == {}
+
+    assert server.stop() == 0
+    lines = [orjson.loads(line) for line in server.output().splitlines() if line.startswith("{")]
+    access = [line["event"] for line in lines if line.get("logger") == "uvicorn.access"]
+    # No URL logged holds a key: the read key reached /api/stats in a header (its URL has none, and it was
+    # answered), as the access log, which logs every URL, shows.
+    for key in keys.values():
+        assert key not in server.output()
+    assert any('"GET /dashboard HTTP/1.1" 200' in line for line in access), access
+    assert any('"GET /api/stats HTTP/1.1" 200' in line for line in access), access
+    assert any('"GET /api/stats HTTP/1.1" 401' in line for line in access), access

@@ -1,5 +1,6 @@
 """/dashboard and /api/stats in-process (plugins/hostd_http/dashboard.py, rest.py): the page uses only its
-own assets, the stats count what the app answered, and both follow the read scope (hostd.auth)."""
+own assets, the stats count what the app answered; with keys on (hostd.auth) the page and its assets are open
+to all and the stats follow the read scope."""
 
 from __future__ import annotations
 
@@ -93,11 +94,25 @@ async def test_stats_errors_are_in_the_authors_api_format(client: httpx.AsyncCli
     assert set(response.headers["allow"].split(", ")) == {"GET", "HEAD"}
 
 
-@pytest.mark.parametrize("path", ["/dashboard", "/dashboard/static/dashboard.js", "/api/stats"])
-async def test_the_dashboard_needs_the_read_scope(guarded: httpx.AsyncClient, path: str) -> None:
+@pytest.mark.parametrize("path", ["/dashboard", "/dashboard/static/dashboard.js", "/dashboard/static/dashboard.css"])
+async def test_the_page_and_its_assets_are_open_to_all(guarded: httpx.AsyncClient, path: str) -> None:
+    # A browser opening the page sends no key: the page holds no data, and asks for it with the key.
+    response = await guarded.get(path)
+    assert response.status_code == 200 and response.content
+    if path == "/dashboard":
+        assert "form-action 'none'" in response.headers["content-security-policy"]  # a key never goes in a URL
+
+
+@pytest.mark.parametrize("path", ["/dashboards", "/dashboard/stats", "/dashboard/static"])
+async def test_only_the_page_and_its_assets_are_open(guarded: httpx.AsyncClient, path: str) -> None:
     rest_error(await guarded.get(path), 401, "UNAUTHENTICATED")
-    rest_error(await guarded.get(path, headers={"Authorization": f"Bearer {key_of('predictor')}"}), 403, "FORBIDDEN")
-    assert (await guarded.get(path, headers={"Authorization": f"Bearer {key_of('reader')}"})).status_code == 200
+
+
+async def test_stats_need_the_read_scope(guarded: httpx.AsyncClient) -> None:
+    rest_error(await guarded.get("/api/stats"), 401, "UNAUTHENTICATED")
+    rest_error(await guarded.get("/api/stats", headers={"Authorization": f"Bearer {key_of('predictor')}"}),
+               403, "FORBIDDEN")
+    assert (await guarded.get("/api/stats", headers={"Authorization": f"Bearer {key_of('reader')}"})).status_code == 200
 
 
 async def test_stats_show_a_key_only_the_models_it_may_see(guarded: httpx.AsyncClient) -> None:

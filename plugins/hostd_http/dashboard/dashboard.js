@@ -113,12 +113,55 @@ function say(state, text) {
   status.textContent = text;
 }
 
+// The API key, for this tab only (sessionStorage: gone when the tab closes). It comes from the URL's
+// fragment (/dashboard#key=...: a browser never sends a fragment, so no server or proxy logs it) or
+// from the form; /api/stats gets it as a Bearer header. Without keys on, there is none and none is needed.
+const KEY = "hostd.key";
+let timer = null; // the next poll; none while the page waits for a key
+
+function useKey(key) {
+  sessionStorage.setItem(KEY, key);
+  document.getElementById("key-form").hidden = true;
+  say("starting", "connecting\u2026");
+  pollSoon(0);
+}
+
+function takeKeyFromFragment() {
+  const match = /^#key=(.+)$/.exec(location.hash);
+  if (!match) return;
+  history.replaceState(null, "", location.pathname + location.search); // out of the address bar and history
+  let key = match[1];
+  try { key = decodeURIComponent(key); } catch { /* not %-encoded: the key as it is */ }
+  useKey(key);
+}
+
+function askForKey(status, sent) {
+  // The figures shown so far are no longer this key's to see.
+  document.getElementById("models").replaceChildren();
+  document.getElementById("models-loaded").textContent = DASH;
+  const problem = status === 403 ? "This key lacks the read scope." : sent ? "This key is not valid." : "An API key is needed.";
+  document.getElementById("key-problem").textContent = `${problem} A key with the read scope:`;
+  document.getElementById("key-form").hidden = false;
+  say("error", `${status} ${status === 403 ? "forbidden" : "no valid key"}`);
+}
+
+function pollSoon(ms) {
+  clearTimeout(timer); // one poll loop, however many ways it was restarted
+  timer = setTimeout(poll, ms);
+}
+
 async function poll() {
+  const key = sessionStorage.getItem(KEY);
+  const headers = { Accept: "application/json" };
+  if (key) headers.Authorization = `Bearer ${key}`;
   try {
-    const response = await fetch("/api/stats", { headers: { Accept: "application/json" }, cache: "no-store" });
+    const response = await fetch("/api/stats", { headers, cache: "no-store" });
     const body = await response.json();
+    if (response.status === 401 || response.status === 403) {
+      askForKey(response.status, Boolean(key));
+      return; // no more polls until a key comes, from the form or the fragment
+    }
     if (!response.ok) {
-      // 401/403: this page shows what the read scope may see; /api/stats refused the request's key.
       say("error", `${response.status} ${body.type}: ${(body.messages || []).join("; ")}`);
     } else {
       draw(body);
@@ -128,7 +171,15 @@ async function poll() {
   } catch (error) {
     say("error", `hostd does not answer (${error.message}); retrying`);
   }
-  setTimeout(poll, POLL_MS);
+  pollSoon(POLL_MS);
 }
 
-poll();
+document.getElementById("key-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const input = document.getElementById("key");
+  useKey(input.value.trim());
+  input.value = "";
+});
+window.addEventListener("hashchange", takeKeyFromFragment); // a key pasted into the address bar later
+takeKeyFromFragment();
+pollSoon(0);
