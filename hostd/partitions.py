@@ -22,7 +22,6 @@ through the engine's own filesystem layer. Nothing passes through the driver.
 
 from __future__ import annotations
 
-import csv
 import io
 import posixpath
 from collections.abc import Iterator, Sequence
@@ -79,12 +78,8 @@ class _RawReader(io.RawIOBase):
 
 
 def _csv_objects(file: IO[bytes]) -> Iterator[dict[str, Any]]:
-    reader = csv.DictReader(io.TextIOWrapper(file, encoding="utf-8", newline=""))
-    for row, data in enumerate(reader, start=1):
-        if None in data:  # DictReader files surplus cells under None
-            yield {READ_ERROR: f"row {row} has more cells than the header has columns"}
-        else:
-            yield data
+    for _, data in recordfiles.csv_rows(file):
+        yield {READ_ERROR: data} if isinstance(data, str) else data
 
 
 def _parquet_objects(file: IO[bytes]) -> Iterator[dict[str, Any]]:

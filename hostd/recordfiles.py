@@ -10,17 +10,20 @@ carried to the result. A record that cannot be read (a line that is not a JSON o
 from __future__ import annotations
 
 import csv
+import io
 import itertools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePath
-from typing import Any, Protocol, TypeVar
+from typing import IO, Any, Protocol, TypeVar
 
 import orjson
 
 from hostd.errors import HostdError, InvalidInput
 
 FORMATS = ("jsonl", "csv", "parquet")
+CSV_CELL_CHARS = 16 << 20  # Python's csv stops at 128 KB a cell; a long text or a big image as JSON is more
+csv.field_size_limit(CSV_CELL_CHARS)
 EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet",
               ".pq": "parquet"}
 ERROR_COLUMNS = ["row", "id", "code", "message"]
@@ -126,12 +129,55 @@ def _jsonl_record(row: int, line: bytes) -> dict[str, Any]:
 
 
 def _read_csv(path: Path) -> Iterator[dict[str, Any]]:
-    with path.open(newline="") as handle:
-        for row, data in enumerate(csv.DictReader(handle), start=1):
-            if None in data:  # DictReader files surplus cells under None
-                yield failure(row, InvalidInput(f"row {row} has more cells than the header has columns"))
-                continue
-            yield record(row, {key: cell(value) for key, value in data.items()})
+    with path.open("rb") as handle:
+        for row, data in csv_rows(handle):
+            if isinstance(data, str):
+                yield failure(row, InvalidInput(data))
+            else:
+                yield record(row, {key: cell(value) for key, value in data.items()})
+
+
+def csv_rows(file: IO[bytes]) -> Iterator[tuple[int, dict[str, str] | str]]:
+    """Each CSV record of ``file``, numbered from 1: its cells by column, or why it cannot be read (more
+    cells than the header has columns, a cell over CSV_CELL_CHARS, text that is not UTF-8). A byte order
+    mark is not part of the first column's name (Excel writes one)."""
+    # surrogateescape: a byte that is not UTF-8 fails its own row (below), not the whole file.
+    text = io.TextIOWrapper(file, encoding="utf-8-sig", errors="surrogateescape", newline="")
+    try:
+        yield from _csv_rows(csv.DictReader(text))
+    finally:
+        text.detach()  # ``file`` stays its opener's to close
+
+
+def _csv_rows(reader: csv.DictReader[str]) -> Iterator[tuple[int, dict[str, str] | str]]:
+    row = 0
+    while True:
+        try:
+            data = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:  # a cell over the limit, a NUL byte: this record only
+            row += 1
+            yield row, f"row {row} cannot be read as CSV: {exc}"
+            continue
+        row += 1
+        if None in data:  # DictReader files surplus cells under None
+            yield row, f"row {row} has more cells than the header has columns"
+        elif not all(_utf8(key) and _utf8(value) for key, value in data.items()):
+            yield row, f"row {row} is not UTF-8 text"
+        else:
+            yield row, data
+
+
+def _utf8(text: str | None) -> bool:
+    """``text`` was decoded from UTF-8 without an escaped byte (see csv_rows)."""
+    if text is None or text.isascii():
+        return True
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def cell(value: str | None) -> Any:
@@ -236,7 +282,11 @@ class ParquetWriter:
         table = self._pa.Table.from_pylist(self._rows) if self._rows else self._pa.table(
             {column: self._pa.array([], self._pa.string()) for column in self._columns})
         if self._writer is None:
-            self._writer = self._pq.ParquetWriter(self._path, table.schema)
+            # A column with no value in the first group (no row had an id yet) would be typed null, and a
+            # later group's values could not be written to it: such a column is a string column.
+            schema = self._pa.schema([field.with_type(self._pa.string()) if self._pa.types.is_null(field.type)
+                                      else field for field in table.schema])
+            self._writer = self._pq.ParquetWriter(self._path, schema)
         self._writer.write_table(table.cast(self._writer.schema))
         self._rows = []
 

@@ -61,6 +61,29 @@ def test_csv_payloads_read_cells_as_the_local_engine_does(tmp_path: Path) -> Non
     assert "more cells than the header" in payload_records(path, "csv", 2)[2]["error"]["message"]
 
 
+def test_a_csv_row_that_cannot_be_read_fails_alone_on_every_reader(tmp_path: Path) -> None:
+    """Excel's byte order mark, a cell over Python's 128 KB default, a byte that is not UTF-8: the local
+    engine printed a traceback for the last two, and every row failed for the first."""
+    path = tmp_path / "in.csv"
+    big = "y" * 200_000
+    path.write_bytes(b"\xef\xbb\xbfid,x,text\n" + b"a,1,ok\n" + f"b,2,{big}\n".encode() + b"c,3,caf\xe9\n"
+                     + b"d,4,fine\n")
+    local = local_records(path, "csv")
+    assert payload_records(path, "csv", 2) == local
+    assert [(item["row"], item["id"]) for item in local if "error" not in item] == [(1, "a"), (2, "b"), (4, "d")]
+    assert local[1]["data"] == {"x": "2", "text": big}
+    assert local[2]["error"]["message"] == "row 3 is not UTF-8 text"
+
+
+def test_a_parquet_file_whose_first_group_has_no_ids_takes_later_ones(tmp_path: Path) -> None:
+    writer = recordfiles.open_writer(tmp_path / "errors.parquet", "parquet", ["row", "id", "code"])
+    writer.write_many([{"row": row, "id": None, "code": "INVALID_INPUT"} for row in range(1, 8193)])
+    writer.write_many([{"row": 8193, "id": "late", "code": "INVALID_INPUT"}])
+    writer.close()
+    ids = pq.read_table(tmp_path / "errors.parquet").column("id").to_pylist()
+    assert (len(ids), ids[0], ids[-1]) == (8193, None, "late")
+
+
 def test_csv_rows_from_another_reader_are_decoded_the_same(tmp_path: Path) -> None:
     """Spark's own CSV reader hands over each row as a JSON object of strings (nulls for empty cells)."""
     made = records([1, 2], [b'{"id": "a", "x": "1.5", "image": "[[1, 2]]"}', b'{"id": null, "x": "2"}'], "csv")

@@ -13,11 +13,13 @@ so the same pipeline runs on a cluster: every option after `--` is a Beam pipeli
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 from hostd.offline import BatchJob, Committed
-from hostd.partitions import SUCCESS, PartitionScorer, join, read_payloads
+from hostd.partitions import SUCCESS, PartitionScorer, join, read_payloads, shown
 
 # Importing Beam logs "apitools not found" on the root logger (GCP extras we do not use).
 _previous = logging.root.manager.disable
@@ -82,6 +84,11 @@ class ScorePartitions(beam.DoFn):  # type: ignore[misc]
 
 
 def write(job: BatchJob) -> Committed:
+    for location in (job.input, job.output, job.errors):
+        if urlsplit(location).password is not None:  # Beam's S3 layer logs its URL in every retry
+            raise SystemExit(f"hostd batch: Beam does not take credentials in a URL ({shown(location)}): give them "
+                             "as AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or after -- as --s3_access_key_id and "
+                             "--s3_secret_access_key")
     options = PipelineOptions(pipeline_args(job))
     # "No shards found to finalize": what an output of no rows (skip_if_empty) rightly has.
     logging.getLogger("apache_beam.io.filebasedsink").setLevel(logging.ERROR)
@@ -91,7 +98,7 @@ def write(job: BatchJob) -> Committed:
     driver = PartitionScorer(str(job.config), job.model, job.version, job.input_format, job.output_format)
     pipeline = beam.Pipeline(options=options)
     scored = (pipeline
-              | "Match" >> fileio.MatchFiles(job.input)
+              | "Match" >> fileio.MatchFiles(_pattern(job.input))
               | "Open" >> fileio.ReadMatches()
               | "Read" >> beam.ParDo(ReadPayloads(job.input_format, job.chunk_size))
               | "Spread" >> beam.Reshuffle()  # one file is read in one place; its chunks are scored everywhere
@@ -107,6 +114,12 @@ def write(job: BatchJob) -> Committed:
     for location in (job.errors, job.output):  # the predictions' marker last: it says the whole job is there
         _commit(location, committed)
     return committed
+
+
+def _pattern(location: str) -> str:
+    """What MatchFiles takes for ``location``: the file itself where one has that name (``g[1].jsonl``
+    matched ``g1.jsonl``), else the glob it is (``s3://bucket/day=*/part-*.jsonl``)."""
+    return re.sub(r"([*?[])", r"[\1]", location) if FileSystems.exists(location) else location
 
 
 def _commit(location: str, committed: Committed) -> None:

@@ -273,6 +273,27 @@ def test_empty_input(tmp_path: Path, engine: str, fmt: str) -> None:
     assert read_results(output, errors_of(engine, output)) == ([], [])
 
 
+def test_beam_reads_a_file_named_like_a_pattern_as_that_file(tmp_path: Path) -> None:
+    """``g[1].jsonl`` is that file where it exists (Beam's MatchFiles read ``g1.jsonl``)."""
+    row = b'{"id": "%s", "sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}\n'
+    (tmp_path / "g[1].jsonl").write_bytes(row % b"bracketed")
+    (tmp_path / "g1.jsonl").write_bytes(row % b"other" * 3)
+    output = tmp_path / "out.jsonl"
+    run = run_on("beam", "iris_model", tmp_path / "g[1].jsonl", output)
+    assert run.returncode == 0, run.stderr
+    predictions, _ = read_results(output, errors_of("beam", output))
+    assert [row["id"] for row in predictions] == ["bracketed"]
+
+
+def test_beam_refuses_credentials_in_a_url_and_never_shows_them(tmp_path: Path) -> None:
+    source = tmp_path / "in.jsonl"
+    source.write_text("")
+    run = batch("iris_model", source, "s3://AKIDEXAMPLE:hunter2secret@bucket/out.jsonl",  # type: ignore[arg-type]
+                *options("beam"))
+    assert run.returncode != 0
+    assert "does not take credentials in a URL" in run.stderr and "hunter2secret" not in run.stderr + run.stdout
+
+
 NOT_GZIP = b'{"id": "x", "sepal_length": 5.1}\n' * 10  # JSONL, in a file whose name says gzip
 
 
