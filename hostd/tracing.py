@@ -149,6 +149,8 @@ def serve(name: str, transport: str, carrier: Mapping[str, Any] | None = None, *
 def _serve(name: str, transport: str, carrier: Mapping[str, Any] | None, kind: str,
            attributes: dict[str, Any]) -> Iterator[Span | None]:
     span = begin(name, transport, carrier, kind=kind, **attributes)
+    assert span is not None
+    span.set_attribute("hostd.code", "OK")  # unless an error is its outcome (below, or ``outcome`` inside)
     try:
         with current(span):
             yield span

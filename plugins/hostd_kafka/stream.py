@@ -95,11 +95,23 @@ class Stream:
         return True
 
     async def answer(self, records: list[ConsumerRecord[bytes, bytes]]) -> list[Output]:
-        """One output per record, in record order; predictions grouped per model into batch calls."""
-        outputs: list[Output | None] = [None] * len(records)
-        groups: dict[tuple[str, str | None, bool], list[tuple[int, envelope.Call]]] = defaultdict(list)
+        """One output per record (none for a label taken), in record order; predictions grouped per model
+        into batch calls."""
         # Each record's span (hostd.tracing), continued from its traceparent header; None when tracing is off.
         spans = [_begin_span(record) for record in records] if tracing.enabled() else [None] * len(records)
+        try:
+            answered = await self._answer(records, spans)
+        except BaseException as exc:  # draining (NotReady): the batch goes to the next consumer, its spans end
+            for span in spans:
+                tracing.end(span, getattr(getattr(exc, "code", None), "value", "CANCELLED"))
+            raise
+        if tracing.enabled():
+            return _traced(answered, spans, self.settings.dead_letter_topic)
+        return [output for output in answered if output is not None]
+
+    async def _answer(self, records: list[ConsumerRecord[bytes, bytes]], spans: list[Any]) -> list[Output | None]:
+        outputs: list[Output | None] = [None] * len(records)
+        groups: dict[tuple[str, str | None, bool], list[tuple[int, envelope.Call]]] = defaultdict(list)
         for index, record in enumerate(records):
             request: dict[str, Any] = {}
             try:
@@ -125,9 +137,7 @@ class Stream:
                                                             request_ids=[call.request_id for _, call in calls])
             for (index, call), result in zip(calls, results, strict=True):
                 outputs[index] = self.outcome(records[index], call, result)
-        if tracing.enabled():
-            return _traced(outputs, spans, self.settings.dead_letter_topic)
-        return [output for output in outputs if output is not None]
+        return outputs
 
     def outcome(self, record: ConsumerRecord[bytes, bytes], call: envelope.Call,
                 result: Prediction | HostdError) -> Output:
