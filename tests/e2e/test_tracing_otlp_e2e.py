@@ -38,7 +38,7 @@ class Collector:
         collector = self
 
         class Receive(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["content-length"]))
                 collector.content_types.add(self.headers["content-type"])
                 request = ExportTraceServiceRequest.FromString(body)
