@@ -42,7 +42,8 @@ def main() -> None:
     unknown = set(only) - set(TRANSPORTS)
     if unknown:
         raise SystemExit(f"unknown --only {', '.join(sorted(unknown))}; choose from {', '.join(TRANSPORTS)}")
-    needs = {"wrk": {"http", "hypercorn", "overload", "memory", "workers", "lifecycle", "security", "capture", "tracing"},
+    needs = {"wrk": {"http", "hypercorn", "overload", "memory", "workers", "lifecycle", "security", "capture",
+                     "tracing"},
              "h2load": {"grpc", "security"}}
     for tool, used_by in needs.items():
         if used_by & set(only) and not shutil.which(tool):

@@ -1,6 +1,6 @@
 """What tracing costs on the HTTP path (issue 20): iris through the author API from 16 connections, hostd with
-tracing off (the default), on with nothing sampled (every request still asks the sampler), and on with every
-request sampled and exported over OTLP/HTTP to a collector on this machine. Every hostd is up at once and
+tracing off (the default), on with nothing sampled (every request still asks the sampler), with a tenth and with
+every request sampled and exported over OTLP/HTTP to a collector on this machine. Every hostd is up at once and
 they take turns, twice, so a drift of the machine hits them all; each figure is the better of its two runs.
 
 The collector takes each export and answers it without decoding it: what is measured is hostd's cost (spans
@@ -33,6 +33,7 @@ def tracing(seconds: int, workdir: Path) -> dict[str, Any]:
         variants: dict[str, dict[str, Any] | None] = {
             "off": None,
             "on, sample 0": {"exporter": "otlp", "endpoint": endpoint, "sample_ratio": 0.0},
+            "on, sample 0.1 (OTLP)": {"exporter": "otlp", "endpoint": endpoint, "sample_ratio": 0.1},
             "on, sample 1 (OTLP)": {"exporter": "otlp", "endpoint": endpoint, "sample_ratio": 1.0},
         }
         ports = {name: free_port() for name in variants}
@@ -58,7 +59,7 @@ def _collector(exported: dict[str, int]) -> Iterator[str]:
     """An OTLP/HTTP endpoint that takes every export and throws it away, counting them."""
 
     class Take(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        def do_POST(self) -> None:
             size = int(self.headers["content-length"])
             self.rfile.read(size)
             exported["requests"] += 1

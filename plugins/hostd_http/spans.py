@@ -44,6 +44,14 @@ async def traced(app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> No
                if key in (b"traceparent", b"tracestate")}
     method = scope["method"]
     route = route_of(scope["path"])
+    span = tracing.begin(f"{method} {route}", "http", carrier, **{
+        "http.request.method": method, "http.route": route, "url.path": scope["path"]})
+    scope[SPAN] = span
+    if span is None or not span.is_recording():  # not sampled: only the trace's context goes on
+        with tracing.current(span):
+            await app(scope, receive, send)
+        tracing.end(span)
+        return
     status: dict[str, Any] = {}
 
     async def send_noting_status(message: Message) -> None:
@@ -51,17 +59,17 @@ async def traced(app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> No
             status["code"] = message["status"]
         await send(message)
 
-    with tracing.serve(f"{method} {route}", "http", carrier, **{
-            "http.request.method": method, "http.route": route, "url.path": scope["path"]}) as span:
-        scope[SPAN] = span
-        await app(scope, receive, send_noting_status)
+    try:
+        with tracing.current(span):
+            await app(scope, receive, send_noting_status)
+    finally:
         code = status.get("code", 500)
-        if code == 404 and span is not None and "endpoint" not in scope:
+        if code == 404 and "endpoint" not in scope and route == scope["path"]:
             # No route took it: its path is whatever the client sent, so it does not name the span (a
             # scanner's thousand paths would be a thousand span names).
             span.update_name(method)
             span.set_attribute("http.route", "")
-        tracing.outcome(span, "OK" if code < 400 else str(code), **{
+        tracing.end(span, "OK" if code < 400 else str(code), **{
             "http.response.status_code": code, "hostd.request_id": scope.get(REQUEST_ID)})
 
 

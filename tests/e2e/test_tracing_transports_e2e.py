@@ -559,3 +559,17 @@ def test_the_cache_lookup_is_a_step_and_a_hit_skips_the_model(traced: Traced) ->
     [lookup] = steps["hostd.cache_lookup"]
     assert attrs(lookup)["hostd.cache.hits"] == 1
     assert "hostd.model" not in steps, "a hit is answered without the model"
+
+
+def test_a_path_no_route_takes_does_not_name_its_span(traced: Traced) -> None:
+    """A scanner's random paths would each be a span name: the span of a 404 no route took is named by its
+    method alone; a route's own 404 (an unknown model) keeps the route's name, with placeholders."""
+    unrouted, unknown = Caller.new(), Caller.new()
+    assert httpx.get(f"{traced.url}/wp-admin/{secrets.token_hex(8)}", timeout=10,
+                     headers={"traceparent": unrouted.traceparent}).status_code == 404
+    assert httpx.post(f"{traced.url}/api/models/{secrets.token_hex(8)}/prediction", json={}, timeout=10,
+                      headers={"traceparent": unknown.traceparent}).status_code == 404
+    [scanned] = [span for span in wait_for_spans(traced.exporter, unrouted.trace_id) if span.kind is SpanKind.SERVER]
+    assert (scanned.name, attrs(scanned)["hostd.code"], attrs(scanned)["http.route"]) == ("GET", "404", "")
+    [named] = [span for span in wait_for_spans(traced.exporter, unknown.trace_id) if span.kind is SpanKind.SERVER]
+    assert named.name == "POST /api/models/{name}/prediction"
