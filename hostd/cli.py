@@ -17,9 +17,10 @@ import click
 import orjson
 
 from hostd import __version__, plugins, recordfiles
+from hostd.configfile import load_settings
 from hostd.errors import ConfigError, ConfigErrors, HostdError, ModelLoadError, ModelNotFound, StartupError, innermost
 from hostd.observability import configure_logging
-from hostd.settings import HostSettings, load_settings
+from hostd.settings import HostSettings
 
 config_argument = click.argument("config", type=click.Path(dir_okay=False, path_type=Path), envvar="HOSTD_CONFIG")
 
@@ -89,7 +90,7 @@ def serve_command(target: str, name: str | None, host: str, port: int, transport
     import yaml
 
     from hostd import serve
-    from hostd.settings import parse_settings
+    from hostd.configfile import parse_settings
 
     pm = click.get_current_context().find_root().obj or plugins.plugin_manager()
     sections = serve.config(target, name=name, host=host, port=port, trust=trust,

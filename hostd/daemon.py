@@ -21,6 +21,7 @@ from anyio.abc import TaskStatus
 from hostd import plugins, tracing
 from hostd.auth import Guard
 from hostd.capture import Capture
+from hostd.configfile import load_settings
 from hostd.dataplane import DataPlane
 from hostd.errors import HostdError, StartupError, innermost
 from hostd.feedback import Feedback
@@ -28,7 +29,7 @@ from hostd.logsinks import make_sink
 from hostd.observability import Metrics
 from hostd.predictionlog import PredictionLog
 from hostd.repository import ModelRepository
-from hostd.settings import HostSettings, load_settings
+from hostd.settings import HostSettings
 from hostd.transports import Shutdown, Transport, TransportContext
 
 log = structlog.get_logger("hostd.daemon")

@@ -92,8 +92,7 @@ class DataPlane:
         schema = served.model.input_schema
         if any(type(row) is not schema for unit in units for row in unit):  # the shadow's schema is its own
             units = [kernel.validate_all(served.name, schema, [row.model_dump() for row in unit]) for unit in units]
-        outcomes = await self._execute(served, units, served.settings.timeout_ms / 1000, None)
-        return await off_loop_if(sum(len(unit) for unit in units) >= OFF_LOOP_ROWS, _dump_all, served, outcomes)
+        return await self._run(served, units, served.settings.timeout_ms / 1000, None)
 
     def admin(self) -> ModelRepository:
         """The repository, for a call that changes what is served; FORBIDDEN unless admin is enabled."""
@@ -281,7 +280,8 @@ class DataPlane:
     async def _run(self, served: ServedModel, units: list[list[Any]], timeout: float,
                    client: Client | None) -> list[list[dict[str, Any]] | HostdError]:
         outcomes = await self._execute(served, units, timeout, client)
-        return await off_loop_if(sum(len(unit) for unit in units) >= OFF_LOOP_ROWS, _dump_all, served, outcomes)
+        return await off_loop_if(sum(len(unit) for unit in units) >= OFF_LOOP_ROWS, kernel.dump_outcomes, served.name,
+                                 served.model.output_schema, outcomes)
 
     async def _through_cache(self, cache: PredictionCache, served: ServedModel, units: list[list[Any]],
                              timeout: float, client: Client | None, look: bool,
@@ -403,16 +403,3 @@ def _overloaded(served: ServedModel, client: Client | None) -> Overloaded | None
             return Overloaded(f"this client already has {share} requests pending for model '{served.name}' "
                               f"(max_pending_per_client: {share}); wait for their answers before sending more")
     return None
-
-
-def _dump_all(served: ServedModel, outcomes: list[kernel.Outcome]) -> list[list[dict[str, Any]] | HostdError]:
-    return [_dump(served, outcome) for outcome in outcomes]
-
-
-def _dump(served: ServedModel, outcome: kernel.Outcome) -> list[dict[str, Any]] | HostdError:
-    if isinstance(outcome, HostdError):
-        return outcome
-    try:
-        return [kernel.dump_output(served.name, served.model.output_schema, output) for output in outcome]
-    except ModelError as exc:
-        return exc

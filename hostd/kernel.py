@@ -167,6 +167,20 @@ def dump_output(model: str, schema: type[BaseModel], output: Any) -> dict[str, A
                          f"{exc.errors(include_url=False)[0]['msg']}") from None
 
 
+def dump_outcomes(model: str, schema: type[BaseModel],
+                  outcomes: list[Outcome]) -> list[list[dict[str, Any]] | HostdError]:
+    """Each unit's outputs as ``dump_output`` gives them, or its error (the unit's own, or the ModelError
+    of an output that does not match ``schema``)."""
+    return [outcome if isinstance(outcome, HostdError) else _dump_unit(model, schema, outcome) for outcome in outcomes]
+
+
+def _dump_unit(model: str, schema: type[BaseModel], outputs: list[Any]) -> list[dict[str, Any]] | HostdError:
+    try:
+        return [dump_output(model, schema, output) for output in outputs]
+    except ModelError as exc:
+        return exc
+
+
 def dump_outputs(model: str, schema: type[BaseModel], outputs: list[Any]) -> list[dict[str, Any] | ModelError]:
     """Each output as ``dump_output`` gives it, or the ModelError that says why not. Outputs that
     are all instances of ``schema`` itself (what a model returns) are dumped in one pydantic-core

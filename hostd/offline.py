@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from hostd import kernel, recordfiles
+from hostd.configfile import load_settings
 from hostd.errors import HostdError, ModelNotFound
 from hostd.registry import Registry, ServedModel
-from hostd.settings import load_settings
 
 T = TypeVar("T")
 

@@ -14,7 +14,7 @@ import anyio
 from anyio.abc import TaskStatus
 from pydantic import BaseModel
 
-from hostd.settings import ENV_PREFIX
+from hostd.configfile import ENV_PREFIX
 
 if TYPE_CHECKING:
     from hostd.dataplane import DataPlane

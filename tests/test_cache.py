@@ -9,11 +9,12 @@ import pytest
 
 from hostd import cache as cache_module
 from hostd.cache import ENTRY_OVERHEAD, MemoryCache, row_keys
+from hostd.configfile import parse_settings
 from hostd.dataplane import DataPlane
 from hostd.errors import ConfigError, InvalidInput
 from hostd.observability import Metrics
 from hostd.registry import Registry
-from hostd.settings import CacheSettings, HostSettings, parse_settings
+from hostd.settings import CacheSettings, HostSettings
 from tests.support.toy import EchoInput
 
 pytestmark = pytest.mark.anyio

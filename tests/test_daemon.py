@@ -17,11 +17,12 @@ from anyio.abc import TaskStatus
 from pydantic import BaseModel, ConfigDict
 
 from hostd import daemon, plugins
+from hostd.configfile import parse_settings
 from hostd.dataplane import DataPlane, Prediction
 from hostd.errors import NotReady, StartupError
 from hostd.hookspecs import RegisterTransport, hookimpl
 from hostd.registry import Registry
-from hostd.settings import HostSettings, parse_settings
+from hostd.settings import HostSettings
 from hostd.transports import CannotListen, Shutdown, Transport, TransportContext
 from tests.support.toy_extra import ClosableEcho
 
@@ -204,8 +205,8 @@ def test_a_transport_exposed_without_keys_or_encryption_is_a_warning() -> None:
     from hostd_zmq.plugin import ZmqSettings
     from structlog.testing import capture_logs
 
+    from hostd.configfile import parse_settings
     from hostd.daemon import _warn_if_exposed
-    from hostd.settings import parse_settings
 
     text = """
 models: [{class_path: tests.support.toy:EchoModel}]

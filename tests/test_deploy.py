@@ -14,10 +14,11 @@ import yaml
 from hostd_http.app import create_app
 
 from hostd import plugins
+from hostd.configfile import load_settings, parse_settings
 from hostd.dataplane import DataPlane
 from hostd.observability import Metrics
 from hostd.registry import Registry
-from hostd.settings import HostSettings, load_settings, parse_settings
+from hostd.settings import HostSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 PORTS = {"http": 8080, "grpc": 8081, "ws": 8765, "zmq": 5555, "zerorpc": 4242}

@@ -10,12 +10,13 @@ import anyio
 import pytest
 
 from hostd.capture import Capture
+from hostd.configfile import parse_settings
 from hostd.dataplane import DataPlane
 from hostd.errors import ConfigError, Forbidden, InvalidInput, ModelNotFound
 from hostd.feedback import Feedback, Target, target_of
 from hostd.observability import Metrics
 from hostd.registry import Registry
-from hostd.settings import FeedbackSettings, HostSettings, ModelFeedbackSettings, parse_settings
+from hostd.settings import FeedbackSettings, HostSettings, ModelFeedbackSettings
 from tests.support.toy import EchoOutput
 
 pytestmark = pytest.mark.anyio

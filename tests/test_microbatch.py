@@ -13,10 +13,10 @@ from typing import Any
 import anyio
 import pytest
 
+from hostd.configfile import parse_settings
 from hostd.dataplane import DataPlane
 from hostd.errors import ModelError, Timeout
 from hostd.registry import Registry
-from hostd.settings import parse_settings
 
 pytestmark = pytest.mark.anyio
 

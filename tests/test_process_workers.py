@@ -25,11 +25,11 @@ import pytest
 from pydantic import BaseModel
 
 from hostd import MLModel
+from hostd.configfile import parse_settings
 from hostd.dataplane import DataPlane
 from hostd.errors import ModelError, ModelLoadError
 from hostd.process_workers import ProcessWorkers
 from hostd.registry import Registry
-from hostd.settings import parse_settings
 from tests.conftest import HostdProcess
 
 pytestmark = pytest.mark.anyio

@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 import yaml
 
+from hostd.configfile import parse_settings
 from hostd.errors import ConfigError, ConfigErrors, ModelLoadError, ModelNotFound
 from hostd.registry import Registry
-from hostd.settings import parse_settings
 from tests.support.toy import EchoInput, EchoModel
 from tests.support.toy_extra import ClosableEcho, CloseFails, MLBaseEcho
 

@@ -12,10 +12,11 @@ import anyio
 import pytest
 import yaml
 
+from hostd.configfile import load_settings
 from hostd.dataplane import DataPlane
 from hostd.errors import Forbidden, LoadFailed, ModelNotFound
 from hostd.repository import ModelRepository
-from hostd.settings import HostSettings, load_settings
+from hostd.settings import HostSettings
 from tests.support import toy
 
 pytestmark = pytest.mark.anyio

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel, ConfigDict
 
+from hostd.configfile import load_settings, parse_settings
 from hostd.errors import ConfigError
-from hostd.settings import HostSettings, load_settings, parse_settings
+from hostd.settings import HostSettings
 
 ECHO = "tests.support.toy:EchoModel"
 

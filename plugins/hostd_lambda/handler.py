@@ -25,12 +25,12 @@ from starlette.routing import Route
 
 from hostd import plugins, tracing
 from hostd.capture import Capture
+from hostd.configfile import load_settings
 from hostd.dataplane import DataPlane
 from hostd.errors import ConfigError, NotReady, StartupError, describe
 from hostd.feedback import Feedback
 from hostd.observability import Metrics, configure_logging
 from hostd.registry import Registry
-from hostd.settings import load_settings
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider

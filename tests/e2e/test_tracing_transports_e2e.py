@@ -41,7 +41,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from websockets.sync.client import connect as ws_connect
 
 from hostd import daemon, plugins, tracing
-from hostd.settings import load_settings
+from hostd.configfile import load_settings
 from tests.conftest import PORT_ATTEMPTS, PORT_TAKEN, ROOT, with_free_ports
 from tests.e2e.brokers import Reader, Redis, Tansu, Topics, finished, request, tansu_service
 from tests.serverless.events import Context, event, reply

@@ -15,12 +15,13 @@ from sklearn.datasets import load_diabetes, load_iris
 from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.svm import LinearSVC
 
+from hostd.configfile import parse_settings
 from hostd.errors import ConfigError, ModelLoadError
 from hostd.loading import load_model
 from hostd.model import check_model, is_deterministic
 from hostd.runtimes.artifact import ArtifactError, file_sha256
 from hostd.runtimes.sklearn import SklearnModel
-from hostd.settings import ModelSettings, parse_settings
+from hostd.settings import ModelSettings
 
 IRIS_FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 
