@@ -89,7 +89,7 @@ def _parquet_objects(file: IO[bytes]) -> Iterator[dict[str, Any]]:
     if not (hasattr(file, "seekable") and file.seekable()):  # a stream: Parquet's footer is at the end
         file = pa.BufferReader(file.read())
     for batch in pq.ParquetFile(file).iter_batches(batch_size=4096):
-        yield from batch.to_pylist()
+        yield from recordfiles.json_ready(batch).to_pylist()
 
 
 def records(rows: Sequence[int], payloads: Sequence[bytes | str], fmt: str) -> list[dict[str, Any]]:

@@ -9,6 +9,7 @@ carried to the result. A record that cannot be read (a line that is not a JSON o
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 import itertools
@@ -195,9 +196,36 @@ def _read_parquet(path: Path) -> Iterator[dict[str, Any]]:
     pq = _pyarrow_parquet()
     row = 0
     for batch in pq.ParquetFile(path).iter_batches(batch_size=4096):
-        for data in batch.to_pylist():
+        for data in json_ready(batch).to_pylist():
             row += 1
             yield record(row, data)
+
+
+def json_ready(batch: Any) -> Any:
+    """An Arrow record batch whose values JSON can carry, as every engine hands them to the model: decimal
+    columns as float64, binary as text (base64 for a column with a value that is not UTF-8), durations as
+    float seconds. Cast a column at a time in Arrow: nothing is done per value."""
+    pa, pc = _pyarrow(), __import__("pyarrow.compute").compute
+    columns = []
+    for column in batch.columns:
+        kind = column.type
+        if pa.types.is_decimal(kind):
+            column = column.cast(pa.float64())
+        elif pa.types.is_binary(kind) or pa.types.is_large_binary(kind) or pa.types.is_fixed_size_binary(kind):
+            column = _text(pa, column)
+        elif pa.types.is_duration(kind):
+            per_second = {"s": 1, "ms": 1e3, "us": 1e6, "ns": 1e9}[kind.unit]
+            column = pc.divide(column.cast(pa.int64()).cast(pa.float64()), per_second)
+        columns.append(column)
+    return pa.RecordBatch.from_arrays(columns, names=batch.schema.names)
+
+
+def _text(pa: Any, column: Any) -> Any:
+    binary = column.cast(pa.binary())
+    try:
+        return binary.cast(pa.string())  # checks that every value is UTF-8
+    except pa.ArrowInvalid:
+        return pa.array([None if value is None else base64.b64encode(value).decode() for value in binary.to_pylist()])
 
 
 class Writer(Protocol):

@@ -75,6 +75,23 @@ def test_a_csv_row_that_cannot_be_read_fails_alone_on_every_reader(tmp_path: Pat
     assert local[2]["error"]["message"] == "row 3 is not UTF-8 text"
 
 
+def test_parquet_values_json_cannot_carry_reach_every_engine_the_same(tmp_path: Path) -> None:
+    """Decimal, binary and duration columns: the payload engines (JSON text) failed the whole job on them."""
+    from datetime import timedelta
+    from decimal import Decimal
+    path = tmp_path / "in.parquet"
+    pq.write_table(pa.table({
+        "id": pa.array([b"a", b"b"], pa.binary()),
+        "x": pa.array([Decimal("1.25"), None], pa.decimal128(5, 2)),
+        "blob": pa.array([b"\xff\x00", b"ok"], pa.binary()),
+        "wait": pa.array([timedelta(milliseconds=1500), timedelta(0)], pa.duration("ms")),
+    }), path)
+    local = local_records(path, "parquet")
+    assert payload_records(path, "parquet", 1) == local
+    assert local == [{"row": 1, "id": "a", "data": {"x": 1.25, "blob": "/wA=", "wait": 1.5}},
+                     {"row": 2, "id": "b", "data": {"x": None, "blob": "b2s=", "wait": 0.0}}]
+
+
 def test_a_parquet_file_whose_first_group_has_no_ids_takes_later_ones(tmp_path: Path) -> None:
     writer = recordfiles.open_writer(tmp_path / "errors.parquet", "parquet", ["row", "id", "code"])
     writer.write_many([{"row": row, "id": None, "code": "INVALID_INPUT"} for row in range(1, 8193)])
