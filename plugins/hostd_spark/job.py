@@ -1,8 +1,9 @@
 """The `spark` batch engine: read with Spark's own readers, score each partition in Arrow batches with
 the model loaded once per Python worker, write with Spark's own writers.
 
-    input (text | csv | parquet) -> rows numbered -> mapInArrow(PartitionScorer) -> persisted scored table
-        -> errors written, then predictions written (Spark's committer writes _SUCCESS last) -> counts
+    input (text | a CSV file per task | parquet) -> rows numbered -> mapInArrow(PartitionScorer)
+        -> persisted scored table -> errors written, then predictions written (Spark's committer writes
+        _SUCCESS last) -> counts
 
 Everything after `--` configures the session as spark-submit would: ``--master spark://host:7077``,
 ``--conf key=value`` (repeatable), ``--name``, ``--jars``. Without ``--master`` the job runs on
@@ -12,6 +13,7 @@ Everything after `--` configures the session as spark-submit would: ``--master s
 from __future__ import annotations
 
 import functools
+import io
 import os
 import posixpath
 import sys
@@ -25,7 +27,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from hostd.offline import BatchJob, Committed
-from hostd.partitions import SUCCESS, PartitionScorer, join, path_of, shown
+from hostd.partitions import SUCCESS, PartitionScorer, join, path_of, read_payloads, shown
 
 # pyspark warns (when a job starts) that it "does not yet fully support pandas >= 3": this job uses no pandas.
 warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas", category=FutureWarning)
@@ -33,6 +35,7 @@ warnings.filterwarnings("ignore", message="PySpark does not yet fully support pa
 #: monotonically_increasing_id() puts the partition's index above bit 33 and the row's place in the
 #: partition below it: with the rows per partition counted, rows are numbered in file order.
 _PARTITION_SHIFT = 33
+CSV_CHUNK = 4096  # CSV records per Arrow batch a task hands on
 
 _scorers: dict[tuple[str, ...], PartitionScorer] = {}  # per Python worker (Spark reuses its workers)
 
@@ -104,10 +107,11 @@ def numbered(spark: SparkSession, job: BatchJob) -> DataFrame:
         # As bytes: a line that is not UTF-8 is its row's error, as on the other engines, not the job's.
         frame = lines.filter(~F.col("value").rlike(r"^\s*$")).select(F.col("value").cast("binary").alias("payload"))
     elif job.input_format == "csv":
-        table = spark.read.option("header", True).option("inferSchema", False).csv(job.input)
-        # Spark reads an empty cell as null; Python's csv module, so the local engine, as "".
-        frame = table.select(_as_json([F.coalesce(F.col(f"`{name}`"), F.lit("")).alias(name)
-                                       for name in table.columns]).alias("payload"))
+        # Not Spark's CSV reader: it parses otherwise than every other engine (a bare \r, a short row, an
+        # empty cell, a surplus cell dropped without a word). Each file is read whole by one task and parsed
+        # by the reader the others use, in file order: split a big CSV into files to spread it.
+        files = spark.read.format("binaryFile").load(job.input).select("content")
+        frame = files.mapInArrow(_csv_payloads, T.StructType([T.StructField("payload", T.BinaryType())]))
     else:
         table = spark.read.parquet(job.input)
         frame = table.select(_as_json([F.col(f"`{name}`") for name in table.columns]).alias("payload"))
@@ -142,6 +146,15 @@ _SPARK_TYPES = {"bool": T.BooleanType, "string": T.StringType, "int64": T.LongTy
 def spark_schema(schema: Any) -> T.StructType:
     """A scored table's Arrow schema as Spark's (pyspark's own converter needs pandas, which we do not)."""
     return T.StructType([T.StructField(field.name, _SPARK_TYPES[str(field.type)](), True) for field in schema])
+
+
+def _csv_payloads(batches: Iterator[Any]) -> Iterator[Any]:
+    """Each file's CSV records, as JSON payloads, in file order (hostd.partitions reads them)."""
+    import pyarrow as pa
+    for batch in batches:
+        for content in batch.column("content").to_pylist():
+            for _, payloads in read_payloads(io.BytesIO(content), "csv", CSV_CHUNK):
+                yield pa.RecordBatch.from_arrays([pa.array(payloads, pa.binary())], ["payload"])
 
 
 def _score_partition(key: tuple[str, ...], batches: Iterator[Any]) -> Iterator[Any]:
