@@ -103,7 +103,7 @@ def numbered(spark: SparkSession, job: BatchJob) -> DataFrame:
         raise SystemExit(f"hostd batch: Spark (Hadoop) reads no file whose name starts with _ or . "
                          f"(it takes them for its own): rename {shown(job.input)}")
     if job.input_format == "jsonl":
-        lines = spark.read.text(job.input)
+        lines = spark.read.option("lineSep", "\n").text(job.input)  # as the others: a bare \r ends no line
         # As bytes: a line that is not UTF-8 is its row's error, as on the other engines, not the job's.
         frame = lines.filter(~F.col("value").rlike(r"^\s*$")).select(F.col("value").cast("binary").alias("payload"))
     elif job.input_format == "csv":

@@ -221,16 +221,24 @@ def test_csv_in_as_on_the_local_engine(tabular: Callable[[str, str, str, str], t
     assert tabular(engine, model, ".csv", output) == tabular("local", model, ".csv", output)
 
 
+ODD_CSV = (b"\xef\xbb\xbfid,sepal_length,sepal_width,petal_length,petal_width\n"
+           b"a,5.1,3.5,1.4,0.2\n" b'b,6.3,2.9,"5.6",1.8\n' b"c,5.1,3.5,1.4,0.2,surplus\n"
+           b'"d\nx",5.9,3.0,4.2,1.5\n' b"e,5.1,3.5,1.4\rf,6.7,3.1,4.4,1.4\n" b"g,5.1,,1.4,0.2\n" b"h\n")
+IRIS_LINE = b'{"id": "%s", "sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}'
+ODD_JSONL = IRIS_LINE % b"a" + b"\r\n" + IRIS_LINE % b"b" + b"\r" + IRIS_LINE % b"c" + b"\n" + IRIS_LINE % b"d" + b"\n"
+
+
 @pytest.mark.timeout(90)
-def test_spark_reads_a_csv_as_every_other_engine(tmp_path: Path) -> None:
-    """What Spark's own CSV reader read otherwise (it is not used): a byte order mark, a quoted newline, a
-    surplus cell (dropped without a word), a bare carriage return (Python's csv ends a record there), an
-    empty cell, a short row."""
-    source = tmp_path / "odd.csv"
-    fields = "sepal_length,sepal_width,petal_length,petal_width"
-    source.write_bytes(b"\xef\xbb\xbfid," + fields.encode() + b"\n"
-                       b"a,5.1,3.5,1.4,0.2\n" b'b,6.3,2.9,"5.6",1.8\n' b"c,5.1,3.5,1.4,0.2,surplus\n"
-                       b'"d\nx",5.9,3.0,4.2,1.5\n' b"e,5.1,3.5,1.4\rf,6.7,3.1,4.4,1.4\n" b"g,5.1,,1.4,0.2\n" b"h\n")
+@pytest.mark.parametrize(("name", "content", "failed"), [
+    ("odd.csv", ODD_CSV, {3, 5, 7, 8}),  # the surplus cell, the short row before the \r, the empty cell, "h"
+    ("odd.jsonl", ODD_JSONL, {2}),  # "b" and "c" on one line
+])
+def test_spark_reads_a_file_as_every_other_engine(tmp_path: Path, name: str, content: bytes, failed: set[int]) -> None:
+    """What Spark's own readers read otherwise: in a CSV (its CSV parser is not used) a byte order mark, a
+    quoted newline, a surplus cell (dropped without a word), a bare carriage return (Python's csv ends a
+    record there), an empty cell, a short row; in JSONL, a bare carriage return (a line ends at \\n only)."""
+    source = tmp_path / name
+    source.write_bytes(content)
     results = {}
     for engine in ("local", "spark"):
         output = tmp_path / engine / "out.jsonl"
@@ -240,7 +248,7 @@ def test_spark_reads_a_csv_as_every_other_engine(tmp_path: Path) -> None:
         predictions, errors = read_results(output, errors_path(output))
         results[engine] = as_set(predictions), {(error["row"], error["id"], error["code"]) for error in errors}
     assert results["spark"] == results["local"]
-    assert {row for row, _, _ in results["local"][1]} == {3, 5, 7, 8}, "surplus, short, empty, short"
+    assert {row for row, _, _ in results["local"][1]} == failed
 
 
 @pytest.mark.timeout(90)
