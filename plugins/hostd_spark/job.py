@@ -114,7 +114,11 @@ def numbered(spark: SparkSession, job: BatchJob) -> DataFrame:
         frame = files.mapInArrow(_csv_payloads, T.StructType([T.StructField("payload", T.BinaryType())]))
     else:
         table = spark.read.parquet(job.input)
-        frame = table.select(_as_json([F.col(f"`{name}`") for name in table.columns]).alias("payload"))
+        # A binary column as UTF-8 text, as recordfiles.json_ready gives it to the other engines (to_json would
+        # write base64).
+        frame = table.select(_as_json([F.col(f"`{field.name}`").cast("string").alias(field.name)
+                                       if isinstance(field.dataType, T.BinaryType) else F.col(f"`{field.name}`")
+                                       for field in table.schema.fields]).alias("payload"))
     frame = frame.withColumn("_place", F.monotonically_increasing_id())
     sizes = frame.groupBy(F.shiftright("_place", _PARTITION_SHIFT).alias("partition")).count().collect()
     starts, total = {}, 0

@@ -18,6 +18,7 @@ import json
 import re
 import shutil
 from collections.abc import Callable
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -228,10 +229,23 @@ IRIS_LINE = b'{"id": "%s", "sepal_length": 5.1, "sepal_width": 3.5, "petal_lengt
 ODD_JSONL = IRIS_LINE % b"a" + b"\r\n" + IRIS_LINE % b"b" + b"\r" + IRIS_LINE % b"c" + b"\n" + IRIS_LINE % b"d" + b"\n"
 
 
+def odd_parquet() -> bytes:
+    """Iris with a binary id and decimal measurements (the payload engines failed on both)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    sink = pa.BufferOutputStream()
+    measures = {name: pa.array([Decimal(first), Decimal(second)], pa.decimal128(4, 2)) for name, first, second in (
+        ("sepal_length", "5.10", "6.30"), ("sepal_width", "3.50", "2.90"), ("petal_length", "1.40", "5.60"),
+        ("petal_width", "0.20", "1.80"))}
+    pq.write_table(pa.table({"id": pa.array([b"a", b"b"], pa.binary()), **measures}), sink)
+    return bytes(sink.getvalue())
+
+
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize(("name", "content", "failed"), [
     ("odd.csv", ODD_CSV, {3, 5, 7, 8}),  # the surplus cell, the short row before the \r, the empty cell, "h"
     ("odd.jsonl", ODD_JSONL, {2}),  # "b" and "c" on one line
+    ("odd.parquet", odd_parquet(), set()),
 ])
 def test_spark_reads_a_file_as_every_other_engine(tmp_path: Path, name: str, content: bytes, failed: set[int]) -> None:
     """What Spark's own readers read otherwise: in a CSV (its CSV parser is not used) a byte order mark, a
