@@ -38,7 +38,6 @@ if TYPE_CHECKING:
 __all__ = ["TracingSettings", "begin", "current", "end", "fan_out", "inject", "outcome", "parents", "record",
            "serve", "step", "trace_id", "trace_ids"]
 
-Kind = Literal["server", "consumer"]
 # Outcomes that are hostd's failure, not the caller's: the span's status is ERROR (OpenTelemetry's
 # convention for server spans: a client's bad request is not the server's error).
 SERVER_FAULTS = frozenset({"MODEL_ERROR", "TIMEOUT", "OVERLOADED", "NOT_READY", "INTERNAL"})
@@ -99,8 +98,9 @@ def disable() -> None:
 
 def begin(name: str, transport: str, carrier: Mapping[str, Any] | None = None, *, kind: str = "server",
           **attributes: Any) -> Span | None:
-    """A request's server span, started, not made current (None when tracing is off); its parent is the
-    caller's context in ``carrier`` (``traceparent`` and ``tracestate``), if any. End it with ``end``."""
+    """A request's span, started, not made current (None when tracing is off); ``kind`` is "server", or
+    "consumer" for a message taken from a queue (Kafka, arq). Its parent is the caller's context in
+    ``carrier`` (``traceparent`` and ``tracestate``), if any. End it with ``end``."""
     if _tracer is None:
         return None
     from opentelemetry import propagate
