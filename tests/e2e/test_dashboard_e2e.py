@@ -3,7 +3,7 @@ and the numbers it shows are the traffic the test sent; with API keys on, the pa
 URL's fragment (and no log line holds it) or asks for one.
 
 The screenshot Chromium takes is a test artifact: ``dashboard.png`` in the test's tmp_path, and copied
-into the folder ``$HOSTD_ARTIFACTS`` names, if it is set (CI uploads that folder).
+into the folder ``$HOSTD_ARTIFACTS`` names, if it is set (.ci/run sets it to ``artifacts/``).
 """
 
 from __future__ import annotations
