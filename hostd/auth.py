@@ -4,7 +4,8 @@ transport only extracts the credential the way its ecosystem sends it (a Bearer 
 the WebSocket handshake, a ZeroMQ CURVE identity).
 
 Keys are stored as the SHA-256 of the key, never the key; a presented key is hashed and compared with
-every stored hash in constant time (hmac.compare_digest), and is never logged.
+every stored hash in constant time (hmac.compare_digest), and is never logged. Two entries with one hash
+are a config error (which entry would a key be?).
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ import hmac
 import secrets
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from hostd.errors import ConfigError, Forbidden, RateLimited, Unauthenticated
-from hostd.settings import AuthSettings, HostSettings, RateLimitSettings
+from hostd.errors import ConfigError, ConfigErrors, Forbidden, RateLimited, Unauthenticated
+from hostd.settings import AuthSettings, HostSettings, Loc, RateLimitSettings
 
 #: Token buckets kept at most (one per key or client address); the least recently used goes first.
 MAX_BUCKETS = 100_000
@@ -64,19 +66,21 @@ class Guard:
     UNAUTHENTICATED (no or unknown key), FORBIDDEN (scope or model not allowed) or RATE_LIMITED."""
 
     def __init__(self, auth: AuthSettings | None = None, rate_limit: RateLimitSettings | None = None,
-                 base: Path | None = None) -> None:
+                 base: Path | None = None, where: Callable[[Loc], str] | None = None) -> None:
+        """``where``: "file:line" of a key path in the config, for its errors (HostSettings.where)."""
         self.settings = auth
         self.required = auth is not None
         self._keys = [_Key(_digest_of(key.sha256, key.sha256_file, base), Principal(
             key.name, frozenset(Scope(scope) for scope in key.scopes),
             frozenset(key.models) if key.models is not None else None)) for key in (auth.keys if auth else [])]
+        _refuse_shared_keys(self._keys, where)
         self.limit = rate_limit
         self._buckets: OrderedDict[str, list[float]] = OrderedDict()
         self.active = auth is not None or rate_limit is not None  # False: every check passes, skip it
 
     @classmethod
     def of(cls, settings: HostSettings) -> Guard:
-        return cls(settings.auth, settings.rate_limit, settings.folder)
+        return cls(settings.auth, settings.rate_limit, settings.folder, settings.where)
 
     def check(self, key: str | None, scope: Scope, model: str | None = None, peer: str = "") -> Principal:
         principal = self.authenticate(key)
@@ -175,6 +179,23 @@ def _digest_of(sha256: str | None, sha256_file: str | None, base: Path | None) -
     if len(digest) != 32:
         raise ConfigError(f"auth: {path} does not hold a SHA-256 hex digest (64 hex digits)")
     return digest
+
+
+def _refuse_shared_keys(keys: list[_Key], where: Callable[[Loc], str] | None) -> None:
+    """Two entries with one key (one SHA-256) are a config error: a request with it would be whichever
+    entry authenticate() found last, with that one's scopes and models, and nothing would say so."""
+    first: dict[bytes, int] = {}
+    problems = []
+    for index, key in enumerate(keys):
+        earlier = first.setdefault(key.digest, index)
+        if earlier == index:
+            continue
+        problem = f"auth.keys: key '{key.principal.name}' is the same key as '{keys[earlier].principal.name}'"
+        if where is not None:
+            problem = f"{where(('auth', 'keys', index))}: {problem} (at {where(('auth', 'keys', earlier))})"
+        problems.append(ConfigError(f"{problem}: each entry needs a key of its own"))
+    if problems:
+        raise problems[0] if len(problems) == 1 else ConfigErrors(problems)
 
 
 def new_key() -> tuple[str, str]:

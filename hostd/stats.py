@@ -65,11 +65,10 @@ class Snapshot:
     batch_rows: dict[str, float]  # model -> rows in all its calls (the histogram's sum)
     pending: dict[str, float]  # model -> requests admitted and not yet answered
     cache: dict[tuple[str, str], dict[str, float]]  # (model, version) -> result (hit, miss) -> rows
-    loaded: float
 
     @classmethod
     def of(cls, registry: CollectorRegistry, at: float) -> Snapshot:
-        snapshot = cls(at, {}, {}, {}, {}, {}, 0.0)
+        snapshot = cls(at, {}, {}, {}, {}, {})
         for family in registry.collect():
             for sample in family.samples:
                 snapshot._add(sample.name, sample.labels, sample.value)
@@ -89,8 +88,6 @@ class Snapshot:
             self.pending[model] = value
         elif name == "hostd_cache_lookups_total":
             self.cache.setdefault((model, labels["version"]), {})[labels["result"]] = value
-        elif name == "hostd_models_loaded":
-            self.loaded = value
 
     def _traffic(self, model: str, transport: str) -> Traffic:
         return self.traffic.setdefault(model, {}).setdefault(transport, Traffic())
@@ -101,17 +98,18 @@ class Snapshot:
 
 
 class Stats:
-    """``report()``: every model and version with its state, and per transport the requests since start
-    and, over the last ``window_s``, requests/s, p50 and p99 latency and the share of each error code;
-    rows per model call, queue depth, cache hit rate; requests/s and p99 of each second of the last
-    ``history_s`` for the charts."""
+    """``report()``: every model and version with its state (and how many of them are READY), and per
+    transport the requests since start and, over the last ``window_s``, requests/s, p50 and p99 latency
+    and the share of each error code; rows per model call, queue depth, cache hit rate; requests/s and
+    p99 of each second of the last ``history_s`` for the charts."""
 
     def __init__(self, registry: CollectorRegistry, *, window_s: float = 10.0, every_s: float = 1.0,
                  history_s: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.registry = registry
         self.window_s, self.every_s, self.history_s = window_s, every_s, history_s
         self.clock = clock
-        # Snapshots as far back as the window (and one more, its baseline): only the rates need them.
+        # Snapshots as far back as the window (and one more, a baseline when none is inside it): only
+        # the rates need them.
         self.ring: deque[Snapshot] = deque(maxlen=math.ceil(window_s / every_s) + 2)
         # The charts': each second's requests/s and p99 by model, computed once when its snapshot was
         # taken, a few numbers where a snapshot holds every bucket of every series.
@@ -121,18 +119,21 @@ class Stats:
 
     def report(self, index: list[dict[str, str]], sees: Callable[[str], bool] = lambda model: True) -> Json:
         """The figures of every model in ``index`` (the repository's, with states) that ``sees`` lets
-        through, and of any other model the counters name (requests for an unknown model, say)."""
+        through, and of any other model the counters name (requests for an unknown model, say);
+        ``models_loaded`` counts their READY versions."""
         now = self._take()
         then = self._baseline(now.at)
         span = now.at - then.at
         versions: dict[str, list[dict[str, str]]] = {}
         for entry in index:
             versions.setdefault(entry["name"], []).append(entry)
-        names = [*versions, *sorted(set(now.traffic) - set(versions))]
+        names = [name for name in [*versions, *sorted(set(now.traffic) - set(versions))] if sees(name)]
         return {
             "window_s": round(span, 3),
-            "models_loaded": _count(now.loaded),
-            "models": [self._model(name, versions.get(name, []), now, then, span) for name in names if sees(name)],
+            # The versions listed that serve (not hostd_models_loaded, which counts every model's, also
+            # those a key with an allow-list is not shown).
+            "models_loaded": sum(entry["state"] == "READY" for name in names for entry in versions.get(name, [])),
+            "models": [self._model(name, versions.get(name, []), now, then, span) for name in names],
         }
 
     def _take(self) -> Snapshot:
@@ -144,9 +145,16 @@ class Stats:
         return now
 
     def _baseline(self, now: float) -> Snapshot:
-        """The newest snapshot at least ``window_s`` old, else the oldest there is."""
-        older = [snapshot for snapshot in self.ring if snapshot.at <= now - self.window_s]
-        return older[-1] if older else self.ring[0]
+        """What the rates start from: the oldest snapshot of the last ``window_s`` that is at least
+        ``every_s`` old (a shorter span is no rate), as Prometheus' ``rate(x[window])`` starts from the
+        first sample inside its range. So after minutes when nobody asked, the snapshot left from
+        before them is not used once a newer one is old enough: the window grows from ``every_s`` to
+        ``window_s`` again. If none is (the first report after such a spell), the newest older than the
+        window, a longer span than asked that ``window_s`` shows (Prometheus would have no rate);
+        failing that, the oldest there is."""
+        aged = [snapshot for snapshot in self.ring if snapshot.at <= now - self.every_s]
+        inside = [snapshot for snapshot in aged if snapshot.at >= now - self.window_s]
+        return inside[0] if inside else aged[-1] if aged else self.ring[0]
 
     def _model(self, name: str, entries: list[dict[str, str]], now: Snapshot, then: Snapshot, span: float) -> Json:
         earlier = then.traffic.get(name, {})

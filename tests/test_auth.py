@@ -12,7 +12,8 @@ import trustme
 from structlog.testing import capture_logs
 
 from hostd.auth import ANONYMOUS, Guard, Scope, new_key
-from hostd.errors import ConfigError, Forbidden, RateLimited, Unauthenticated
+from hostd.configfile import parse_settings
+from hostd.errors import ConfigError, ConfigErrors, Forbidden, RateLimited, Unauthenticated
 from hostd.settings import AuthSettings, RateLimitSettings
 from hostd.tls import TlsSettings, server_context
 
@@ -60,6 +61,30 @@ def test_a_hash_file_and_a_new_key(tmp_path: Path) -> None:
     (tmp_path / "web.sha256").write_text("not hex")
     with pytest.raises(ConfigError, match="does not hold a SHA-256 hex digest"):
         Guard(AuthSettings.model_validate({"keys": [{"name": "web", "sha256_file": "web.sha256"}]}), base=tmp_path)
+
+
+def test_two_entries_with_one_key_are_a_config_error_naming_both(tmp_path: Path) -> None:
+    # Else a key would be whichever entry came last: "read" silently limited to iris, say.
+    digest = hashlib.sha256(b"k-read").hexdigest()
+    (tmp_path / "iris.sha256").write_text(digest.upper() + "\n")  # the same hash, written otherwise
+    config = tmp_path / "host.yaml"
+    settings = parse_settings(f"""\
+models: [{{class_path: tests.support.toy:EchoModel}}]
+auth:
+  keys:
+    - {{name: read, sha256: "{digest}", scopes: [read]}}
+    - {{name: web, sha256: "{hashlib.sha256(b"k-web").hexdigest()}"}}
+    - {{name: iris, sha256_file: iris.sha256, models: [iris]}}
+""", str(config))
+    with pytest.raises(ConfigError) as caught:
+        Guard.of(settings)
+    assert str(caught.value) == (f"{config}:6: auth.keys: key 'iris' is the same key as 'read' (at {config}:4): "
+                                 "each entry needs a key of its own")
+    keys = [{"name": name, "sha256": digest} for name in ("a", "b", "c")]
+    with pytest.raises(ConfigErrors) as several:  # every one, as other config errors are
+        Guard(AuthSettings.model_validate({"keys": keys}))
+    assert [str(error) for error in several.value.errors] == [
+        f"auth.keys: key '{name}' is the same key as 'a': each entry needs a key of its own" for name in "bc"]
 
 
 def test_the_tls_context_and_a_key_readable_by_others(tmp_path: Path) -> None:

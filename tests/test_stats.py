@@ -72,6 +72,28 @@ def test_rates_and_quantiles_cover_the_window_and_totals_everything(metrics: Met
     assert http["p99_ms"] == pytest.approx(2.5 + 2.5 * 0.99)
 
 
+def test_after_a_quiet_spell_the_rates_are_of_the_last_seconds_from_the_second_report_on(
+        metrics: Metrics, clock: Clock) -> None:
+    stats = Stats(metrics.registry, window_s=10, clock=clock)
+    for _ in range(12):  # someone watched: a ring of one-second snapshots
+        clock.now += 1
+        stats.report(INDEX)
+    answer(metrics, 10, 2.0)  # slow, and then nobody asks for 9.5 minutes
+    clock.now += 570
+    # Nothing newer to start from: the rate is over the quiet spell, and window_s says so.
+    assert stats.report(INDEX)["window_s"] == 570.0
+    for second in range(1, 14):
+        answer(metrics, 100, 0.003)
+        clock.now += 1
+        report = stats.report(INDEX)
+        http = model(report, "iris")["transports"]["http"]
+        # The snapshot left from before the spell is not the baseline once one a second old is there
+        # (as Prometheus' rate() starts from the first sample inside its range): the window grows
+        # from 1 s to 10 s, and the slow requests are not in it.
+        assert report["window_s"] == min(second, 10)
+        assert http["per_s"] == 100.0 and http["p99_ms"] == pytest.approx(4.975)
+
+
 def test_quantiles_follow_prometheus_histogram_quantile() -> None:
     buckets = {0.1: 50.0, 0.25: 100.0, float("inf"): 100.0}
     assert quantile(0.5, buckets) == pytest.approx(0.1)
@@ -135,13 +157,15 @@ def test_batch_sizes_queue_depth_and_models_loaded(metrics: Metrics, clock: Cloc
     for rows in (1, 1, 3, 8, 300):
         metrics.batch_rows.labels("iris").observe(rows)
     metrics.pending.labels("iris").set(4)
-    metrics.models_loaded.set(2)
+    metrics.models_loaded.set(3)  # every model's versions: not what a key limited to some is shown
     clock.now += 2
     report = stats.report(INDEX)
     iris = model(report, "iris")
     assert iris["batches"] == {"calls": 5, "rows": 313, "per_s": 2.5, "mean_rows": 62.6,
                                "sizes": {"1": 2, "4": 1, "8": 1, "1024": 1}}
-    assert iris["pending"] == 4 and report["models_loaded"] == 2
+    # The versions listed that are READY: iris 1.0.0 of the three; none of digits'.
+    assert iris["pending"] == 4 and report["models_loaded"] == 1
+    assert stats.report(INDEX, lambda name: name == "digits")["models_loaded"] == 0
 
 
 def test_every_model_and_version_with_its_state_and_unknown_names_after(metrics: Metrics, clock: Clock) -> None:

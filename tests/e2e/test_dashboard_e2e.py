@@ -187,6 +187,12 @@ def test_with_keys_on_the_page_takes_its_key_from_the_fragment_or_asks_for_one(s
     dom = rendered_dom(f"{server.url}/dashboard#key={keys['predictor']}", tmp_path / "chromium-infer", budget_ms=2500)
     assert "hidden" not in Shown(dom).elements["key-form"] and "This key lacks the read scope." in dom
     assert Shown(dom).fields == {}
+    # A key no header can carry (a newline; anything but printable ASCII): refused at once, never sent.
+    dom = rendered_dom(f"{server.url}/dashboard#key=abc%0Adef", tmp_path / "chromium-newline", budget_ms=1000)
+    shown = Shown(dom)
+    assert "hidden" not in shown.elements["key-form"] and "This key is not valid: a key is printable ASCII." in dom
+    assert shown.elements["status"]["data-state"] == "error" and "does not answer" not in dom
+    assert shown.fields == {} and int(shown.elements["body"]["data-polls"]) == 0
 
     assert server.stop() == 0
     lines = [orjson.loads(line) for line in server.output().splitlines() if line.startswith("{")]

@@ -120,7 +120,15 @@ async def test_stats_show_a_key_only_the_models_it_may_see(guarded: httpx.AsyncC
         assert response.status_code == 200, response.text
         return [model["name"] for model in response.json()["models"]]
 
-    everything = names(await guarded.get("/api/stats", headers={"Authorization": f"Bearer {key_of('reader')}"}))
-    assert len(everything) > 1 and "echo" in everything
-    assert names(await guarded.get("/api/stats", headers={"Authorization": f"Bearer {key_of('echo-reader')}"})) == [
-        "echo"]
+    def loaded(response: httpx.Response) -> tuple[int, int]:
+        # models_loaded, and the READY versions the report lists: the same, whatever the key sees.
+        stats = response.json()
+        return stats["models_loaded"], sum(version["state"] == "READY" for model in stats["models"]
+                                           for version in model["versions"])
+
+    everything = await guarded.get("/api/stats", headers={"Authorization": f"Bearer {key_of('reader')}"})
+    assert len(names(everything)) > 1 and "echo" in names(everything)
+    only_echo = await guarded.get("/api/stats", headers={"Authorization": f"Bearer {key_of('echo-reader')}"})
+    assert names(only_echo) == ["echo"]
+    assert loaded(only_echo) == (2, 2)  # echo 1.0.0 and 2.0.0, not every model's versions
+    assert loaded(everything)[0] == loaded(everything)[1] > 2

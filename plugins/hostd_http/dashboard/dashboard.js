@@ -117,9 +117,16 @@ function say(state, text) {
 // fragment (/dashboard#key=...: a browser never sends a fragment, so no server or proxy logs it) or
 // from the form; /api/stats gets it as a Bearer header. Without keys on, there is none and none is needed.
 const KEY = "hostd.key";
+// A key is printable ASCII: anything else no header can carry (fetch would throw on every poll).
+const PRINTABLE = /^[\x20-\x7e]+$/;
 let timer = null; // the next poll; none while the page waits for a key
 
 function useKey(key) {
+  if (!PRINTABLE.test(key)) {
+    sessionStorage.removeItem(KEY); // not the key before it either: the form asks for one
+    askForKey("This key is not valid: a key is printable ASCII.", "no valid key");
+    return;
+  }
   sessionStorage.setItem(KEY, key);
   document.getElementById("key-form").hidden = true;
   say("starting", "connecting\u2026");
@@ -127,22 +134,24 @@ function useKey(key) {
 }
 
 function takeKeyFromFragment() {
+  // Whether the fragment held a key (useKey then polls with it, or asks for another).
   const match = /^#key=(.+)$/.exec(location.hash);
-  if (!match) return;
+  if (!match) return false;
   history.replaceState(null, "", location.pathname + location.search); // out of the address bar and history
   let key = match[1];
   try { key = decodeURIComponent(key); } catch { /* not %-encoded: the key as it is */ }
   useKey(key);
+  return true;
 }
 
-function askForKey(status, sent) {
+function askForKey(problem, state) {
+  clearTimeout(timer); // no more polls until a key comes, from the form or the fragment
   // The figures shown so far are no longer this key's to see.
   document.getElementById("models").replaceChildren();
   document.getElementById("models-loaded").textContent = DASH;
-  const problem = status === 403 ? "This key lacks the read scope." : sent ? "This key is not valid." : "An API key is needed.";
   document.getElementById("key-problem").textContent = `${problem} A key with the read scope:`;
   document.getElementById("key-form").hidden = false;
-  say("error", `${status} ${status === 403 ? "forbidden" : "no valid key"}`);
+  say("error", state);
 }
 
 function pollSoon(ms) {
@@ -157,9 +166,13 @@ async function poll() {
   try {
     const response = await fetch("/api/stats", { headers, cache: "no-store" });
     const body = await response.json();
-    if (response.status === 401 || response.status === 403) {
-      askForKey(response.status, Boolean(key));
-      return; // no more polls until a key comes, from the form or the fragment
+    if (response.status === 403) {
+      askForKey("This key lacks the read scope.", "403 forbidden");
+      return;
+    }
+    if (response.status === 401) {
+      askForKey(key ? "This key is not valid." : "An API key is needed.", "401 no valid key");
+      return;
     }
     if (!response.ok) {
       say("error", `${response.status} ${body.type}: ${(body.messages || []).join("; ")}`);
@@ -181,5 +194,4 @@ document.getElementById("key-form").addEventListener("submit", (event) => {
   input.value = "";
 });
 window.addEventListener("hashchange", takeKeyFromFragment); // a key pasted into the address bar later
-takeKeyFromFragment();
-pollSoon(0);
+if (!takeKeyFromFragment()) pollSoon(0);
