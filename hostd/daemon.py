@@ -60,7 +60,7 @@ async def serve(settings: HostSettings, pm: pluggy.PluginManager, stop: anyio.Ev
     provider = tracing.provider_for(settings.tracing)  # before any model loads: a missing extra stops the start
     repository = await anyio.to_thread.run_sync(ModelRepository, settings, None, reread)
     if provider is not None:
-        tracing.enable(provider)
+        tracing.enable(provider, for_models=True)
     try:
         await repository.start()
         dataplane = _dataplane(settings, repository, guard)

@@ -161,6 +161,7 @@ class DataPlane:
         try:
             self._check_ready()
             served = self._servable(model, version)
+            tracing.annotate(**{"hostd.model": served.name, "hostd.request_id": request_id})
             with tracing.step("hostd.validate", **{"hostd.rows": len(rows)}):
                 inputs = await off_loop_if(len(rows) >= OFF_LOOP_ROWS, kernel.validate_all, served.name,
                                            served.model.input_schema, rows)
@@ -180,6 +181,7 @@ class DataPlane:
             self.capture.observe(request_id, model, served, transport, rows, exc, started, tracing.trace_id())
             raise
         result = Prediction(served.name, served.version, outcome, request_id, cached)
+        tracing.annotate(**{"hostd.version": served.version})
         self.capture.observe(request_id, model, served, transport, rows, result, started, tracing.trace_id())
         return result
 

@@ -40,11 +40,12 @@ class _Request:
 
 class Batcher:
     def __init__(self, run: kernel.Run, *, max_batch_size: int, max_delay_s: float, workers: int,
-                 name: str) -> None:
+                 name: str, version: str = "") -> None:
         self._run = run
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_s
         self.name = name
+        self.version = version  # for the spans (hostd.tracing)
         self._workers = workers
         self._slots = asyncio.Semaphore(workers)
         self._running: set[asyncio.Task[None]] = set()  # batches being executed
@@ -131,17 +132,18 @@ class Batcher:
         rows = sum(item.rows for item in batch)
         if self.observe_rows is not None:
             self.observe_rows(rows)
-        traced = [item for item in batch if item.spans]
+        traced = [item for item in batch if any(item.spans)]
         began = tracing.now_ns() if traced else 0
         outcomes = await kernel.execute(self._run, [unit for item in batch for unit in item.units],
                                         model=self.name, deadline=deadline)
         if traced:  # each request's trace shows its wait and the call it shared, with the batch's size
             ended = tracing.now_ns()
+            requests = sum(len(item.units) for item in batch)  # a unit is a request (a message of a group)
             for item in traced:
                 tracing.record("hostd.batch_wait", item.spans, item.queued_ns, began)
                 tracing.record("hostd.model", item.spans, began, ended,
-                               **{"hostd.model": self.name, "hostd.batch.rows": rows,
-                                  "hostd.batch.requests": len(batch)})
+                               **{"hostd.model": self.name, "hostd.version": self.version, "hostd.batch.rows": rows,
+                                  "hostd.batch.requests": requests})
         offset = 0
         for item in batch:
             item.outcomes = outcomes[offset:offset + len(item.units)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import hashlib
 import importlib.util
@@ -71,7 +72,7 @@ class ServedModel:
         if batching.max_batch_size > 1 and not self.is_async:
             self.batcher = Batcher(self.run_batch, max_batch_size=batching.max_batch_size,
                                    max_delay_s=batching.max_delay_ms / 1000, workers=self.settings.workers.count,
-                                   name=self.name)
+                                   name=self.name, version=self.version)
 
     async def run_batch(self, inputs: list[Any]) -> list[Any]:
         """One predict_batch call in a worker thread (or process), so CPU-bound models never block the
@@ -82,7 +83,9 @@ class ServedModel:
             return await self.processes.run(inputs)
         # At most workers.count calls run at once; a call whose caller gave up (timeout) is abandoned
         # but keeps its thread until the model returns, so a stuck model cannot pile up threads.
-        return await asyncio.get_running_loop().run_in_executor(self.threads, self.predict_batch, inputs)
+        # In the caller's context (as anyio.to_thread does): a traced request's span is the model's current one.
+        return await asyncio.get_running_loop().run_in_executor(self.threads, contextvars.copy_context().run,
+                                                                self.predict_batch, inputs)
 
     async def run_here(self, inputs: list[Any]) -> list[Any]:
         """The same call in this thread (``hostd batch``: nothing else shares the process)."""

@@ -31,7 +31,7 @@ from hostd.settings import MODEL_FILE_SUFFIXES, HostSettings
 log = structlog.get_logger("hostd.repository")
 DRAIN_POLL_S = 0.01
 #: Top-level settings the daemon builds its parts from once, at start: a reload that changes one is refused.
-RESTART_KEYS = ("prediction_log", "feedback")
+RESTART_KEYS = ("prediction_log", "feedback", "tracing")
 
 
 class ModelRepository:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import threading
 import time
 from collections.abc import Iterator, Mapping, MutableMapping, Sequence
@@ -56,7 +57,11 @@ class TracingSettings(BaseModel):
 CLOSE_S = 3.0  # the most a stop waits for the last spans to be sent
 _tracer: Tracer | None = None
 _OFF: contextlib.nullcontext[None] = contextlib.nullcontext()  # what every block is when tracing is off
-_parents: ContextVar[tuple[Span, ...]] = ContextVar("hostd_trace_parents", default=())
+# The current request's span, or each message's (None for one the sampler dropped) in ``fan_out``.
+_parents: ContextVar[tuple[Span | None, ...]] = ContextVar("hostd_trace_parents", default=())
+_TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
+_TRACESTATE = re.compile(r"[\x20-\x2b\x2d-\x7e]*(?:,[\x20-\x2b\x2d-\x7e]*){0,31}")  # printable, <= 32 members
+MAX_TRACESTATE = 512  # W3C: a vendor may cut it to 512 characters
 
 
 def provider_for(settings: TracingSettings | None, environ: Mapping[str, str] = os.environ) -> TracerProvider | None:
@@ -70,10 +75,15 @@ def provider_for(settings: TracingSettings | None, environ: Mapping[str, str] = 
     return make_provider(settings, exporter, environ)
 
 
-def enable(provider: TracerProvider) -> None:
-    """Trace every request from now on, through ``provider`` (the daemon calls this; tests may too)."""
+def enable(provider: TracerProvider, *, for_models: bool = False) -> None:
+    """Trace every request from now on, through ``provider`` (the daemon calls this; tests may too).
+    ``for_models``: also make it OpenTelemetry's global provider, so a model's own spans (``trace.get_tracer``)
+    go to the same place, under the request (the global can be set once a process: the daemon sets it)."""
     global _tracer
     _tracer = provider.get_tracer("hostd")
+    if for_models:
+        from opentelemetry import trace
+        trace.set_tracer_provider(provider)
 
 
 async def close(provider: TracerProvider, within_s: float = CLOSE_S) -> None:
@@ -85,6 +95,14 @@ async def close(provider: TracerProvider, within_s: float = CLOSE_S) -> None:
     deadline = time.monotonic() + within_s
     while closing.is_alive() and time.monotonic() < deadline:
         await anyio.sleep(0.02)
+
+
+def flush(provider: TracerProvider, within_s: float) -> None:
+    """Send the spans buffered now, waiting at most ``within_s``: the SDK's own ``force_flush`` ignores its
+    timeout, and a collector that is down holds it for the exporter's (10 s, and retries)."""
+    sending = threading.Thread(target=provider.force_flush, name="hostd-tracing-flush", daemon=True)
+    sending.start()
+    sending.join(within_s)
 
 
 def enabled() -> bool:
@@ -175,23 +193,34 @@ def outcome(span: Span | None, code: str, **attributes: Any) -> None:
 
 
 def fan_out(spans: Sequence[Span | None]) -> contextlib.AbstractContextManager[Any]:
-    """Make each of ``spans`` (a message's server span each) a parent of every step inside the block."""
-    present = tuple(span for span in spans if span is not None and span.is_recording())
-    return _fan_out(present) if present else _OFF
+    """Make each of ``spans`` (a message's server span each) a parent of every step inside the block. Their
+    positions are kept (a span the sampler dropped stands as None), so ``trace_ids`` and the data plane
+    can tell which message is which."""
+    kept = tuple(span if span is not None and span.is_recording() else None for span in spans)
+    return _fan_out(kept) if any(kept) else _OFF
 
 
 @contextlib.contextmanager
-def _fan_out(present: tuple[Span, ...]) -> Iterator[None]:
-    token = _parents.set(present)
+def _fan_out(kept: tuple[Span | None, ...]) -> Iterator[None]:
+    token = _parents.set(kept)
     try:
         yield
     finally:
         _parents.reset(token)
 
 
-def parents() -> tuple[Span, ...]:
-    """The spans a step started now belongs under (empty when tracing is off, or outside a request)."""
+def parents() -> tuple[Span | None, ...]:
+    """The spans a step started now belongs under, by position (see ``fan_out``); empty when tracing is
+    off, or outside a traced request."""
     return _parents.get()
+
+
+def annotate(**attributes: Any) -> None:
+    """Set ``attributes`` on the current request's span(s): what the data plane learns (the model, its
+    version, the request id) once the transport has opened the span."""
+    for span in _parents.get():
+        if span is not None:
+            span.set_attributes(_present(attributes))
 
 
 class _Step:
@@ -199,7 +228,7 @@ class _Step:
 
     __slots__ = ("_attributes", "_name", "_parents", "_spans")
 
-    def __init__(self, name: str, under: tuple[Span, ...], attributes: dict[str, Any]) -> None:
+    def __init__(self, name: str, under: tuple[Span | None, ...], attributes: dict[str, Any]) -> None:
         self._name, self._parents, self._attributes = name, under, attributes
         self._spans: list[Span] = []
 
@@ -207,7 +236,7 @@ class _Step:
         from opentelemetry import trace
         assert _tracer is not None
         self._spans = [_tracer.start_span(self._name, context=trace.set_span_in_context(parent),
-                                          attributes=self._attributes) for parent in self._parents]
+                                          attributes=self._attributes) for parent in self._parents if parent]
         return self
 
     def set(self, key: str, value: Any) -> None:
@@ -246,12 +275,12 @@ def step(name: str, **attributes: Any) -> _Step | _NoStep:
     return _Step(name, under, attributes) if under else _NO_STEP
 
 
-def record(name: str, under: Sequence[Span], start_ns: int, end_ns: int, **attributes: Any) -> None:
+def record(name: str, under: Sequence[Span | None], start_ns: int, end_ns: int, **attributes: Any) -> None:
     """A child span of each of ``under`` that has already happened (timed elsewhere, e.g. in the batcher)."""
     if _tracer is None:
         return
     from opentelemetry import trace
-    for parent in under:
+    for parent in filter(None, under):
         span = _tracer.start_span(name, context=trace.set_span_in_context(parent), start_time=start_ns,
                                   attributes=attributes)
         span.end(end_time=end_ns)
@@ -273,21 +302,21 @@ def inject(carrier: MutableMapping[str, str]) -> MutableMapping[str, str]:
 def trace_id() -> str | None:
     """The current request's trace id (32 hex digits), for its log lines and its prediction-log record."""
     under = _parents.get()
-    return _hex_trace_id(under[0]) if len(under) == 1 else None
+    return _hex_trace_id(under[0]) if len(under) == 1 and under[0] is not None else None
 
 
 def trace_ids(count: int) -> list[str | None]:
     """The trace id of each of ``count`` messages answered together (``fan_out``'s spans, in order)."""
     under = _parents.get()
     if len(under) == count:
-        return [_hex_trace_id(span) for span in under]
+        return [_hex_trace_id(span) if span is not None else None for span in under]
     return [trace_id()] * count
 
 
 def add_trace_id(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
     """A structlog processor: a log line written while a request is traced names its trace and span."""
     under = _parents.get()
-    if len(under) == 1:
+    if len(under) == 1 and under[0] is not None:
         context = under[0].get_span_context()
         event.setdefault("trace_id", format(context.trace_id, "032x"))
         event.setdefault("span_id", format(context.span_id, "016x"))
@@ -307,16 +336,25 @@ def _hex_trace_id(span: Span) -> str:
 
 
 def _text_carrier(carrier: Mapping[str, Any]) -> dict[str, str]:
-    """The W3C fields of ``carrier`` as text (bytes from Kafka headers decoded; anything else ignored)."""
-    found: dict[str, str] = {}
-    for key in ("traceparent", "tracestate"):
-        value = carrier.get(key)
-        if isinstance(value, bytes):
-            value = value.decode("latin-1")
-        if isinstance(value, str) and len(value) <= 8192:  # tracestate: at most 32 entries of up to 256 bytes
-            found[key] = value
-    return found
+    """The W3C fields of ``carrier`` that have their specification's shape (bytes from Kafka headers
+    decoded). Anything else is left out here, quietly: OpenTelemetry's parser would log a warning per
+    request for it (a client could fill the log), and a control character could forge a console log line.
+    Without a usable ``traceparent`` the request starts a trace of its own."""
+    parent, state = (_text(carrier.get(key)) for key in ("traceparent", "tracestate"))
+    if parent is None or not _TRACEPARENT.fullmatch(parent.strip()):
+        return {}
+    if state is None or len(state) > MAX_TRACESTATE or not _TRACESTATE.fullmatch(state):
+        return {"traceparent": parent.strip()}
+    return {"traceparent": parent.strip(), "tracestate": state}
+
+
+def _text(value: Any) -> str | None:
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    return value if isinstance(value, str) and len(value) <= 1024 else None
 
 
 def _present(attributes: Mapping[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in attributes.items() if value is not None}
+    """The attributes a span can hold as they are: a value a client chose that is not a string or a number
+    (a map sent as a model's name) is not one, however big."""
+    return {key: value for key, value in attributes.items() if isinstance(value, str | bool | int | float)}

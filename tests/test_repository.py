@@ -323,13 +323,13 @@ async def test_a_slow_shadow_neither_slows_the_primary_nor_grows_its_queue(gates
         tg.cancel_scope.cancel()
 
 
-async def test_a_prediction_log_or_feedback_change_needs_a_restart(tmp_path: Path) -> None:
+async def test_a_prediction_log_feedback_or_tracing_change_needs_a_restart(tmp_path: Path) -> None:
     path = tmp_path / "host.yaml"
     plane = await started(config(echo()), path)
     path.write_text(yaml.safe_dump({**config(echo(), echo("added")), "feedback": {},
-                                    "prediction_log": {"sink": "file"}}))
+                                    "prediction_log": {"sink": "file"}, "tracing": {"sample_ratio": 0.5}}))
     assert plane.repository is not None
-    with pytest.raises(LoadFailed, match=r"changes prediction_log, feedback, which needs a restart; nothing was"):
+    with pytest.raises(LoadFailed, match=r"changes prediction_log, feedback, tracing, which needs a restart; nothing"):
         await plane.repository.reload()
     with pytest.raises(ModelNotFound):
         plane.model("added")

@@ -101,8 +101,10 @@ async def test_a_request_s_steps_are_children_of_its_server_span_continuing_the_
     assert root.parent is not None and root.parent.span_id == CALLER_SPAN
     steps = children(spans, root)
     assert set(steps) == {"hostd.validate", "hostd.batch_wait", "hostd.model"}
-    assert steps["hostd.model"].attributes == {"hostd.model": "echo", "hostd.batch.rows": 1,
+    assert steps["hostd.model"].attributes == {"hostd.model": "echo", "hostd.version": "1.0.0", "hostd.batch.rows": 1,
                                                "hostd.batch.requests": 1}
+    assert {key: root.attributes[key] for key in ("hostd.model", "hostd.version")} == {  # type: ignore[index]
+        "hostd.model": "echo", "hostd.version": "1.0.0"}, "what the data plane learnt is on the request's span"
     assert root.attributes is not None and root.attributes["hostd.transport"] == "http"
     for step in steps.values():  # inside the request's time
         assert root.start_time <= step.start_time <= step.end_time <= root.end_time  # type: ignore[operator]
@@ -124,15 +126,19 @@ async def test_requests_batched_together_each_show_the_model_call_they_shared(sp
 
 
 async def test_messages_answered_in_one_call_each_get_their_own_steps(spans: InMemorySpanExporter) -> None:
+    """Message 2 is invalid; message 3's caller did not sample its trace (flag 00), so it has no span to keep."""
     log = Log()
-    messages = [tracing.begin(f"message {index}", "kafka", kind="consumer") for index in range(3)]
+    unsampled = {"traceparent": f"00-{CALLER_TRACE:032x}-{CALLER_SPAN:016x}-00"}
+    messages = [tracing.begin(f"message {index}", "kafka", unsampled if index == 3 else None, kind="consumer")
+                for index in range(4)]
+    rows = [{"x": 1, "text": "a"}, {"x": "no"}, {"x": 3, "text": "c"}, {"x": 4, "text": "d"}]
     with tracing.fan_out(messages):
-        results = await plane(log=log).predict_each("echo", [{"x": 1, "text": "a"}, {"x": "no"}, {"x": 3, "text": "c"}],
-                                                     request_ids=["a", "b", "c"])
+        results = await plane(log=log).predict_each("echo", rows, request_ids=["a", "b", "c", "d"])
     for message in messages:
         tracing.end(message, "OK")
     assert isinstance(results[1], InvalidInput)
     found = by_name(spans)
+    assert "message 3" not in found
     for index in (0, 1, 2):
         [root] = found[f"message {index}"]
         assert root.kind is SpanKind.CONSUMER
@@ -140,7 +146,7 @@ async def test_messages_answered_in_one_call_each_get_their_own_steps(spans: InM
         assert ("hostd.model" in steps) is (index != 1), "the invalid message never reached the model"
         assert "hostd.validate" in steps
     assert [record.trace_id for record in log.records] == [
-        format(message.get_span_context().trace_id, "032x") for message in messages]  # type: ignore[union-attr]
+        format(message.get_span_context().trace_id, "032x") for message in messages[:3]] + [None]  # type: ignore[union-attr]
 
 
 async def test_a_model_that_does_not_batch_still_shows_its_call(spans: InMemorySpanExporter) -> None:
@@ -190,6 +196,23 @@ async def test_an_outgoing_message_carries_the_request_s_trace(spans: InMemorySp
     assert span is not None
     assert carrier["traceparent"] == f"00-{CALLER_TRACE:032x}-{span.get_span_context().span_id:016x}-01"
     assert carrier["tracestate"] == "vendor=1"
+
+
+async def test_a_tracestate_that_is_not_the_specification_s_shape_is_left_out(spans: InMemorySpanExporter) -> None:
+    """Control characters (a forged log line on a console), too long, too many members: the trace goes on
+    without it."""
+    for state in ("a=1\n[critical ] FORGED", "a=" + "x" * 600, ",".join(f"k{n}=v" for n in range(40))):
+        with tracing.serve("request", "ws", {"traceparent": CALLER, "tracestate": state}) as span:
+            carried = tracing.inject({})
+        assert span is not None and span.get_span_context().trace_id == CALLER_TRACE
+        assert "tracestate" not in carried
+
+
+async def test_an_attribute_a_client_chose_that_is_no_string_or_number_is_left_out(spans: InMemorySpanExporter) -> None:
+    with tracing.serve("request", "arq", **{"hostd.model": {f"k{n}": "x" * 1000 for n in range(3000)}}):
+        pass
+    [root] = by_name(spans)["request"]
+    assert root.attributes is not None and "hostd.model" not in root.attributes
 
 
 async def test_a_malformed_traceparent_starts_a_new_trace(spans: InMemorySpanExporter) -> None:
@@ -254,8 +277,20 @@ def test_what_a_client_sent_is_cut_short_in_an_attribute() -> None:
     ({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}, "hostd exports OTLP over HTTP"),
     ({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "x"},
      "OTEL_TRACES_SAMPLER_ARG must be a number"),
+    ({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "nan"},
+     "OTEL_TRACES_SAMPLER_ARG must be a number from 0 to 1"),
+    ({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "2"},
+     "OTEL_TRACES_SAMPLER_ARG must be a number from 0 to 1"),
+    ({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_TRACES_SAMPLER": "bogus"}, "'bogus' is not one hostd has"),
+    ({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "127.0.0.1:4318"},
+     "is not an http:// or https:// URL"),
+    ({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_BSP_SCHEDULE_DELAY": "0"}, "an OTEL_\\* variable has a value"),
+    ({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT": "abc"}, "an OTEL_\\* variable has a value"),
 ])
-def test_a_setting_hostd_cannot_honour_stops_the_start(environ: dict[str, str], says: str) -> None:
+def test_a_setting_hostd_cannot_honour_stops_the_start(environ: dict[str, str], says: str,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in environ.items():  # the SDK reads some of them from the process's environment itself
+        monkeypatch.setenv(name, value)
     with pytest.raises(StartupError, match=says):
         tracing.provider_for(None, environ)
 

@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from hostd import tracing
 from hostd_http.connections import REQUEST_ID
 
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
 SPAN = "hostd.span"  # the scope key holding the request's span (its presence: the request is traced)
 _ROUTES = [  # the path parts a client chooses, as route placeholders
     (re.compile(r"^/api/models/[^/]+"), "/api/models/{name}"),
@@ -40,12 +41,11 @@ class ServerSpans:
 
 async def traced(app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
     """Run ``app`` for one HTTP request under its server span."""
-    carrier = {key.decode("latin-1"): value for key, value in scope["headers"]
-               if key in (b"traceparent", b"tracestate")}
-    method = scope["method"]
+    method = scope["method"] if scope["method"] in METHODS else "_OTHER"  # as OpenTelemetry's conventions say
     route = route_of(scope["path"])
-    span = tracing.begin(f"{method} {route}", "http", carrier, **{
-        "http.request.method": method, "http.route": route, "url.path": scope["path"]})
+    # Named by its route once the answer shows a route took it (below); a path a client made up names none.
+    span = tracing.begin(method, "http", _carrier(scope["headers"]), **{
+        "http.request.method": method, "url.path": scope["path"]})
     scope[SPAN] = span
     if span is None or not span.is_recording():  # not sampled: only the trace's context goes on
         with tracing.current(span):
@@ -59,18 +59,31 @@ async def traced(app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> No
             status["code"] = message["status"]
         await send(message)
 
+    outcome = "CANCELLED"  # unless an answer started: the client left, or the server is stopping
     try:
         with tracing.current(span):
             await app(scope, receive, send_noting_status)
     finally:
-        code = status.get("code", 500)
-        if code == 404 and "endpoint" not in scope and route == scope["path"]:
-            # No route took it: its path is whatever the client sent, so it does not name the span (a
-            # scanner's thousand paths would be a thousand span names).
-            span.update_name(method)
-            span.set_attribute("http.route", "")
-        tracing.end(span, "OK" if code < 400 else str(code), **{
-            "http.response.status_code": code, "hostd.request_id": scope.get(REQUEST_ID)})
+        code = status.get("code")
+        if code is not None:
+            outcome = "OK" if code < 400 else str(code)
+            # An answer a route gave names the span by the route (a model's name as a placeholder). A refusal
+            # before routing (401, an unknown model) or a path no route has (404) leaves the method alone:
+            # a scanner's thousand paths would be a thousand span names.
+            if code < 400 or (code != 404 and "endpoint" in scope):
+                span.update_name(f"{method} {route}")
+                span.set_attribute("http.route", route)
+        tracing.end(span, outcome, **{"http.response.status_code": code, "hostd.request_id": scope.get(REQUEST_ID)})
+
+
+def _carrier(headers: list[tuple[bytes, bytes]]) -> dict[str, bytes]:
+    """The trace headers. Two ``traceparent`` headers are no trace (W3C: start a new one); several
+    ``tracestate`` headers are one list."""
+    parents = [value for key, value in headers if key == b"traceparent"]
+    if len(parents) != 1:
+        return {}
+    states = [value for key, value in headers if key == b"tracestate"]
+    return {"traceparent": parents[0], "tracestate": b",".join(states)} if states else {"traceparent": parents[0]}
 
 
 def route_of(path: str) -> str:

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
 
 log = structlog.get_logger("hostd.lambda")
-FLUSH_MS = 2000  # the most an invocation waits for its spans to be sent
+FLUSH_S = 0.5  # the most an invocation waits for its spans to be sent (Lambda's default timeout is 3 s)
 
 
 def default_config() -> Path:
@@ -86,7 +86,7 @@ class Flushing:
         try:
             return self.app(event, context)
         finally:
-            self.provider.force_flush(FLUSH_MS)
+            tracing.flush(self.provider, FLUSH_S)
 
 
 def unavailable(reason: str) -> Starlette:

@@ -23,6 +23,7 @@ from hostd.errors import HostdError, InvalidInput, PayloadTooLarge
 from hostd_zmq.router import Respond, Send
 
 HEARTBEAT_S = 5.0
+ZERORPC_CALLS = frozenset({"_zerorpc_ping", "_zerorpc_list"})  # what a zerorpc client asks besides a model
 IGNORED_EVENTS = {"_zpc_hb", "_zpc_more"}  # channel housekeeping from the client
 
 
@@ -51,7 +52,10 @@ def responder(dataplane: DataPlane, max_message_bytes: int | None = None) -> Res
         message_id = header["message_id"]
         # A trace is continued from the event header's traceparent (a zerorpc client middleware's
         # client_before_request can put it there).
-        with tracing.serve("zerorpc predict", "zerorpc", header, **{"hostd.model": name}) as span:
+        # zerorpc's own calls by their name; a model's name is the client's choice: an attribute, not the name.
+        call = name if name in ZERORPC_CALLS else "predict"
+        attributes: dict[str, Any] = {"hostd.model": name} if call == "predict" else {}
+        with tracing.serve(f"zerorpc {call}", "zerorpc", header, **attributes) as span:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_heartbeat, send, route, message_id)
                 status, result = await _call(dataplane, name, args, client, message_id)

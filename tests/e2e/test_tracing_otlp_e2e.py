@@ -107,7 +107,7 @@ def test_a_request_s_spans_reach_an_otlp_collector_with_its_trace_in_the_logs_an
     assert attributes(root) | {"url.path": "/api/models/iris_model/prediction"} == {
         "hostd.transport": "http", "http.request.method": "POST", "http.route": "/api/models/{name}/prediction",
         "url.path": "/api/models/iris_model/prediction", "hostd.code": "OK", "http.response.status_code": 200,
-        "hostd.request_id": "traced-1"}
+        "hostd.request_id": "traced-1", "hostd.model": "iris_model", "hostd.version": "1.0.0"}
     children = {span.name: span for _, span in spans if span.parent_span_id == root.span_id}
     assert set(children) == {"hostd.validate", "hostd.batch_wait", "hostd.model"}
     assert attributes(children["hostd.model"])["hostd.batch.rows"] == 1
@@ -119,6 +119,23 @@ def test_a_request_s_spans_reach_an_otlp_collector_with_its_trace_in_the_logs_an
     [record] = [orjson.loads(line) for path in (tmp_path / "log").glob("*.jsonl")
                 for line in path.read_bytes().splitlines()]
     assert (record["request_id"], record["trace_id"]) == ("traced-1", TRACE)
+
+
+def test_a_model_s_own_span_and_log_line_belong_to_the_request(start_hostd: Callable[..., HostdProcess],
+                                                               collector: Collector) -> None:
+    server = start_hostd({"models": [{"class_path": "tests.support.toy:TracedEcho"}],
+                          "tracing": {"exporter": "otlp", "endpoint": collector.url}},
+                         env={"OTEL_BSP_SCHEDULE_DELAY": "100"})
+    reply = httpx.post(f"{server.url}/api/models/echo/prediction", json={"x": 1, "text": "a"}, timeout=10,
+                       headers={"traceparent": f"00-{TRACE}-{CALLER}-01"})
+    assert reply.status_code == 200, reply.text
+    wait_for(lambda: "toy.predict_batch" in {span.name for _, span in collector.of_trace(TRACE)},
+             "the model's own span at the collector")
+    spans = {span.name: span for _, span in collector.of_trace(TRACE)}
+    assert spans["toy.predict_batch"].parent_span_id == spans["POST /api/models/{name}/prediction"].span_id
+    lines = [orjson.loads(line) for line in server.output().splitlines() if line.startswith("{")]
+    [called] = [line for line in lines if line.get("event") == "toy model called"]
+    assert called["trace_id"] == TRACE
 
 
 def test_spans_still_buffered_are_sent_when_hostd_stops(start_hostd: Callable[..., HostdProcess],

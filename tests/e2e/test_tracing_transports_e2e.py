@@ -562,14 +562,24 @@ def test_the_cache_lookup_is_a_step_and_a_hit_skips_the_model(traced: Traced) ->
 
 
 def test_a_path_no_route_takes_does_not_name_its_span(traced: Traced) -> None:
-    """A scanner's random paths would each be a span name: the span of a 404 no route took is named by its
-    method alone; a route's own 404 (an unknown model) keeps the route's name, with placeholders."""
-    unrouted, unknown = Caller.new(), Caller.new()
+    """A scanner's random paths would each be a span name: a 404 (a path no route has, an unknown model
+    refused before routing) is named by its method alone, and a method outside HTTP's own is ``_OTHER``."""
+    unrouted, unknown, odd = Caller.new(), Caller.new(), Caller.new()
     assert httpx.get(f"{traced.url}/wp-admin/{secrets.token_hex(8)}", timeout=10,
                      headers={"traceparent": unrouted.traceparent}).status_code == 404
     assert httpx.post(f"{traced.url}/api/models/{secrets.token_hex(8)}/prediction", json={}, timeout=10,
                       headers={"traceparent": unknown.traceparent}).status_code == 404
-    [scanned] = [span for span in wait_for_spans(traced.exporter, unrouted.trace_id) if span.kind is SpanKind.SERVER]
-    assert (scanned.name, attrs(scanned)["hostd.code"], attrs(scanned)["http.route"]) == ("GET", "404", "")
-    [named] = [span for span in wait_for_spans(traced.exporter, unknown.trace_id) if span.kind is SpanKind.SERVER]
-    assert named.name == "POST /api/models/{name}/prediction"
+    assert httpx.request("PROPFIND", f"{traced.url}/api/health", timeout=10,
+                         headers={"traceparent": odd.traceparent}).status_code == 405
+    for caller, name in ((unrouted, "GET"), (unknown, "POST"), (odd, "_OTHER /api/health")):
+        [server] = [span for span in wait_for_spans(traced.exporter, caller.trace_id) if span.kind is SpanKind.SERVER]
+        assert server.name == name
+
+
+def test_an_http_client_that_leaves_is_cancelled_not_a_server_error(traced: Traced) -> None:
+    caller = Caller.new()
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{traced.url}/api/models/echo/prediction", json={"x": 1, "text": "slow", "delay_ms": 1500},
+                   headers={"traceparent": caller.traceparent, "Cache-Control": "no-cache"}, timeout=0.3)
+    [server] = [span for span in wait_for_spans(traced.exporter, caller.trace_id) if span.kind is SpanKind.SERVER]
+    assert attrs(server)["hostd.code"] == "CANCELLED" and server.status.status_code is not StatusCode.ERROR

@@ -455,3 +455,37 @@ def test_a_base_path_left_on_the_path_by_api_gateway_is_stripped(
     assert listed.status == 200 and len(listed.json()["models"]) == 3
     predicted = invoke(staged, kind, "POST", "/prod/api/models/iris_model/prediction", payload=VIRGINICA)
     assert predicted.status == 200 and predicted.json() == {"species": "Iris virginica"}
+
+
+def test_a_collector_that_never_answers_costs_an_invocation_at_most_its_flush(
+        create_handler: Callable[[Path | str], Handler], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lambda freezes the container between invocations, so each sends its spans before it returns; a
+    collector that takes the connection and never answers held each one for the exporter's 10 s (and
+    retries), past Lambda's own 3 s default timeout."""
+    import socket
+    import threading
+    import time
+
+    from hostd import tracing
+    # The exporter's timeout past Lambda's 3 s (its default is 10 s), short enough for the flushes left
+    # behind to end with the test.
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "4")
+    with socket.socket() as silent:  # the kernel takes the connection; nobody ever reads it
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        path = tmp_path / "host.yaml"
+        path.write_text(f"models:\n  - class_path: {TOY}:EchoModel\ntracing: {{exporter: otlp, endpoint: "
+                        f"'http://127.0.0.1:{silent.getsockname()[1]}/v1/traces'}}\n")
+        traced = create_handler(path)
+        try:
+            for _ in range(2):
+                started = time.monotonic()
+                answered = invoke(traced, "http", "POST", "/api/models/echo/prediction", payload={"x": 1, "text": "a"},
+                                  headers={"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"})
+                assert ok(answered)["y"] == 2.0
+                assert time.monotonic() - started < 3, "within Lambda's default timeout"
+        finally:
+            tracing.disable()
+    for flushing in [thread for thread in threading.enumerate() if thread.name == "hostd-tracing-flush"]:
+        flushing.join(10)  # the socket is closed: they fail at once, and give up at the exporter's timeout
+    traced.provider.shutdown()  # type: ignore[attr-defined]

@@ -8,6 +8,7 @@ import threading
 import time
 from typing import Any
 
+import structlog
 from pydantic import BaseModel, Field, SecretStr, field_validator
 
 from hostd import MLModel, MLModelDecorator
@@ -189,3 +190,13 @@ class SecretEcho(EchoModel):
     """An echo whose input holds a secret: rows that differ only there would share a cache key."""
 
     input_schema = SecretInput
+
+
+class TracedEcho(EchoModel):
+    """EchoModel instrumented as a user would: its own OpenTelemetry span and a log line per call."""
+
+    def predict_batch(self, data: list[EchoInput]) -> list[EchoOutput]:
+        from opentelemetry import trace
+        with trace.get_tracer("toy").start_as_current_span("toy.predict_batch"):
+            structlog.get_logger("toy").info("toy model called", rows=len(data))
+            return super().predict_batch(data)
