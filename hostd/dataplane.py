@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from enum import Enum
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -366,6 +367,23 @@ class DataPlane:
             self._refused(served.name if served else model, transport, refused, started)
             self.capture.observe(request_id, model, served, transport, (), refused, started, tracing.trace_id())
         return refused
+
+    @contextlib.contextmanager
+    def refusing(self, transport: str, model: str | None = None) -> Iterator[None]:
+        """Count and log a HostdError raised in the block as a request refused before it reached the data
+        plane (a body that is not JSON, tensors that do not decode), as the data plane's own refusals are."""
+        started = time.perf_counter()
+        try:
+            yield
+        except HostdError as exc:
+            self.rejected(transport, exc, model, started)
+            raise
+
+    def rejected(self, transport: str, exc: HostdError, model: Any = None, started: float | None = None) -> None:
+        """Count and log a request a transport refused before it reached the data plane (``model``: the name
+        it gave, if any; one not served is counted as <unknown>, since the client chose it)."""
+        label = model if isinstance(model, str) and model in self.registry.names() else "<unknown>"
+        self._refused(label, transport, exc, started if started is not None else time.perf_counter())
 
     def _servable(self, name: str, version: str | None) -> ServedModel:
         served = self.registry.get(name, version)

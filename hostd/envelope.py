@@ -110,6 +110,7 @@ async def handle_all(dataplane: DataPlane, raws: Sequence[bytes | str], transpor
                 continue
         except HostdError as exc:
             tracing.end(spans.pop(index, None) or _begin_span(request, transport), exc.code.value)
+            dataplane.rejected(transport, exc, request.get("model"))
             await reply(index, encode(error_reply(request.get("id"), exc)))
             continue
         work.append(_answer_one(dataplane, index, request, transport, reply, client))  # another op

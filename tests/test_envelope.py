@@ -382,3 +382,19 @@ async def test_each_message_takes_one_rate_limit_token_however_it_is_answered(ba
     await envelope.handle_all(plane, [orjson.dumps({"id": 9, "model": "echo", "data": {"x": 9}})], "ws", reply,
                               client=client)
     assert codes == ["OK", "OK", "OK", "RATE_LIMITED"]
+
+
+async def test_a_message_refused_before_the_data_plane_is_counted_once() -> None:
+    """Not JSON, no model, no data: answered, and counted in hostd_requests_total like every refusal (under
+    <unknown> unless it names a served model), so error rates on /metrics and the dashboard include them."""
+    plane = dataplane()
+    for message in (b"not json", {"id": "a", "data": {}}, {"id": "b", "model": "echo"},
+                    {"id": "c", "model": "nope", "data": {}}, {"id": "d", "model": "echo", "data": {"x": "no"}}):
+        assert error_of(await roundtrip(plane, message))["code"] in ("INVALID_INPUT", "MODEL_NOT_FOUND")
+
+    def counted(model: str, code: str) -> float | None:
+        return plane.metrics.registry.get_sample_value(
+            "hostd_requests_total", {"model": model, "transport": "test", "code": code})
+
+    assert (counted("<unknown>", "INVALID_INPUT"), counted("echo", "INVALID_INPUT"),
+            counted("<unknown>", "MODEL_NOT_FOUND")) == (2.0, 2.0, 1.0)

@@ -32,12 +32,13 @@ def make_predict(dataplane: DataPlane) -> Any:
         await dataplane.until_started()  # the worker may pick a job up before hostd is ready
         with tracing.serve("arq predict", "arq", {"traceparent": traceparent, "tracestate": tracestate},
                            kind="consumer", **{"hostd.model": model, "hostd.request_id": ctx.get("job_id")}):
-            if not isinstance(model, str) or not model:
-                raise InvalidInput("model must be a model's name (a string)")
-            if version is not None and not isinstance(version, str):
-                raise InvalidInput("version must be a string or None")
-            if not isinstance(cache, bool):
-                raise InvalidInput("cache must be True or False")
+            with dataplane.refusing("arq", model):
+                if not isinstance(model, str) or not model:
+                    raise InvalidInput("model must be a model's name (a string)")
+                if version is not None and not isinstance(version, str):
+                    raise InvalidInput("version must be a string or None")
+                if not isinstance(cache, bool):
+                    raise InvalidInput("cache must be True or False")
             return (await dataplane.predict(model, data, version, transport="arq", request_id=ctx.get("job_id"),
                                             use_cache=cache)).output
 

@@ -126,8 +126,9 @@ class InferenceService:
         served = self.dataplane.model(request.model_name, version)
         output_specs = tensor_specs(served.model.output_schema)
         requested = [output.name for output in request.outputs]
-        check_outputs(requested, output_specs)
-        rows = await call.run(decode_rows, request, tensor_specs(served.model.input_schema))
+        with self.dataplane.refusing("grpc", served.name):
+            check_outputs(requested, output_specs)
+            rows = await call.run(decode_rows, request, tensor_specs(served.model.input_schema))
         result = await self.dataplane.predict_many(served.name, rows, version, transport="grpc",
                                                    deadline_s=call.deadline_s, client=call.client,
                                                    request_id=request_id, use_cache=_use_cache(request))

@@ -198,7 +198,8 @@ class TypedService:
         refused = self.dataplane.refusal(self.proto.model, transport="grpc", client=call.client)
         if refused is not None:
             raise refused
-        data = await call.run(to_dict, request, self.proto.wrappers)
+        with self.dataplane.refusing("grpc", self.proto.model):
+            data = await call.run(to_dict, request, self.proto.wrappers)
         result = await self.dataplane.predict(self.proto.model, data, transport="grpc", deadline_s=call.deadline_s,
                                               client=call.client)
         return await call.run(self._reply, result.output)

@@ -46,10 +46,11 @@ def routes(dataplane: DataPlane, max_body: int) -> list[Route]:
         return ORJSONResponse(served.metadata())
 
     async def prediction(request: Request) -> Response:
-        body = await read_body(request, max_body)
-        data = await off_loop_if(len(body) >= OFF_LOOP_BYTES, parse_json, body)
-        if not isinstance(data, dict):
-            raise InvalidInput("the request body must be a JSON object of the model's input fields")
+        with dataplane.refusing("http", request.path_params["name"]):
+            body = await read_body(request, max_body)
+            data = await off_loop_if(len(body) >= OFF_LOOP_BYTES, parse_json, body)
+            if not isinstance(data, dict):
+                raise InvalidInput("the request body must be a JSON object of the model's input fields")
         result = await dataplane.predict(request.path_params["name"], data, request.query_params.get("version"),
                                          transport="http", client=client_of(request),
                                          request_id=request_id_of(request.scope), use_cache=use_cache(request))

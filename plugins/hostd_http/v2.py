@@ -63,11 +63,12 @@ def routes(dataplane: DataPlane, max_body: int) -> list[Route]:
 
     async def infer(request: Request) -> Response:
         served = _served(request)
-        body = await read_body(request, max_body)
         output_specs = tensor_specs(served.model.output_schema)
-        # Parsing and decoding 1 MB of tensors takes ~0.3 s of CPU: a big body is decoded in a thread.
-        inference, requested, rows = await off_loop_if(len(body) >= OFF_LOOP_BYTES, _decode, body,
-                                                       request.headers.get(HEADER_LENGTH), served, output_specs)
+        with dataplane.refusing("http", served.name):
+            body = await read_body(request, max_body)
+            # Parsing and decoding 1 MB of tensors takes ~0.3 s of CPU: a big body is decoded in a thread.
+            inference, requested, rows = await off_loop_if(len(body) >= OFF_LOOP_BYTES, _decode, body,
+                                                           request.headers.get(HEADER_LENGTH), served, output_specs)
         # The data plane picks the version that answers: the one asked for, else by routing (a reload
         # or a canary may have changed it since ``served`` gave the tensors to decode).
         # The request id: X-Request-Id if the client sent one, else the body's id, else one made up.

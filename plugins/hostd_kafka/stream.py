@@ -121,6 +121,7 @@ class Stream:
                     request.setdefault("op", "feedback")
                 call = envelope.prediction(request)
             except HostdError as exc:
+                self.dataplane.rejected("kafka", exc, request.get("model"))
                 outputs[index] = self.dead_letter(record, request.get("id"), exc)
                 continue
             if call is None:  # another op: answered as on every envelope transport

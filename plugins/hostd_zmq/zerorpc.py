@@ -46,6 +46,7 @@ def responder(dataplane: DataPlane, max_message_bytes: int | None = None) -> Res
         try:
             header, name, args = _unpack(blob, max_message_bytes)
         except Malformed as exc:  # answered, though a client that sent no message_id cannot match it
+            dataplane.rejected("zerorpc", exc.error)
             return [*route, _event(exc.message_id, "ERR", [exc.error.code.value, exc.error.message, ""])]
         if name in IGNORED_EVENTS:
             return None
@@ -103,9 +104,10 @@ async def _call(dataplane: DataPlane, name: str, args: Any, client: Client | Non
             principal = client.principal if client is not None else None
             return "OK", [sorted({served.name for served in dataplane.models()
                                   if principal is None or principal.sees(served.name)})]
-        envelope.permit(dataplane, client, Scope.INFER, name)
-        if not isinstance(args, list) or len(args) != 1:
-            raise InvalidInput(f"call {name}(data) with one argument, the model's input")
+        with dataplane.refusing("zerorpc", name):
+            envelope.permit(dataplane, client, Scope.INFER, name)
+            if not isinstance(args, list) or len(args) != 1:
+                raise InvalidInput(f"call {name}(data) with one argument, the model's input")
         # The request id: the event's message_id, which the reply's response_to repeats.
         request_id = message_id.decode(errors="replace") if isinstance(message_id, bytes) else str(message_id)
         result = await dataplane.predict(name, args[0], transport="zerorpc", client=client, request_id=request_id)

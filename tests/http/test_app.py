@@ -728,3 +728,12 @@ async def test_a_bug_is_a_json_500_that_leaks_nothing(client: httpx.AsyncClient,
         assert leak not in response.text
     (logged,) = [entry for entry in logs if entry["log_level"] == "error"]
     assert logged["path"] == path and isinstance(logged["exc_info"], RuntimeError)
+
+
+@pytest.mark.parametrize("path", ["/api/models/echo/prediction", "/v2/models/echo/infer"])
+async def test_a_body_refused_before_the_data_plane_is_counted(client: httpx.AsyncClient, dataplane: DataPlane,
+                                                               path: str) -> None:
+    for body in (b"{not json", b"[1, 2]"):
+        assert (await client.post(path, content=body)).status_code == 400
+    assert dataplane.metrics.registry.get_sample_value(
+        "hostd_requests_total", {"model": "echo", "transport": "http", "code": "INVALID_INPUT"}) == 2.0
