@@ -10,7 +10,7 @@ COPY pyproject.toml README.md ./
 COPY hostd ./hostd
 COPY plugins ./plugins
 COPY models ./models
-RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[kafka,arq,uvicorn]" \
+RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[kafka,arq,uvicorn,tracing]" \
         ./models/iris_model ./models/digits_model ./models/diabetes_model
 
 FROM python:3.11-slim
