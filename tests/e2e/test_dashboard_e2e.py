@@ -3,7 +3,7 @@ and the numbers it shows are the traffic the test sent; with API keys on, the pa
 URL's fragment (and no log line holds it) or asks for one.
 
 The screenshot Chromium takes is a test artifact: ``dashboard.png`` in the test's tmp_path, and copied
-into the folder ``$HOSTD_ARTIFACTS`` names, if it is set (.ci/run sets it to ``artifacts/``).
+into the folder ``$TEST_ARTIFACTS`` names, if it is set (.ci/run sets it to ``artifacts/``).
 """
 
 from __future__ import annotations
@@ -128,8 +128,8 @@ def test_the_dashboard_shows_the_traffic_sent(start_hostd: Start, tmp_path: Path
         dom = rendered_dom(f"{server.url}/dashboard", tmp_path / "chromium", budget_ms=4000)
         after = answered[0]
         screenshot(f"{server.url}/dashboard", tmp_path / "chromium", tmp_path / "dashboard.png", budget_ms=2500)
-    if os.environ.get("HOSTD_ARTIFACTS"):
-        shutil.copy(tmp_path / "dashboard.png", Path(os.environ["HOSTD_ARTIFACTS"]) / "dashboard.png")
+    if os.environ.get("TEST_ARTIFACTS"):
+        shutil.copy(tmp_path / "dashboard.png", Path(os.environ["TEST_ARTIFACTS"]) / "dashboard.png")
 
     shown = Shown(dom)
     assert shown.elements["status"]["data-state"] == "live"
