@@ -373,12 +373,16 @@ async def test_ten_thousand_requests_over_five_transports_give_ten_thousand_join
     # httpx costs the test ~7 ms of CPU a request: HTTP takes the smallest share. A gRPC error status
     # carries no request id to join by (test_an_unknown_model_over_grpc_is_logged sends its own): no
     # unknown model there.
-    answers = await asyncio.gather(
-        over_http(server.url, workload("h", 1_000)),
-        over_ws(f"ws://127.0.0.1:{server.transports['ws']['port']}", workload("w", 3_500)),
-        over_zmq(server.transports["zmq"]["bind"], workload("z", 3_000)),
-        over_grpc(f"127.0.0.1:{server.transports['grpc']['port']}", workload("g", 2_000, unknown=False)),
-        over_kafka(broker.bootstrap, topics, workload("k", 500)))
+    try:
+        answers = await asyncio.gather(
+            over_http(server.url, workload("h", 1_000)),
+            over_ws(f"ws://127.0.0.1:{server.transports['ws']['port']}", workload("w", 3_500)),
+            over_zmq(server.transports["zmq"]["bind"], workload("z", 3_000)),
+            over_grpc(f"127.0.0.1:{server.transports['grpc']['port']}", workload("g", 2_000, unknown=False)),
+            over_kafka(broker.bootstrap, topics, workload("k", 500)))
+    except BaseException as exc:  # a reply that never came: what hostd warned about says why
+        warned = [line for line in server.output().splitlines() if '"warning"' in line or '"error"' in line]
+        raise AssertionError("\n".join(["a client gave up waiting; hostd's warnings:", *warned[-20:]])) from exc
     answered = {request_id: received for answer in answers for request_id, received in answer.items()}
     assert len(answered) == 10_000
 
