@@ -28,7 +28,6 @@ from starlette.datastructures import QueryParams
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from hostd import tracing
 from hostd.auth import Guard, bearer_key
 from hostd.auth import Scope as AuthScope
 from hostd.clients import Client
@@ -79,7 +78,7 @@ class Front:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if tracing.enabled():
+        if spans.wanted(scope):
             await spans.traced(self._serve, scope, receive, send)
         else:
             await self._serve(scope, receive, send)

@@ -18,6 +18,7 @@ from hostd_http.connections import REQUEST_ID
 
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
 SPAN = "hostd.span"  # the scope key holding the request's span (its presence: the request is traced)
+UNTRACED = ("/api/health", "/v2/health", "/metrics", "/api/stats", "/dashboard")  # polled, not served
 _ROUTES = [  # the path parts a client chooses, as route placeholders
     (re.compile(r"^/api/models/[^/]+"), "/api/models/{name}"),
     (re.compile(r"^/v2/models/[^/]+/versions/[^/]+"), "/v2/models/{name}/versions/{version}"),
@@ -33,10 +34,16 @@ class ServerSpans:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not tracing.enabled() or SPAN in scope:
+        if scope["type"] != "http" or SPAN in scope or not wanted(scope):
             await self.app(scope, receive, send)
             return
         await traced(self.app, scope, receive, send)
+
+
+def wanted(scope: Scope) -> bool:
+    """Whether this request gets a span: tracing is on and it is not an operator's poll (a probe every few
+    seconds, a scrape, the dashboard's second-by-second reading), which would bury the requests in traces."""
+    return tracing.enabled() and not scope["path"].startswith(UNTRACED)
 
 
 async def traced(app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:

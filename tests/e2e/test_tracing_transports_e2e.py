@@ -569,9 +569,9 @@ def test_a_path_no_route_takes_does_not_name_its_span(traced: Traced) -> None:
                      headers={"traceparent": unrouted.traceparent}).status_code == 404
     assert httpx.post(f"{traced.url}/api/models/{secrets.token_hex(8)}/prediction", json={}, timeout=10,
                       headers={"traceparent": unknown.traceparent}).status_code == 404
-    assert httpx.request("PROPFIND", f"{traced.url}/api/health", timeout=10,
+    assert httpx.request("PROPFIND", f"{traced.url}/api/models", timeout=10,
                          headers={"traceparent": odd.traceparent}).status_code == 405
-    for caller, name in ((unrouted, "GET"), (unknown, "POST"), (odd, "_OTHER /api/health")):
+    for caller, name in ((unrouted, "GET"), (unknown, "POST"), (odd, "_OTHER /api/models")):
         [server] = [span for span in wait_for_spans(traced.exporter, caller.trace_id) if span.kind is SpanKind.SERVER]
         assert server.name == name
 
@@ -583,3 +583,16 @@ def test_an_http_client_that_leaves_is_cancelled_not_a_server_error(traced: Trac
                    headers={"traceparent": caller.traceparent, "Cache-Control": "no-cache"}, timeout=0.3)
     [server] = [span for span in wait_for_spans(traced.exporter, caller.trace_id) if span.kind is SpanKind.SERVER]
     assert attrs(server)["hostd.code"] == "CANCELLED" and server.status.status_code is not StatusCode.ERROR
+
+
+def test_an_operator_s_polls_make_no_spans(traced: Traced) -> None:
+    """Probes, scrapes and the dashboard's reading every second would bury the requests in traces."""
+    polled = Caller.new()
+    for path in ("/api/health", "/api/health/ready", "/v2/health/live", "/metrics", "/api/stats", "/dashboard"):
+        answer = httpx.get(f"{traced.url}{path}", headers={"traceparent": polled.traceparent}, timeout=10)
+        assert answer.status_code == 200, path
+    served = Caller.new()  # answered after the polls: once its span is there, theirs would be too
+    answer = httpx.get(f"{traced.url}/api/models", headers={"traceparent": served.traceparent}, timeout=10)
+    assert answer.status_code == 200
+    wait_for_spans(traced.exporter, served.trace_id)
+    assert [span for span in traced.exporter.get_finished_spans() if span.context.trace_id == polled.trace_id] == []
