@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from hostd.errors import Overloaded
 from hostd.refusals import RefusalRun
 
 if TYPE_CHECKING:
     from hostd.auth import Principal
+    from hostd.registry import ServedModel
 
 
 class Client:
@@ -32,3 +34,17 @@ class Client:
 
     def __repr__(self) -> str:
         return f"Client({self.label!r})"
+
+
+def overloaded(served: ServedModel, client: Client | None) -> Overloaded | None:
+    """Why ``client`` may not add a request to the model now: the model's queue is full, or this
+    client already holds its share of it."""
+    if served.pending >= served.settings.max_pending:
+        return Overloaded(f"model '{served.name}' has {served.pending} requests pending "
+                          f"(max_pending: {served.settings.max_pending}); retry later")
+    if client is not None:
+        share = served.settings.max_pending_per_client or served.settings.max_pending
+        if client.pending.get(served.name, 0) >= share:
+            return Overloaded(f"this client already has {share} requests pending for model '{served.name}' "
+                              f"(max_pending_per_client: {share}); wait for their answers before sending more")
+    return None

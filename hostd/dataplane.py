@@ -15,7 +15,7 @@ from hostd import kernel, tracing
 from hostd.auth import Guard
 from hostd.cache import PredictionCache, make_cache
 from hostd.capture import Capture
-from hostd.clients import Client
+from hostd.clients import Client, overloaded
 from hostd.errors import (
     ErrorCode,
     Forbidden,
@@ -24,7 +24,6 @@ from hostd.errors import (
     ModelError,
     ModelNotFound,
     NotReady,
-    Overloaded,
     Timeout,
 )
 from hostd.observability import Metrics
@@ -317,8 +316,8 @@ class DataPlane:
 
     async def _execute(self, served: ServedModel, units: list[list[Any]], timeout: float,
                        client: Client | None) -> list[kernel.Outcome]:
-        if (overloaded := _overloaded(served, client)) is not None:
-            raise overloaded
+        if (refused := overloaded(served, client)) is not None:
+            raise refused
         pending, rows = self.metrics.model(served.name)
         # Each unit is a request (a message of a read-ahead group, a Kafka record, an HTTP body), so
         # max_pending and a client's share count requests however they arrived. A group is admitted
@@ -360,7 +359,7 @@ class DataPlane:
         try:
             self._check_ready()
             served = self._servable(model, version)
-            refused = _overloaded(served, client)
+            refused = overloaded(served, client)
         except HostdError as exc:
             refused = exc
         if refused is not None:
@@ -409,17 +408,3 @@ class DataPlane:
                                error=exc.message)
         if isinstance(exc, ModelError) and exc.__cause__ is not None:
             self._failures.error((*kind, "raised"), "model raised", model=model, exc_info=exc.__cause__)
-
-
-def _overloaded(served: ServedModel, client: Client | None) -> Overloaded | None:
-    """Why ``client`` may not add a request to the model now: the model's queue is full, or this
-    client already holds its share of it."""
-    if served.pending >= served.settings.max_pending:
-        return Overloaded(f"model '{served.name}' has {served.pending} requests pending "
-                          f"(max_pending: {served.settings.max_pending}); retry later")
-    if client is not None:
-        share = served.settings.max_pending_per_client or served.settings.max_pending
-        if client.pending.get(served.name, 0) >= share:
-            return Overloaded(f"this client already has {share} requests pending for model '{served.name}' "
-                              f"(max_pending_per_client: {share}); wait for their answers before sending more")
-    return None

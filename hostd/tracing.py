@@ -173,7 +173,7 @@ def _serve(name: str, transport: str, carrier: Mapping[str, Any] | None, kind: s
         with current(span):
             yield span
     except BaseException as exc:
-        outcome(span, _code_of(exc))
+        outcome(span, code_of(exc))
         raise
     finally:
         end(span)
@@ -245,7 +245,7 @@ class _Step:
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
         if exc is not None:
-            self.set("error.type", _code_of(exc))
+            self.set("error.type", code_of(exc))
         for span in self._spans:
             span.end()
 
@@ -323,7 +323,7 @@ def add_trace_id(logger: Any, method: str, event: dict[str, Any]) -> dict[str, A
     return event
 
 
-def _code_of(exc: BaseException) -> str:
+def code_of(exc: BaseException) -> str:
     """A HostdError's code; CANCELLED when the caller left; else INTERNAL."""
     code = getattr(getattr(exc, "code", None), "value", None)
     if isinstance(code, str):

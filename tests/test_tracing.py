@@ -232,32 +232,27 @@ def test_off_unless_asked() -> None:
     assert tracing.provider_for(None, {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_SDK_DISABLED": "true"}) is None
 
 
-def test_the_otel_variables_fill_what_host_yaml_leaves_out() -> None:
-    provider = tracing.provider_for(None, {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_SERVICE_NAME": "scoring",
-                                           "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
-                                           "OTEL_TRACES_SAMPLER_ARG": "0.25",
-                                           "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4999/"})
+@pytest.mark.parametrize(("settings", "environ", "service", "ratio", "endpoint"), [
+    # the OTEL_* variables fill what host.yaml leaves out
+    (None, {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_SERVICE_NAME": "scoring",
+            "OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.25",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4999/"},
+     "scoring", "0.25", "http://127.0.0.1:4999/v1/traces"),
+    # host.yaml wins over them
+    (TracingSettings(exporter="otlp", endpoint="http://127.0.0.1:4318/custom", sample_ratio=0.5, service_name="fraud"),
+     {"OTEL_SERVICE_NAME": "scoring", "OTEL_TRACES_SAMPLER_ARG": "0.1", "OTEL_TRACES_SAMPLER": "traceidratio"},
+     "fraud", "0.5", "http://127.0.0.1:4318/custom"),
+], ids=["variables-fill-in", "host-yaml-wins"])
+def test_settings_come_from_host_yaml_then_the_otel_variables(settings: TracingSettings | None,
+                                                              environ: dict[str, str], service: str, ratio: str,
+                                                              endpoint: str) -> None:
+    provider = tracing.provider_for(settings, environ)
     assert provider is not None
     try:
-        assert provider.resource.attributes["service.name"] == "scoring"
-        assert "0.25" in provider.sampler.get_description()
+        assert provider.resource.attributes["service.name"] == service
+        assert ratio in provider.sampler.get_description()
         exporter = provider._active_span_processor._span_processors[0].span_exporter  # type: ignore[attr-defined]
-        assert exporter._endpoint == "http://127.0.0.1:4999/v1/traces"
-    finally:
-        provider.shutdown()
-
-
-def test_host_yaml_wins_over_the_variables() -> None:
-    provider = tracing.provider_for(
-        TracingSettings(exporter="otlp", endpoint="http://127.0.0.1:4318/custom", sample_ratio=0.5,
-                        service_name="fraud"),
-        {"OTEL_SERVICE_NAME": "scoring", "OTEL_TRACES_SAMPLER_ARG": "0.1", "OTEL_TRACES_SAMPLER": "traceidratio"})
-    assert provider is not None
-    try:
-        assert provider.resource.attributes["service.name"] == "fraud"
-        assert "0.5" in provider.sampler.get_description()
-        exporter = provider._active_span_processor._span_processors[0].span_exporter  # type: ignore[attr-defined]
-        assert exporter._endpoint == "http://127.0.0.1:4318/custom"
+        assert exporter._endpoint == endpoint
     finally:
         provider.shutdown()
 

@@ -103,7 +103,7 @@ class Stream:
             answered = await self._answer(records, spans)
         except BaseException as exc:  # draining (NotReady): the batch goes to the next consumer, its spans end
             for span in spans:
-                tracing.end(span, getattr(getattr(exc, "code", None), "value", "CANCELLED"))
+                tracing.end(span, tracing.code_of(exc))
             raise
         if tracing.enabled():
             return _traced(answered, spans, self.settings.dead_letter_topic)
